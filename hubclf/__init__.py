@@ -1,0 +1,14 @@
+"""hubclf: turn an image folder into a published, reusable timm classifier.
+
+Importing hubclf registers its models in timm's registry::
+
+    import hubclf, timm
+    model = timm.create_model("hubclf_alexnet", pretrained=True, num_classes=8, img_size=(448, 224))
+"""
+
+from hubclf import models  # noqa: F401  (registers hubclf_* architectures with timm)
+from hubclf.models import freeze, param_counts, unfreeze
+
+__version__ = "0.1.0"
+
+__all__ = ["freeze", "unfreeze", "param_counts", "__version__"]

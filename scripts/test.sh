@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a full test run: set-up, lint, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash tests/olah/install.sh   # olah (the independent read-only Hub server) lives in its own venv
+.venv/bin/python -m ruff check hubclf tests scripts
+# Everything is offline: Hub traffic only ever goes to servers the tests start on 127.0.0.1.
+exec env HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,19 @@
+"""Shared pytest setup. Test infrastructure for the local Hub lives in tests/hub_fixtures.py."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# huggingface_hub reads HF_HOME / HF_HUB_CACHE once, at import time, so they are set here, before any test
+# module imports it: one private cache per test session, never the user's ~/.cache/huggingface.
+_HF_HOME = tempfile.mkdtemp(prefix="hubclf-test-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's real token must never leak in
+
+pytest_plugins = ["tests.hub_fixtures"]

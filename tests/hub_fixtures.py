@@ -1,0 +1,1 @@
+"""pytest fixtures for the local Hub (placeholder, filled in by the Hub test-server work)."""
