@@ -11,4 +11,9 @@ from hubclf.models import freeze, param_counts, unfreeze
 
 __version__ = "0.1.0"
 
-__all__ = ["freeze", "unfreeze", "param_counts", "__version__"]
+__all__ = [
+    "freeze",
+    "unfreeze",
+    "param_counts",
+    "__version__",
+]

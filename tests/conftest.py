@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # huggingface_hub reads HF_HOME / HF_HUB_CACHE once, at import time, so they are set here, before any test
 # module imports it: one private cache per test session, never the user's ~/.cache/huggingface.
 _HF_HOME = tempfile.mkdtemp(prefix="hubclf-test-hf-home-")
@@ -17,3 +19,28 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's real token must never leak in
 
 pytest_plugins = ["tests.hub_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def torchvision_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: ``torchvision_checkpoint("alexnet")`` -> (Path to a .pth state dict, the eval-mode torchvision model).
+
+    Offline stand-in for torchvision's ImageNet weights: a randomly initialised torchvision model, saved exactly
+    as download.pytorch.org serves them (a plain state dict). Cached per session, seeded for repeatability.
+    """
+    import torch
+    import torchvision
+
+    root = tmp_path_factory.mktemp("torchvision_weights")
+    made: dict[str, tuple] = {}
+
+    def make(arch: str):
+        if arch not in made:
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, arch)().eval()
+            path = root / f"{arch}.pth"
+            torch.save(model.state_dict(), path)
+            made[arch] = (path, model)
+        return made[arch]
+
+    return make

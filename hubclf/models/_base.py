@@ -1,0 +1,314 @@
+"""What AlexNet and VGG share: timm's model contract around a ``features`` conv stack, the two head styles,
+input checks, torchvision checkpoint remapping, and the builder that ties them to ``build_model_with_cfg``.
+
+Each family file (``alexnet.py``, ``vgg.py``) only describes its own layers and default configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, to_2tuple
+from timm.models import build_model_with_cfg
+from torch.utils.checkpoint import checkpoint
+
+HEAD_TYPES = ("classic", "slim")
+CLASSIFIER = "head.fc"
+
+
+class GridMlpHead(nn.Module):
+    """torchvision's classic head: pool to a fixed grid, flatten, two hidden FC layers, then ``fc``.
+
+    Pooling to a fixed grid (6×6 for AlexNet, 7×7 for VGG) is what lets the network take any input size,
+    448×224 included, while the 4096-wide layers keep their ImageNet weights.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        num_classes: int,
+        grid_size: tuple[int, int],
+        hidden_size: int = 4096,
+        pool_type: str = "avg",
+        drop_rate: float = 0.5,
+        dropout_first: bool = False,
+    ) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.pool_type = _check_grid_pool(pool_type)
+        self.dropout_first = dropout_first  # AlexNet drops before each hidden FC, VGG after each activation
+        self.global_pool = _grid_pool(self.pool_type, grid_size)
+        self.flatten = nn.Flatten(1)
+        self.fc1 = nn.Linear(in_chs * grid_size[0] * grid_size[1], hidden_size)
+        self.act1 = nn.ReLU(inplace=True)
+        self.drop1 = nn.Dropout(drop_rate)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.act2 = nn.ReLU(inplace=True)
+        self.drop2 = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        if pool_type is not None:
+            self.pool_type = _check_grid_pool(pool_type)
+            self.global_pool = _grid_pool(self.pool_type, self.grid_size)
+        hidden = self.fc2.out_features
+        device, dtype = self.fc2.weight.device, self.fc2.weight.dtype
+        self.fc = nn.Linear(hidden, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.flatten(self.global_pool(x))
+        if self.dropout_first:
+            x = self.act1(self.fc1(self.drop1(x)))
+            x = self.act2(self.fc2(self.drop2(x)))
+        else:
+            x = self.drop1(self.act1(self.fc1(x)))
+            x = self.drop2(self.act2(self.fc2(x)))
+        return x if pre_logits else self.fc(x)
+
+
+def _check_grid_pool(pool_type: str) -> str:
+    if pool_type not in ("avg", "max"):
+        raise ValueError(f"the classic head pools to a fixed grid with 'avg' or 'max', got global_pool={pool_type!r}")
+    return pool_type
+
+
+def _grid_pool(pool_type: str, grid_size: tuple[int, int]) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(grid_size) if pool_type == "avg" else nn.AdaptiveMaxPool2d(grid_size)
+
+
+class ConvClassifier(nn.Module):
+    """A ``features`` conv stack plus a classic or slim head, honouring timm's model contract.
+
+    Subclasses build ``features`` and ``feature_info`` and set ``min_input_size``; everything else lives here.
+    """
+
+    min_input_size: tuple[int, int] = (1, 1)
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        feature_info: list[dict[str, Any]],
+        *,
+        num_classes: int,
+        in_chans: int,
+        head_type: str,
+        grid_size: tuple[int, int],
+        global_pool: str,
+        drop_rate: float,
+        dropout_first: bool,
+    ) -> None:
+        super().__init__()
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.head_type = head_type
+        self.grad_checkpointing = False
+        self.features = features
+        self.feature_info = feature_info
+        self.num_features = feature_info[-1]["num_chs"]
+        if head_type == "classic":
+            self.head = GridMlpHead(
+                self.num_features,
+                num_classes,
+                grid_size,
+                pool_type=global_pool,
+                drop_rate=drop_rate,
+                dropout_first=dropout_first,
+            )
+            self.head_hidden_size = self.head.fc2.out_features
+        else:
+            # The seed question's "how many layers should I remove": all of the 4096-wide MLP.
+            self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+            self.head_hidden_size = self.num_features
+
+    @property
+    def global_pool(self) -> str:
+        return self.head.pool_type if self.head_type == "classic" else self.head.global_pool.pool_type
+
+    # ---- timm model contract --------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^features\.0", blocks=r"^features\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # Checkpoint whole stages (cut after each max pool): a cut between a conv and its in-place ReLU
+            # would let the ReLU overwrite the saved input that the backward recomputation needs.
+            for stage in self._stages():
+                x = checkpoint(stage, x, use_reentrant=False)
+            return x
+        return self.features(x)
+
+    def _stages(self) -> list[nn.Sequential]:
+        stages: list[list[nn.Module]] = [[]]
+        for layer in self.features:
+            stages[-1].append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append([])
+        return [nn.Sequential(*layers) for layers in stages if layers]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- transfer learning ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ConvClassifier:
+        """Like ``nn.Module.train``, but BatchNorm layers whose parameters are all frozen stay in eval mode,
+        so feature extraction never drifts their running statistics."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and _is_frozen(module):
+                    module.eval()
+        return self
+
+    # ---- errors a user gets -----------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` that says what was expected, instead of a shape error deep inside a conv."""
+        name = type(self).__name__
+        if x.ndim != 4:
+            hint = " (a single image? use x.unsqueeze(0))" if x.ndim == 3 else ""
+            raise ValueError(f"{name} expects a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}{hint}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                f"create the model with in_chans={x.shape[1]} to adapt the first conv"
+            )
+        min_h, min_w = self.min_input_size
+        if x.shape[2] < min_h or x.shape[3] < min_w:
+            raise ValueError(
+                f"input {x.shape[2]}×{x.shape[3]} (H×W) is smaller than {name}'s minimum {min_h}×{min_w}"
+            )
+
+
+def _is_frozen(module: nn.Module) -> bool:
+    params = list(module.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+# ---- torchvision checkpoints ----------------------------------------------------------------------------------
+def remap_torchvision_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, renames: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """Rename torchvision's ``classifier.N`` keys to hubclf's ``head.*`` keys and check nothing is missing.
+
+    Keys already in hubclf's layout pass through, so one filter serves torchvision ``.pth`` files, converted
+    ``model.safetensors`` files and hubclf Hub repos. timm loads non-strictly when it replaces the head, so this
+    is where a checkpoint missing backbone tensors is caught instead of silently keeping random weights.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in renames.items():
+            if key.startswith(old + "."):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+
+    if getattr(model, "head_type", "classic") == "slim":
+        # A slim model keeps only the conv features of a classic checkpoint: its fc sees pooled features.
+        for key in [k for k in out if k.startswith(("head.fc1.", "head.fc2."))]:
+            del out[key]
+        fc = model.get_classifier()
+        fc_in_features = fc.in_features if isinstance(fc, nn.Linear) else None
+        if "head.fc.weight" in out and out["head.fc.weight"].shape[1] != fc_in_features:
+            del out["head.fc.weight"], out["head.fc.bias"]
+
+    expected = set(model.state_dict())
+    classifier_keys = {f"{CLASSIFIER}.weight", f"{CLASSIFIER}.bias"}
+    # Old torchvision BatchNorm checkpoints predate num_batches_tracked; torch fills it in on load.
+    missing = sorted(k for k in expected - set(out) - classifier_keys if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(out) - expected - classifier_keys)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint does not match {type(model).__name__}: "
+            f"missing {len(missing)} tensor(s) {missing[:8]}, unexpected {len(unexpected)} tensor(s) {unexpected[:8]}"
+        )
+    return out
+
+
+# ---- building through timm ------------------------------------------------------------------------------------
+def build_classifier(
+    model_cls: type[ConvClassifier],
+    variant: str,
+    pretrained: bool,
+    *,
+    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]],
+    out_indices: tuple[int, ...],
+    **kwargs: Any,
+) -> nn.Module:
+    """``build_model_with_cfg`` plus hubclf's ``img_size`` kwarg and error messages that name the weights.
+
+    ``img_size`` (int or (H, W)) is not a layer setting (adaptive pooling takes any size); it is written into
+    ``pretrained_cfg['input_size']`` so ``timm.data.resolve_data_config`` builds transforms of that size.
+    """
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    img_size = kwargs.pop("img_size", None)
+    if img_size is not None:
+        height, width = _check_img_size(img_size, model_cls)
+        # The channel count stays 3: it describes the pretrained weights, which timm adapts to `in_chans`.
+        overlay["input_size"] = (3, height, width)
+    feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", out_indices))
+    try:
+        return build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_cfg_overlay=overlay or None,
+            feature_cfg=feature_cfg,
+            pretrained_filter_fn=filter_fn,
+            **kwargs,
+        )
+    except Exception as e:
+        if not pretrained or isinstance(e, ValueError):
+            raise
+        source = _describe_weights(variant, kwargs.get("pretrained_cfg"), overlay)
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"pretrained weights for {variant} not found: {source}") from e
+        raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: {e}") from e
+
+
+def _check_img_size(img_size: Any, model_cls: type[ConvClassifier]) -> tuple[int, int]:
+    try:
+        height, width = (int(s) for s in to_2tuple(img_size))
+    except (TypeError, ValueError):
+        raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}") from None
+    min_h, min_w = model_cls.min_input_size
+    if height < min_h or width < min_w:
+        raise ValueError(
+            f"img_size {height}×{width} (H×W) is smaller than {model_cls.__name__}'s minimum {min_h}×{min_w}"
+        )
+    return height, width
+
+
+def _describe_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any]) -> str:
+    from timm.models import get_pretrained_cfg
+
+    cfg = dict(get_pretrained_cfg(variant).to_dict()) if get_pretrained_cfg(variant) else {}
+    if pretrained_cfg is not None:
+        cfg.update(pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict())
+    cfg.update(overlay)
+    for field, label in (("file", "file"), ("hf_hub_id", "hf-hub"), ("url", "url")):
+        if cfg.get(field):
+            return f"{label} {cfg[field]}"
+    return "its pretrained config"
