@@ -31,7 +31,49 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 # ---- push (hub I/O) ----------------------------------------------------------------------------------------
 def _add_push(sub: argparse._SubParsersAction) -> None:
-    pass  # owned by the Hub I/O work (hubclf/hub.py)
+    p = sub.add_parser(
+        "push",
+        help="Upload a save_pretrained folder to the Hugging Face Hub in one commit, then verify it reloads",
+        description="Token: HF_TOKEN or `hf auth login`; server: HF_ENDPOINT (default https://huggingface.co).",
+    )
+    p.add_argument("model_dir", help="folder written by hubclf.save_pretrained / hubclf train")
+    p.add_argument("repo_id", help="Hub repo id, e.g. me/flowers-alexnet (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default: main)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip re-downloading and comparing the logits"
+    )
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    import logging
+
+    from hubclf.hub import push_to_hub
+
+    # push_to_hub reports the upload and the verification through its logger: show those lines on stderr.
+    hub_logger = logging.getLogger("hubclf.hub")
+    handler = logging.StreamHandler()
+    hub_logger.addHandler(handler)
+    previous_level = hub_logger.level
+    hub_logger.setLevel(logging.INFO)
+    try:
+        url = push_to_hub(
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            commit_message=args.message,
+            verify=args.verify,
+        )
+    finally:
+        hub_logger.removeHandler(handler)
+        hub_logger.setLevel(previous_level)
+    print(url)
+    return 0
 
 
 # ---- train ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,621 @@
+"""Publish and load fine-tuned hubclf models: ``save_pretrained``, ``push_to_hub``, ``from_pretrained``.
+
+A saved model is a folder (and a Hub repo) with exactly three files, in the layout timm itself uses, so hubclf,
+``timm.create_model("hf-hub:...")`` and 🤗 transformers' ``pipeline`` all load it:
+
+- ``model.safetensors``: the state dict with bare timm keys, the only weights file (never a pickle);
+- ``config.json``: timm's Hub config (architecture, num_classes, label_names, model_args, pretrained_cfg) plus a
+  top-level ``hubclf`` block with what the model card shows (dataset, freeze mode, hyperparameters, metrics);
+- ``README.md``: the model card, rendered from ``model_cards/hubclf_model_card.md``.
+
+    import hubclf
+    hubclf.save_pretrained(model, "out/flowers", label_names=["daisy", "rose"])
+    hubclf.push_to_hub("out/flowers", "me/flowers-alexnet", verify=True)
+    model = hubclf.from_pretrained("me/flowers-alexnet")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+from huggingface_hub import (
+    CommitOperationAdd,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    hf_hub_download,
+)
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from timm.models import PretrainedCfg
+from timm.models._hub import save_config_for_hf
+
+from hubclf.models import param_counts
+
+__all__ = ["save_pretrained", "push_to_hub", "from_pretrained", "verify_push", "render_model_card", "PushVerification"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "hubclf_model_card.md"
+
+# Weight formats that unpickle on load, i.e. can run arbitrary code: never written, never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Keys of config.json that hubclf or timm own; `extra_config` may not overwrite them.
+RESERVED_CONFIG_KEYS = {
+    "architecture", "num_classes", "num_features", "global_pool", "label_names", "label_descriptions",
+    "model_args", "pretrained_cfg", "hubclf",
+}  # fmt: skip
+PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+# Where weights come from, not what they are: meaningless (and machine-specific) once published.
+SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
+FREEZE_DESCRIPTIONS = {
+    "none": "fine-tuned end to end (no layer frozen)",
+    "backbone": "feature extraction: the pretrained backbone was frozen and only the new classifier trained",
+}
+
+
+# ---- save -----------------------------------------------------------------------------------------------------
+def save_pretrained(
+    model: nn.Module,
+    save_dir: str | os.PathLike,
+    *,
+    label_names: list[str] | None = None,
+    dataset: str | None = None,
+    base_model: str | None = None,
+    freeze: str | None = None,
+    hyperparameters: dict | None = None,
+    eval_results: dict | None = None,
+    epoch_metrics: list[dict] | None = None,
+    extra_config: dict | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card into ``save_dir``.
+
+    ``eval_results`` holds validation metrics such as ``{"accuracy": 0.91}``; ``freeze`` is ``"none"``,
+    ``"backbone"`` or the last frozen module (e.g. ``"features.5"``). Returns ``save_dir`` as a ``Path``.
+
+        save_pretrained(model, "out/flowers", label_names=["daisy", "rose"], freeze="backbone",
+                        eval_results={"accuracy": 0.91})
+    """
+    model = _unwrap(model)
+    save_dir = Path(save_dir)
+    if save_dir.exists() and not save_dir.is_dir():
+        raise NotADirectoryError(f"save_dir {save_dir} exists and is not a directory")
+    pickles = sorted(p.name for p in save_dir.glob("*") if p.suffix in PICKLE_SUFFIXES) if save_dir.is_dir() else []
+    if pickles:
+        raise ValueError(
+            f"{save_dir} already holds pickle weights {pickles}; a hubclf model folder has {WEIGHTS_NAME} as its "
+            f"only weights file. Save into an empty folder."
+        )
+    label_names = _check_label_names(label_names, model.num_classes)
+    trainable, total = param_counts(model)
+    metadata = {
+        "version": _hubclf_version(),
+        "dataset": dataset,
+        "base_model": base_model,
+        "freeze": freeze,
+        "trainable_params": trainable,
+        "total_params": total,
+        "hyperparameters": hyperparameters or {},
+        "eval_results": eval_results or {},
+        "epoch_metrics": epoch_metrics or [],
+    }
+    _check_json("hyperparameters/eval_results/epoch_metrics", metadata)
+    extra_config = dict(extra_config or {})
+    clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
+    if clashes:
+        raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
+    _check_json("extra_config", extra_config)
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # transformers refuses safetensors files without format metadata.
+    safetensors.torch.save_file(state_dict, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+    config = _write_config(model, save_dir / CONFIG_NAME, label_names, metadata, extra_config)
+    render_model_card(config, str(save_dir.resolve())).save(save_dir / CARD_NAME)
+    logger.info("saved %s (%d classes) to %s", config["architecture"], config["num_classes"], save_dir)
+    return save_dir
+
+
+def _write_config(
+    model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict
+) -> dict[str, Any]:
+    """timm's own config export, then the two fixes that keep the file loadable everywhere."""
+    model_config: dict[str, Any] = {"hubclf": metadata, **extra_config}
+    if label_names:
+        model_config["label_names"] = label_names
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    model_args = {} if "img_size" in getattr(model, "_model_args", {}) else {"img_size": list(input_size[1:])}
+    save_config_for_hf(model, path, model_config=model_config, model_args=model_args)
+
+    config = json.loads(path.read_text(encoding="utf-8"))
+    # timm records every factory kwarg, num_classes included, but transformers' TimmWrapper passes
+    # num_classes itself and fails with "got multiple values for keyword argument 'num_classes'".
+    config.get("model_args", {}).pop("num_classes", None)
+    pretrained_cfg = config["pretrained_cfg"]
+    # Only PretrainedCfg fields, or timm's PretrainedCfg(**cfg) rejects the file; label names live at the top level
+    # (timm copies them back into pretrained_cfg when loading).
+    for key in list(pretrained_cfg):
+        if key not in PRETRAINED_CFG_FIELDS or key in SOURCE_FIELDS or key in ("label_names", "label_descriptions"):
+            del pretrained_cfg[key]
+    if list(pretrained_cfg["input_size"]) != list(input_size):
+        raise RuntimeError(f"timm exported input_size {pretrained_cfg['input_size']}, the model says {input_size}")
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return config
+
+
+# ---- model card ---------------------------------------------------------------------------------------------
+def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
+    """Render the model card for a saved ``config.json``; ``model_id`` (Hub repo or folder) goes into the snippets.
+
+    card = render_model_card(json.loads(Path("out/flowers/config.json").read_text()), "me/flowers-alexnet")
+    """
+    if not CARD_TEMPLATE.is_file():
+        raise FileNotFoundError(f"model card template {CARD_TEMPLATE} is missing from this hubclf install")
+    meta = config.get("hubclf", {})
+    pretrained_cfg = config["pretrained_cfg"]
+    dataset, base_model = meta.get("dataset"), meta.get("base_model")
+    is_hub_repo = _is_hub_id(model_id)
+    model_name = model_id.rstrip("/").split("/")[-1]
+    eval_results = meta.get("eval_results") or {}
+    card_data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=pretrained_cfg.get("license") or "unknown",
+        tags=["image-classification", "timm", "hubclf", "transfer-learning", config["architecture"]],
+        # The Hub checks these against existing repos, so only Hub ids go in the metadata (all go in the body).
+        datasets=[dataset] if dataset and _is_hub_id(dataset) else None,
+        base_model=base_model if base_model and _is_hub_id(base_model) else None,
+        model_name=model_name,
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset if dataset and _is_hub_id(dataset) else "imagefolder",
+                dataset_name=dataset or "image folder",
+                dataset_split="validation",
+                metric_type=name,
+                metric_value=value,
+            )
+            for name, value in eval_results.items()
+        ]
+        or None,
+    )
+    labels = config.get("label_names") or []
+    epoch_metrics = meta.get("epoch_metrics") or []
+    epoch_columns = list(dict.fromkeys(key for row in epoch_metrics for key in row))
+    _, height, width = pretrained_cfg["input_size"]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        model_title=model_name,
+        model_id=model_id,
+        is_hub_repo=is_hub_repo,
+        architecture=config["architecture"],
+        head_description=_describe_head(config),
+        num_classes=config["num_classes"],
+        input_channels=pretrained_cfg["input_size"][0],
+        input_height=height,
+        input_width=width,
+        mean=_fmt(tuple(pretrained_cfg.get("mean", ()))),
+        std=_fmt(tuple(pretrained_cfg.get("std", ()))),
+        interpolation=pretrained_cfg.get("interpolation"),
+        crop_pct=pretrained_cfg.get("crop_pct"),
+        freeze_description=_describe_freeze(meta.get("freeze")),
+        total_params=_fmt_count(meta.get("total_params")),
+        trainable_params=_fmt_count(meta.get("trainable_params")) if meta.get("trainable_params") is not None else None,
+        dataset=dataset,
+        base_model=base_model,
+        labels=[(i, _md_cell(name)) for i, name in enumerate(labels)],
+        hyperparameters=[(_md_cell(k), _md_cell(_fmt(v))) for k, v in (meta.get("hyperparameters") or {}).items()],
+        epoch_columns=[_md_cell(c) for c in epoch_columns],
+        epoch_rows=[[_md_cell(_fmt(row.get(c, ""))) for c in epoch_columns] for row in epoch_metrics],
+        eval_rows=[(_md_cell(k), _fmt(v)) for k, v in eval_results.items()],
+    )
+
+
+def _describe_head(config: dict[str, Any]) -> str:
+    if config["architecture"].endswith("_slim"):
+        return f"conv features, global {config.get('global_pool', 'avg')} pool and one linear classifier"
+    return "conv features, torchvision's two 4096-wide hidden layers and a linear classifier"
+
+
+def _describe_freeze(freeze: str | None) -> str:
+    if freeze is None:
+        return "not recorded"
+    return FREEZE_DESCRIPTIONS.get(freeze, f"layers up to and including `{freeze}` frozen, the rest fine-tuned")
+
+
+# ---- push -----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PushVerification:
+    """What ``verify_push`` measured: the pushed revision's logits against the local model's on a fixed input."""
+
+    repo_id: str
+    revision: str
+    max_abs_diff: float
+    tolerance: float
+    input_shape: tuple[int, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "verified" if self.ok else "MISMATCH"
+        return (
+            f"{verdict}: {self.repo_id}@{self.revision[:12]} reloads with max |Δlogit| {self.max_abs_diff:.3g} "
+            f"(tolerance {self.tolerance:g}) on a fixed {tuple(self.input_shape)} input"
+        )
+
+
+def push_to_hub(
+    model_or_dir: nn.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    token: str | None = None,
+    verify: bool = False,
+    **save_kwargs: Any,
+) -> str:
+    """Create ``repo_id`` if needed and upload the model in one commit; return the commit URL.
+
+    ``model_or_dir`` is a model (saved first, with ``save_kwargs`` going to ``save_pretrained``) or a folder written
+    by ``save_pretrained``. The card is re-rendered for ``repo_id``. ``token`` defaults to ``HF_TOKEN`` or the
+    ``hf auth login`` cache; ``HF_ENDPOINT`` picks the server. ``verify=True`` re-downloads the pushed commit and
+    compares its logits with the local model's (``RuntimeError`` if they differ).
+
+        url = push_to_hub("out/flowers", "me/flowers-alexnet", private=True, verify=True)
+    """
+    validate_repo_id(repo_id)
+    api = HfApi(token=token, library_name="hubclf", library_version=_hubclf_version())
+    with tempfile.TemporaryDirectory(prefix="hubclf-push-") as staging:
+        if isinstance(model_or_dir, nn.Module):
+            model = _unwrap(model_or_dir)
+            folder = save_pretrained(model, staging, **save_kwargs)
+        else:
+            if save_kwargs:
+                raise TypeError(f"{sorted(save_kwargs)} only apply when pushing a model, not the folder {model_or_dir}")
+            model, folder = None, Path(model_or_dir)
+            _check_model_folder(folder)
+        config = _read_config(folder / CONFIG_NAME)
+        card = render_model_card(config, repo_id)
+        operations = [
+            CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
+            CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
+            CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode("utf-8")),
+        ]
+        message = commit_message or f"Upload {config['architecture']} ({config['num_classes']} classes) with hubclf"
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision is not None and not create_pr:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            # One commit carries all three files: a failed upload leaves the repo exactly as it was.
+            commit = api.create_commit(
+                repo_id, operations, commit_message=message, revision=revision, create_pr=create_pr
+            )
+        except HfHubHTTPError as e:
+            kept = "" if model is not None else f" (the local save in {folder} is unchanged)"
+            raise RuntimeError(f"push to {repo_id} failed and nothing was committed{kept}: {e}") from e
+    logger.info("pushed %s to %s", config["architecture"], commit.commit_url)
+
+    if verify:
+        reference = model if model is not None else from_pretrained(folder)
+        try:
+            result = verify_push(reference, repo_id, commit.oid, token=token)
+        except HfHubHTTPError as e:
+            raise RuntimeError(f"pushed {commit.commit_url}, but downloading it back to verify failed: {e}") from e
+        if not result.ok:
+            raise RuntimeError(f"{result}; the commit {commit.commit_url} is on the Hub but does not match the model")
+        logger.info("%s", result)
+    return commit.commit_url
+
+
+def verify_push(
+    model: nn.Module, repo_id: str, revision: str, *, token: str | None = None, tolerance: float = 1e-4
+) -> PushVerification:
+    """Download ``repo_id@revision`` into a fresh cache, load it and compare logits with ``model`` on a fixed input.
+
+    print(verify_push(model, "me/flowers-alexnet", commit_sha))
+    """
+    model = _unwrap(model)
+    with tempfile.TemporaryDirectory(prefix="hubclf-verify-") as cache_dir:
+        reloaded = from_pretrained(repo_id, revision=revision, cache_dir=cache_dir, token=token)
+    input_shape = (2, *reloaded.pretrained_cfg["input_size"])
+    inputs = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            device = next(model.parameters()).device
+            expected = model.eval()(inputs.to(device)).float().cpu()
+            actual = reloaded.eval()(inputs).float()
+    finally:
+        model.train(was_training)
+    if expected.shape != actual.shape:
+        raise RuntimeError(
+            f"pushed model gives logits of shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+        )
+    max_abs_diff = (expected - actual).abs().max().item()
+    # Scale the tolerance with the logits so large-magnitude outputs are not judged on float32 rounding alone.
+    scale = max(1.0, expected.abs().max().item())
+    return PushVerification(repo_id, revision, max_abs_diff, tolerance * scale, input_shape)
+
+
+# ---- load -----------------------------------------------------------------------------------------------------
+def from_pretrained(
+    repo_id_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Load a hubclf model from a Hub repo id, a local folder, or an ``hf-hub:`` / ``local-dir:`` name.
+
+    Label names come back as ``model.label_names`` and ``model.pretrained_cfg["label_names"]``, the input size as
+    ``model.pretrained_cfg["input_size"]``. ``num_classes=N`` (if it differs from the saved count) puts a new
+    N-class classifier on the loaded backbone. ``cache_dir`` and ``token`` steer the download; other ``overrides``
+    go to ``timm.create_model`` (e.g. ``drop_rate=0.2``).
+
+        model = from_pretrained("me/flowers-alexnet", revision="v1", num_classes=5)
+    """
+    cache_dir, token = overrides.pop("cache_dir", None), overrides.pop("token", None)
+    folder, hub_id = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
+    source = hub_id or str(folder)
+    config = _read_config(folder / CONFIG_NAME)
+    _check_architecture(config["architecture"], source)
+
+    # timm parses config.json (model_args, pretrained_cfg, label names) exactly as for its own "local-dir:" models;
+    # the weights are loaded below, strictly, instead of through timm's head-dropping pretrained path.
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=config["num_classes"], **overrides)
+    _load_strict(model, safetensors.torch.load_file(folder / WEIGHTS_NAME), source)
+
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("file", "source")}
+    if hub_id:
+        pretrained_cfg.update(hf_hub_id=hub_id if revision is None else f"{hub_id}@{revision}", source="hf-hub")
+    label_names = config.get("label_names")
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+        label_names = None  # the new classifier's classes have no names yet
+        pretrained_cfg["num_classes"] = num_classes
+    pretrained_cfg.pop("label_names", None)
+    if label_names:
+        pretrained_cfg["label_names"] = list(label_names)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg
+    model.label_names = list(label_names) if label_names else None
+    return model
+
+
+def _locate(
+    name: str | os.PathLike, revision: str | None, *, cache_dir: str | None, token: str | None
+) -> tuple[Path, str | None]:
+    """Return the folder holding config.json + model.safetensors, downloading them first for a Hub id."""
+    name = os.fspath(name)
+    if name.startswith("local-dir:"):
+        folder, hub_id = Path(name.removeprefix("local-dir:")), None
+    elif name.startswith("hf-hub:"):
+        folder, hub_id = None, name.removeprefix("hf-hub:")
+    elif Path(name).is_dir():
+        folder, hub_id = Path(name), None
+    elif _is_hub_id(name):
+        folder, hub_id = None, name
+    else:
+        raise FileNotFoundError(f"{name!r} is neither a folder nor a Hub repo id (owner/name)")
+
+    if hub_id is None:
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} only applies to Hub repos, not the folder {folder}")
+        _check_model_folder(folder)
+        return folder, None
+
+    if "@" in hub_id:  # timm's "hf-hub:owner/name@revision" spelling
+        hub_id, _, at_revision = hub_id.partition("@")
+        if revision is not None and revision != at_revision:
+            raise ValueError(f"two revisions given: {at_revision!r} in the name and revision={revision!r}")
+        revision = at_revision
+    validate_repo_id(hub_id)
+    download = dict(revision=revision, cache_dir=cache_dir, token=token, library_name="hubclf",
+                    library_version=_hubclf_version())  # fmt: skip
+    try:
+        config_file = hf_hub_download(hub_id, CONFIG_NAME, **download)
+    except EntryNotFoundError as e:
+        raise FileNotFoundError(f"{hub_id} has no {CONFIG_NAME}, so it is not a hubclf/timm model repo") from e
+    try:
+        hf_hub_download(hub_id, WEIGHTS_NAME, **download)
+    except EntryNotFoundError as e:
+        raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+    # Both files sit in the same snapshot folder of the cache.
+    return Path(config_file).parent, hub_id
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; write the folder with hubclf.save_pretrained()")
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise _no_safetensors_error(
+            str(folder), sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        )
+
+
+def _no_safetensors_error(source: str, pickles: list[str]) -> ValueError:
+    found = f" (it has only the pickle file(s) {pickles})" if pickles else ""
+    return ValueError(
+        f"{source} has no {WEIGHTS_NAME}{found}. hubclf loads weights only from safetensors, because unpickling a "
+        f".bin/.pth file can run arbitrary code. Load it once in a trusted environment and re-save it with "
+        f"hubclf.save_pretrained(), or convert a torchvision checkpoint with `hubclf convert`."
+    )
+
+
+def _pickle_files_on_hub(repo_id: str, revision: str | None, token: str | None) -> list[str]:
+    """Best effort, for the error message only: which pickle weights the repo does have."""
+    try:
+        files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
+    except (HfHubHTTPError, OSError) as e:
+        logger.debug("could not list %s: %s", repo_id, e)
+        return []
+    return sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Parse and validate config.json, with an error that names the file and the problem."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    problems = []
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if not isinstance(config.get("architecture"), str):
+        problems.append("'architecture' (a timm model name) is missing")
+    num_classes = config.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        problems.append(f"'num_classes' must be a non-negative integer, got {num_classes!r}")
+    pretrained_cfg = config.get("pretrained_cfg")
+    if not isinstance(pretrained_cfg, dict):
+        problems.append("'pretrained_cfg' (timm's preprocessing config) is missing")
+    else:
+        input_size = pretrained_cfg.get("input_size")
+        if not (isinstance(input_size, list) and len(input_size) == 3 and all(isinstance(s, int) for s in input_size)):
+            problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {input_size!r}")
+        unknown = sorted(set(pretrained_cfg) - PRETRAINED_CFG_FIELDS)
+        if unknown:
+            problems.append(f"pretrained_cfg has fields timm does not know: {unknown}")
+    if not isinstance(config.get("model_args", {}), dict):
+        problems.append("'model_args' must be an object")
+    elif "num_classes" in config.get("model_args", {}):
+        problems.append("'model_args' must not hold num_classes (it belongs at the top level)")
+    label_names = config.get("label_names")
+    if label_names is not None and (not isinstance(label_names, list) or len(label_names) != num_classes):
+        problems.append(f"'label_names' must be a list of num_classes={num_classes} names")
+    if problems:
+        raise ValueError(f"{path} is not a valid hubclf config: " + "; ".join(problems))
+    return config
+
+
+def _check_architecture(architecture: str, source: str) -> None:
+    hubclf_models = timm.list_models("hubclf_*")
+    if architecture in hubclf_models:
+        return
+    if timm.is_model(architecture):
+        raise ValueError(
+            f"{source} is a {architecture!r} model, which is a timm model but not a hubclf model; "
+            f"load it with timm.create_model('hf-hub:<repo>', pretrained=True) instead"
+        )
+    raise ValueError(
+        f"{source} names the architecture {architecture!r}, which is not registered with timm. A hubclf model needs "
+        f"`import hubclf` before loading (it registers {hubclf_models}); any other name is not a hubclf model."
+    )
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with one error listing every missing, unexpected and mis-shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mis_shaped = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        parts = [
+            f"{len(items)} {what}: {items[:20]}{' ...' if len(items) > 20 else ''}"
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+            if items
+        ]
+        raise RuntimeError(
+            f"{WEIGHTS_NAME} from {source} does not fit {type(model).__name__} as configured in {CONFIG_NAME} "
+            f"(nothing was loaded): " + "; ".join(parts)
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+# ---- small helpers ------------------------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare timm model inside DDP / DataParallel / torch.compile wrappers, so keys stay bare timm keys."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            break
+    if not hasattr(model, "pretrained_cfg") or not hasattr(model, "num_classes"):
+        raise TypeError(f"{type(model).__name__} is not a timm model (no pretrained_cfg / num_classes)")
+    return model
+
+
+def _check_label_names(label_names: list[str] | None, num_classes: int) -> list[str] | None:
+    if label_names is None:
+        logger.warning("no label_names given: the model card and pipelines will show class indices")
+        return None
+    label_names = list(label_names)
+    if len(label_names) != num_classes:
+        raise ValueError(f"{len(label_names)} label_names for a model with num_classes={num_classes}")
+    bad = [name for name in label_names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ValueError(f"label_names must be non-empty strings, got {bad}")
+    duplicates = sorted({name for name in label_names if label_names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"label_names must be unique, repeated: {duplicates}")
+    return label_names
+
+
+def _check_json(what: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be JSON-serialisable plain numbers/strings/lists/dicts: {e}") from e
+
+
+def _is_hub_id(name: str) -> bool:
+    if name.count("/") != 1 or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hubclf_version() -> str:
+    from hubclf import __version__
+
+    return __version__
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return str(value)
+
+
+def _fmt_count(count: int | None) -> str:
+    return "unknown" if count is None else f"{count:,}"
+
+
+def _md_cell(text: Any) -> str:
+    """Make text safe inside a markdown table cell."""
+    return re.sub(r"\s+", " ", str(text)).replace("|", "\\|")
