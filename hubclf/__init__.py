@@ -7,6 +7,7 @@ Importing hubclf registers its models in timm's registry::
 """
 
 from hubclf import models  # noqa: F401  (registers hubclf_* architectures with timm)
+from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.models import freeze, param_counts, unfreeze
 
 __version__ = "0.1.0"
