@@ -102,6 +102,8 @@ def save_pretrained(
             f"{save_dir} already holds pickle weights {pickles}; a hubclf model folder has {WEIGHTS_NAME} as its "
             f"only weights file. Save into an empty folder."
         )
+    if label_names is None and len(model.pretrained_cfg.get("label_names") or ()) == model.num_classes:
+        label_names = model.pretrained_cfg["label_names"]  # a loaded model keeps its labels when saved again
     label_names = _check_label_names(label_names, model.num_classes)
     trainable, total = param_counts(model)
     metadata = {

@@ -26,6 +26,7 @@ from timm.models import PretrainedCfg
 
 from hubclf.cli import main
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, verify_push
+from tests.hub_fixtures import point_hub_clients_at, set_hub_offline
 
 ARCH = "hubclf_alexnet_slim"
 IMG_SIZE = (96, 64)  # H×W, deliberately not square so a swapped H/W shows up
@@ -175,6 +176,12 @@ def test_load_folder_restores_weights_labels_and_input_size(model, saved, spelli
     assert timm.data.resolve_data_config(model=loaded)["input_size"] == (3, *IMG_SIZE)
 
 
+def test_a_loaded_model_saves_again_with_its_labels(model, saved, tmp_path):
+    again = save_pretrained(from_pretrained(saved), tmp_path / "again")
+    assert json.loads((again / "config.json").read_text())["label_names"] == LABELS
+    assert_same_logits(model, from_pretrained(again))
+
+
 def test_timm_local_dir_gives_identical_logits(model, saved):
     assert_same_logits(model, timm.create_model(f"local-dir:{saved}", pretrained=True))
 
@@ -322,8 +329,7 @@ def test_second_load_works_offline_from_the_cache(use_hub, new_repo_id, saved, m
     push_to_hub(saved, repo_id, token=hub.token)
     online = from_pretrained(repo_id)
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    set_hub_offline(monkeypatch)
     requests_before = len(hub.requests)
     offline = from_pretrained(repo_id)
     assert len(hub.requests) == requests_before  # served from the cache, not the server
@@ -413,23 +419,23 @@ def test_verify_reports_a_mismatch(use_hub, new_repo_id, saved):
 
 
 # ---- an independent server: olah 0.5.4 serving what push_to_hub produced ---------------------------------------
-def test_olah_serves_the_pushed_repo(hub_server, olah_server, new_repo_id, saved, monkeypatch):
+def test_olah_serves_the_pushed_repo(use_hub, olah_server, new_repo_id, saved, monkeypatch, tmp_path):
     repo_id = new_repo_id("olah")
-    with monkeypatch.context() as patch:
-        patch.setattr(constants, "ENDPOINT", hub_server.endpoint)
-        patch.setenv("HF_ENDPOINT", hub_server.endpoint)
-        url = push_to_hub(saved, repo_id, token=hub_server.token)
-    sha = url.split("/")[-1]
-    monkeypatch.setattr(constants, "ENDPOINT", olah_server.endpoint)
-    monkeypatch.setenv("HF_ENDPOINT", olah_server.endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(hub_server.root).parent / f"olah-cache-{uuid.uuid4().hex}"))
+    sha = push_to_hub(saved, repo_id, token=use_hub.token).split("/")[-1]
+    # From here on every client reads from olah (read-only, offline mirror of the same git repos), with a cache of
+    # its own so no file comes from what the push left in the session cache.
+    point_hub_clients_at(monkeypatch, olah_server.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "olah-cache"))
+    requests_before = len(use_hub.requests)
 
-    assert HfApi().model_info(repo_id, revision="main").sha == sha
+    assert HfApi().model_info(repo_id, revision="main").sha == sha  # olah needs an explicit revision here
     reference = from_pretrained(saved)
     loaded = from_pretrained(repo_id, revision=sha)
     assert_same_logits(reference, loaded)
     assert loaded.label_names == LABELS
+    assert_same_logits(reference, from_pretrained(f"hf-hub:{repo_id}"))
     assert_same_logits(reference, timm.create_model(f"hf-hub:{repo_id}", pretrained=True))
+    assert len(use_hub.requests) == requests_before  # all of it came through olah
 
 
 # ---- the live Hub ---------------------------------------------------------------------------------------------
