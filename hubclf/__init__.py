@@ -9,6 +9,7 @@ Importing hubclf registers its models in timm's registry::
 from hubclf import models  # noqa: F401  (registers hubclf_* architectures with timm)
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.models import freeze, param_counts, unfreeze
+from hubclf.train import TrainConfig, train  # noqa: F401  (hubclf.train(TrainConfig(...)))
 
 __version__ = "0.1.0"
 
@@ -16,5 +17,8 @@ __all__ = [
     "freeze",
     "unfreeze",
     "param_counts",
+    "save_pretrained",
+    "push_to_hub",
+    "from_pretrained",
     "__version__",
 ]
