@@ -52,7 +52,13 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "hubclf_model_card.md"
+# The template lives in model_cards/ at the repository root; a wheel ships it as hubclf/model_cards/
+# (see pyproject.toml). A source checkout or editable install reads it in place.
+_CARD_LOCATIONS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
+CARD_TEMPLATE = next(
+    (d / "hubclf_model_card.md" for d in _CARD_LOCATIONS if (d / "hubclf_model_card.md").is_file()),
+    _CARD_LOCATIONS[-1] / "hubclf_model_card.md",
+)
 
 # Weight formats that unpickle on load, i.e. can run arbitrary code: never written, never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
