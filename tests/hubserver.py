@@ -287,11 +287,13 @@ class GitRepo:
         additions: dict[str, bytes],
         deletions: tuple[str, ...] = (),
         folder_deletions: tuple[str, ...] = (),
+        new_ref: bool = False,
     ) -> str:
-        """Write one commit on ``ref`` (which must still point at ``parent``) and return its SHA.
+        """Write one commit with parent ``parent`` on ``ref`` and return its SHA.
 
-        ``additions`` maps paths to the bytes git stores (an LFS pointer, for LFS files). The caller serialises
-        writes; ``update-ref`` with the old value still makes a lost race an error instead of a lost commit.
+        ``ref`` must still point at ``parent``, or not exist yet when ``new_ref``. ``additions`` maps paths to the
+        bytes git stores (an LFS pointer, for LFS files). The caller serialises writes; ``update-ref`` with the old
+        value still makes a lost race an error instead of a lost commit.
         """
         existing = self.tree(parent) if parent else {}
         removed = set()
@@ -329,7 +331,7 @@ class GitRepo:
         parent_args = ["-p", parent] if parent else []
         commit = self.git("commit-tree", tree, *parent_args, "-F", "-", input=full_message.encode(), env=identity)
         commit = commit.decode().strip()
-        self.git("update-ref", ref, commit, parent or "0" * 40)
+        self.git("update-ref", ref, commit, "0" * 40 if new_ref or parent is None else parent)
         return commit
 
 
@@ -425,6 +427,7 @@ class HubServer:
         self.requests: list[RecordedRequest] = []
         self._signing_key = secrets.token_bytes(32)  # signs storage URLs: those carry no user token
         self._write_lock = threading.Lock()
+        self._repos: dict[str, GitRepo] = {}  # one per repo id, so each keeps its cache of trees across requests
         self._servers: list[ThreadingHTTPServer] = []
         self.endpoint = ""
         self.storage_endpoint = ""
@@ -462,8 +465,10 @@ class HubServer:
     # -- helpers for tests ------------------------------------------------------------------------------------------
     def repo(self, repo_id: str) -> GitRepo:
         """The git repository behind ``repo_id`` (it may not exist yet)."""
-        namespace, name = repo_id.split("/")
-        return GitRepo(self.root / "models" / namespace / name)
+        if repo_id not in self._repos:
+            namespace, name = repo_id.split("/")
+            self._repos[repo_id] = GitRepo(self.root / "models" / namespace / name)
+        return self._repos[repo_id]
 
     def find_secret(self, secret: str) -> list[str]:
         """Every place ``secret`` appears other than an Authorization header: requests and all stored repo content.
@@ -606,6 +611,7 @@ class HubServer:
         repo = self._writable(request, repo_id)
         with self._write_lock:
             shutil.rmtree(repo.path)
+            del self._repos[repo_id]
         return _Response()
 
     def _validate_yaml(self, request: _Request) -> _Response:
@@ -850,11 +856,11 @@ class HubServer:
                 raise HubError(400, f"Unknown commit operation {key!r}")
 
         with self._write_lock:
-            if request.flag("create_pr"):
-                base = self._commit_at(repo, f"refs/heads/{revision}")
+            create_pr = request.flag("create_pr")
+            if create_pr:  # a new refs/pr/N, branching off the target branch
+                parent = self._commit_at(repo, f"refs/heads/{revision}")
                 number = len(repo.refs("refs/pr/")) + 1
-                ref, parent = f"refs/pr/{number}", base
-                repo.git("update-ref", ref, base, "0" * 40)
+                ref = f"refs/pr/{number}"
             else:
                 ref = f"refs/heads/{revision}"
                 parent = repo.resolve(ref)
@@ -865,11 +871,11 @@ class HubServer:
             commit = repo.commit(
                 ref, parent, author=request.user, message=header.get("summary") or "Update",
                 description=header.get("description") or "", additions=additions,
-                deletions=tuple(deletions), folder_deletions=tuple(folder_deletions),
+                deletions=tuple(deletions), folder_deletions=tuple(folder_deletions), new_ref=create_pr,
             )  # fmt: skip
         result = {"success": True, "commitOid": commit, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{commit}",
                   "hookOutput": ""}  # fmt: skip
-        if request.flag("create_pr"):
+        if create_pr:
             result["pullRequestUrl"] = f"{self.endpoint}/{repo_id}/discussions/{number}"
         return _Response.json(result)
 
@@ -887,7 +893,7 @@ class HubServer:
         entry = repo.tree(commit).get(path)
         if entry is None or entry.type != "file":
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": commit})
-        headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": commit}
         if entry.lfs_oid is not None:
             # Like the Hub: LFS content comes from the storage host, through a signed URL that needs no token.
             location = self._signed_url("GET", "objects", repo_id, entry.lfs_oid)

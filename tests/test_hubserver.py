@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
@@ -14,6 +15,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from safetensors.torch import load_file, save_file
+from timm.models import save_for_hf
 
 from tests.hub_fixtures import set_hub_offline
 from tests.hubserver import HubServer, lfs_pointer
@@ -26,6 +28,14 @@ def _make_folder(folder: Path, notes: str) -> dict[str, torch.Tensor]:
     tensors = {"weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "bias": torch.ones(3)}
     save_file(tensors, folder / "model.safetensors")
     return tensors
+
+
+def _push_timm_model(hub: HubServer, repo_id: str, folder: Path) -> torch.nn.Module:
+    """timm's tiny ``test_resnet``, saved in timm's Hub format and pushed: what ``hf-hub:`` loading expects."""
+    model = timm.create_model("test_resnet", num_classes=3).eval()
+    save_for_hf(model, folder, safe_serialization=True)
+    _push(hub, repo_id, folder, "Add timm model")
+    return model
 
 
 def _push(hub: HubServer, repo_id: str, folder: Path, message: str) -> str:
@@ -215,3 +225,25 @@ def test_olah_serves_the_same_repos(hub_server, use_olah, new_repo_id, tmp_path)
     snapshot_files = sorted(path.name for path in Path(snapshot).iterdir())
     assert snapshot_files == [".gitattributes", "model.safetensors", "notes.txt"]
     assert len(hub_server.requests) == hub_requests  # every byte above came through olah
+
+
+def test_timm_loads_hf_hub_models_from_the_test_hub(use_hub, new_repo_id, tmp_path):
+    repo_id = new_repo_id("timm")
+    model = _push_timm_model(use_hub, repo_id, tmp_path / "model")
+
+    loaded = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
+
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(images), model(images))
+
+
+def test_timm_loads_hf_hub_models_through_olah(hub_server, use_olah, new_repo_id, tmp_path):
+    repo_id = new_repo_id("timm-olah")
+    model = _push_timm_model(hub_server, repo_id, tmp_path / "model")
+    hub_requests = len(hub_server.requests)
+
+    loaded = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
+
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(images), model(images))
+    assert len(hub_server.requests) == hub_requests
