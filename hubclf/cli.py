@@ -78,7 +78,38 @@ def _run_push(args: argparse.Namespace) -> int:
 
 # ---- train ---------------------------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    pass  # owned by the training work (hubclf/train/)
+    from hubclf.train.config import add_train_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="Fine-tune or feature-extract a classifier on your images (also under `accelerate launch`)",
+        description="Train a timm/hubclf classifier on an image folder, a Hub dataset or a saved dataset. "
+        "Example: hubclf train --model hubclf_alexnet --data photos/ --img-size 448 224 --freeze backbone "
+        "--epochs 5 --output-dir out/",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from hubclf.train import TrainingInterrupted, train
+    from hubclf.train.config import config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours to print
+    config = config_from_args(args)
+    try:
+        result = train(config)
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return 130  # the shell's code for "stopped by a signal"
+    best = result.best_metrics
+    print(f"best val top1 {best['top1']:.1%} -> {result.best_model_dir}; final model -> {result.final_model_dir}")
+    if result.hub_url:
+        print(f"pushed to {result.hub_url}")
+    return 0
 
 
 # ---- predict / eval -------------------------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Everything a training run needs to know, as one dataclass that also reads YAML/JSON files and argparse flags.
+
+    config = TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out", img_size=(448, 224))
+    config = TrainConfig.from_file("train.yaml", epochs=3)   # keyword arguments override the file
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FREEZE_NONE = "none"
+FREEZE_BACKBONE = "backbone"
+CACHE_MODES = ("auto", "off", "memory", "disk")
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one ``hubclf train`` run. Field names match the CLI flags (``img_size`` <-> ``--img-size``).
+
+    Example::
+
+        TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", freeze="backbone", epochs=3)
+    """
+
+    # What to train, on what, and where the results go.
+    model: str
+    data: str
+    output_dir: str
+    pretrained: bool = True
+    weights: str | None = None
+    img_size: tuple[int, int] | None = None
+    num_classes: int | None = None
+
+    # Data.
+    image_column: str | None = None
+    label_column: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    val_split: float = 0.1
+    augment: bool = True
+    on_bad_image: str = "skip"
+    num_workers: int = 4
+
+    # Transfer learning.
+    freeze: str = FREEZE_NONE
+    unfreeze_after: int | None = None
+    backbone_lr_scale: float = 0.1
+    cache_features: str = "auto"
+    feature_cache_dir: str | None = None
+
+    # Optimisation.
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    opt: str = "adamw"
+    weight_decay: float = 0.01
+    sched: str = "cosine"
+    warmup_epochs: int = 1
+    min_lr: float = 0.0
+    grad_accum_steps: int = 1
+    clip_grad: float | None = None
+    seed: int = 42
+    mixed_precision: str | None = None
+
+    # Checkpoints, logging, publishing.
+    save_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    resume: str | None = None
+    log_with: list[str] = field(default_factory=list)
+    push_to_hub: str | None = None
+    hub_private: bool = False
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None:
+            self.img_size = tuple(int(v) for v in self.img_size)  # YAML/JSON give lists
+            if len(self.img_size) != 2 or min(self.img_size) < 1:
+                raise ValueError(f"img_size must be two positive integers (height, width), got {self.img_size}")
+        if isinstance(self.log_with, str):
+            self.log_with = [self.log_with]
+        if self.freeze.strip() == "":
+            raise ValueError("freeze must be 'none', 'backbone' or a module name such as 'features.5'")
+        if self.unfreeze_after is not None:
+            if self.freeze == FREEZE_NONE:
+                raise ValueError("--unfreeze-after needs a frozen start: add --freeze backbone (or a stage name)")
+            if not 0 < self.unfreeze_after < self.epochs:
+                raise ValueError(
+                    f"--unfreeze-after must be between 1 and epochs-1 ({self.epochs - 1}), got {self.unfreeze_after}"
+                )
+        if self.cache_features not in CACHE_MODES:
+            raise ValueError(f"cache_features must be one of {CACHE_MODES}, got {self.cache_features!r}")
+        if self.cache_features in ("memory", "disk") and not self.can_cache_features:
+            raise ValueError(
+                f"--cache-features {self.cache_features} needs a backbone that never changes and fixed inputs: "
+                "--freeze backbone, --no-augment and no --unfreeze-after"
+            )
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
+        if not 0.0 < self.val_split < 1.0:
+            raise ValueError(f"val_split is a fraction of the train split, between 0 and 1; got {self.val_split}")
+        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.weights is not None and not self.pretrained:
+            raise ValueError("--weights gives pretrained weights; it contradicts --no-pretrained")
+
+    @property
+    def can_cache_features(self) -> bool:
+        """Cached features are only exact when the backbone never changes and every epoch sees the same pixels."""
+        return self.freeze == FREEZE_BACKBONE and not self.augment and self.unfreeze_after is None
+
+    @property
+    def feature_cache_mode(self) -> str:
+        """``"off"``, ``"memory"`` or ``"disk"``, with ``"auto"`` resolved."""
+        if self.cache_features == "auto":
+            return "memory" if self.can_cache_features else "off"
+        return self.cache_features
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML (``.yaml``/``.yml``) or JSON file of field names; ``overrides`` win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        return cls.from_dict({**values, **overrides}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "settings") -> TrainConfig:
+        """Build from a mapping, naming unknown or missing keys clearly instead of a bare ``TypeError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+        ]
+        if required:
+            raise ValueError(f"missing required setting(s) in {source}: {', '.join(required)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, e.g. for the model card's hyperparameters or ``accelerator.init_trackers``."""
+        values = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+# ---- command line -------------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``hubclf train``'s flags. Defaults stay out of the namespace so that a ``--config`` file can supply them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+    def adder(title: str):
+        group = parser.add_argument_group(title)
+
+        def add(*flags: str, help: str, **kwargs: Any) -> None:
+            dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+            default = defaults.get(dest)
+            if default not in (dataclasses.MISSING, None) and kwargs.get("action") is None:
+                help = f"{help} (default: {default})"
+            group.add_argument(*flags, help=help, default=argparse.SUPPRESS, **kwargs)
+
+        return add
+
+    add = adder("what to train")
+    add("--config", help="YAML or JSON file of settings (keys as below, e.g. img_size: [448, 224]); flags override it")
+    add("--model", help="timm/hubclf architecture (hubclf_alexnet), 'hf-hub:user/repo' or a saved model directory")
+    add("--data", help="imagefolder directory, Hub dataset id, or a datasets.save_to_disk directory")
+    add("--output-dir", help="where checkpoints, metrics.jsonl and the best/ and final/ models go")
+    add("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
+    add("--num-classes", type=int, help="expected number of classes; an error if the data disagrees")
+    add("--no-pretrained", dest="pretrained", action="store_false", help="start from random weights")
+    add("--weights", help="local pretrained weights file (.safetensors/.pth) instead of downloading them")
+
+    add = adder("data")
+    add("--image-column", help="image column (default: the dataset's only Image feature)")
+    add("--label-column", help="label column (default: the dataset's only ClassLabel feature)")
+    add("--train-split", help="split to train on")
+    add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")
+    add("--val-split", type=float, help="fraction of the train split held out, stratified, when there is no eval split")
+    add("--no-augment", dest="augment", action="store_false", help="train on eval transforms (enables cached features)")
+    add("--on-bad-image", choices=BAD_IMAGE_POLICIES, help="skip (count and list) unreadable images, or stop")
+    add("--num-workers", type=int, help="DataLoader worker processes per training process")
+
+    add = adder("transfer learning")
+    add("--freeze", help="'none' (fine-tune all), 'backbone' (train only the classifier) or a module, e.g. features.5")
+    add("--unfreeze-after", type=int, help="train with --freeze for N epochs, then unfreeze everything")
+    add("--backbone-lr-scale", type=float, help="backbone LR = lr x this, whenever the backbone trains")
+    add("--cache-features", choices=CACHE_MODES, help="reuse frozen-backbone features across epochs (auto: in memory)")
+    add("--feature-cache-dir", help="where --cache-features disk stores them (default: OUTPUT_DIR/feature_cache)")
+
+    add = adder("optimisation")
+    add("--epochs", type=int, help="number of epochs")
+    add("--batch-size", type=int, help="images per process per step")
+    add("--lr", type=float, help="peak learning rate of the classifier")
+    add("--opt", help="timm.optim optimizer name")
+    add("--weight-decay", type=float, help="weight decay (not applied to biases and norm layers)")
+    add("--sched", help="timm.scheduler schedule")
+    add("--warmup-epochs", type=int, help="linear warm-up epochs")
+    add("--min-lr", type=float, help="learning rate at the end of the schedule")
+    add("--grad-accum-steps", type=int, help="accumulate gradients over this many steps")
+    add("--clip-grad", type=float, help="clip the gradient norm to this value")
+    add("--seed", type=int, help="random seed (data order, augmentation, init)")
+    add("--mixed-precision", choices=("no", "fp16", "bf16", "fp8"), help="override Accelerate's mixed precision")
+
+    add = adder("checkpoints, logging, publishing")
+    add("--save-every-steps", type=int, help="also checkpoint every N optimizer steps")
+    add("--keep-checkpoints", type=int, help="keep the last K checkpoints")
+    add("--resume", help="'latest' or a checkpoint directory to continue from")
+    add("--log-with", nargs="+", help="Accelerate trackers, e.g. tensorboard")
+    add("--push-to-hub", metavar="REPO_ID", help="push the best model to this Hub repo at the end")
+    add("--private", dest="hub_private", action="store_true", help="create the Hub repo as private")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge ``--config FILE`` (if any) with the flags that were actually given; flags win."""
+    given = {key: value for key, value in vars(args).items() if key not in ("config", "func", "command")}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        return TrainConfig.from_file(config_file, **given)
+    return TrainConfig.from_dict(given, source="the command line (or pass --config)")

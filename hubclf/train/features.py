@@ -1,0 +1,135 @@
+"""Cached frozen-backbone features: with ``--freeze backbone --no-augment`` the backbone's output for an image never
+changes, so it is computed once and the classifier trains on the stored features (later epochs take seconds).
+
+    features = load_or_extract_features(accelerator, model, loader, key=feature_cache_key(model, ...), cache_dir=None)
+    train_set = FeatureDataset(features)
+
+Training on these features is the uncached path with the backbone call memoised: the same pre-logits
+(``model.forward_head(model.forward_features(x), pre_logits=True)`` in eval mode) feed the same classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def backbone_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The input of ``model.get_classifier()``: everything a frozen backbone computes.
+
+    Example::
+
+        model.get_classifier()(backbone_features(model, x))   # == model(x) in eval mode
+    """
+    return model.forward_head(model.forward_features(pixel_values), pre_logits=True)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split, in row order. ``bad_rows`` lists rows whose image could not be read."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor
+    bad_rows: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Batches like ``ImageClassificationDataset``'s, with ``features`` in place of ``pixel_values``.
+
+    ``bad_images`` names the rows left out because their image could not be read.
+    """
+
+    def __init__(self, feature_set: FeatureSet, bad_images: list[str] | None = None) -> None:
+        self.feature_set = feature_set
+        self.bad_images = list(bad_images or [])
+
+    def __len__(self) -> int:
+        return len(self.feature_set)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        fs = self.feature_set
+        return {"features": fs.features[i], "labels": fs.labels[i], "index": fs.rows[i], "valid": True}
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of every tensor of ``model`` except its classifier: what determines the frozen features."""
+    classifier = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is classifier) + "."
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(prefix):
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_cache_key(*, weights: str, transform: Any, data_fingerprint: str, rows: int) -> str:
+    """Key of a cache entry: backbone weights (``weights_fingerprint(model)``), input pipeline (size, resize,
+    normalisation) and the data itself, so that a cache is never reused after any of them changes.
+
+    ``data_fingerprint`` is the 🤗 ``Dataset._fingerprint`` of the split (it changes when files change).
+    """
+    parts = {"weights": weights, "transform": repr(transform), "data": data_fingerprint, "rows": rows}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def extract_features(accelerator: Any, model: nn.Module, dataloader: Any, *, desc: str = "features") -> FeatureSet:
+    """One pass of the frozen backbone (eval mode, no autograd) over a prepared, unshuffled loader.
+
+    Every process gets the full feature set: ``gather_for_metrics`` collects all shards without duplicates.
+    """
+    was_training = model.training
+    model.eval()
+    features, labels, rows, valid = [], [], [], []
+    for batch in tqdm(dataloader, desc=desc, disable=not accelerator.is_local_main_process):
+        with accelerator.autocast():
+            output = backbone_features(model, batch["pixel_values"]).float()
+        # Integers rather than bools: not every collective backend (gloo) gathers bool tensors.
+        gathered = accelerator.gather_for_metrics((output, batch["labels"], batch["index"], batch["valid"].long()))
+        for store, tensor in zip((features, labels, rows, valid), gathered, strict=True):
+            store.append(tensor.cpu())
+    model.train(was_training)
+    features, labels, rows, valid = (torch.cat(store) for store in (features, labels, rows, valid))
+    order = rows.argsort()  # restore row order whatever the process interleaving
+    features, labels, rows, valid = features[order], labels[order], rows[order], valid[order].bool()
+    return FeatureSet(features[valid], labels[valid], rows[valid], rows[~valid])
+
+
+def load_or_extract_features(
+    accelerator: Any, model: nn.Module, dataloader: Any, *, key: str, cache_dir: str | Path | None, desc: str
+) -> FeatureSet:
+    """Features from ``cache_dir/<key>.safetensors`` if present, else extracted (and stored there by the main
+    process). ``cache_dir=None`` keeps them in memory only."""
+    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        logger.info("%s: reusing cached features %s", desc, path)
+        return FeatureSet(**load_file(path))
+    feature_set = extract_features(accelerator, model, dataloader, desc=desc)
+    if path is not None:
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".tmp{os.getpid()}")
+            tensors = {name: getattr(feature_set, name).contiguous() for name in FeatureSet.__dataclass_fields__}
+            save_file(tensors, partial)
+            partial.replace(path)  # atomic: a crash never leaves a half-written cache behind under the real key
+            logger.info("%s: cached %d features in %s", desc, len(feature_set), path)
+        accelerator.wait_for_everyone()
+    return feature_set

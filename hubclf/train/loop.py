@@ -1,0 +1,549 @@
+"""The training loop, to be read top to bottom like Accelerate's ``examples/cv_example.py``.
+
+    from hubclf import TrainConfig, train
+    result = train(TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out", img_size=(448, 224),
+                               freeze="backbone", epochs=5))
+    result.best_metrics["top1"], result.best_model_dir
+
+The same code runs as ``python``/``hubclf train`` on one CPU or GPU and under ``accelerate launch`` on many.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import gather_object, set_seed
+from timm.data import resolve_model_data_config
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hubclf.hub import push_to_hub, save_pretrained
+from hubclf.train.checkpoints import TrainerState, find_checkpoint, save_checkpoint
+from hubclf.train.config import TrainConfig
+from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+from hubclf.train.features import (
+    FeatureDataset,
+    backbone_features,
+    feature_cache_key,
+    load_or_extract_features,
+    weights_fingerprint,
+)
+from hubclf.train.metrics import evaluate, format_metrics
+from hubclf.train.stages import HEAD, apply_stage, param_groups, prepare_stage, set_stage_modes, stage_for_epoch
+
+logger = get_logger(__name__)  # Accelerate's logger: one line per message, from the main process
+
+METRICS_FILE = "metrics.jsonl"
+BEST_DIR, FINAL_DIR = "best", "final"
+# Per-epoch columns that go into the model card (metrics.jsonl keeps everything, confusion matrices included).
+CARD_COLUMNS = ("epoch", "stage", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. Metrics use the keys of ``hubclf.train.metrics.ClassificationMetrics``."""
+
+    output_dir: Path
+    best_model_dir: Path
+    final_model_dir: Path
+    metrics_file: Path
+    best_metrics: dict[str, Any]
+    final_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bad_images: list[str] = field(default_factory=list)
+    hub_url: str | None = None
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT/SIGTERM once the run's state is safely checkpointed."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"training interrupted; state saved in {checkpoint}. Continue with --resume latest")
+        self.checkpoint = checkpoint
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; write checkpoints, ``metrics.jsonl`` and best/final models.
+
+    Example::
+
+        result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
+    """
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=config.log_with or None,
+        project_dir=str(output_dir),
+    )
+    # The same seed on every process: identical initial weights and identical shuffling decisions.
+    set_seed(config.seed)
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    # The main process fills the 🤗 datasets cache first; the others then read it instead of racing to write it.
+    with accelerator.main_process_first():
+        data = load_image_dataset(
+            config.data,
+            image_column=config.image_column,
+            label_column=config.label_column,
+            train_split=config.train_split,
+            eval_split=config.eval_split,
+            val_split=config.val_split,
+            seed=config.seed,
+            num_classes=config.num_classes,
+        )
+    logger.info(
+        f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
+        f"{data.num_classes} classes: {data.label_names}"
+    )
+
+    # ---- model and transforms ---------------------------------------------------------------------------------
+    model = create_model(config, data.label_names).to(accelerator.device)
+    data_config = resolve_model_data_config(model)
+    train_transform, eval_transform = build_transforms(data_config, augment=config.augment)
+    train_images, eval_images = (
+        ImageClassificationDataset(
+            split,
+            data.image_column,
+            data.label_column,
+            transform,
+            on_bad_image=config.on_bad_image,
+            input_size=data_config["input_size"],
+        )
+        for split, transform in ((data.train, train_transform), (data.eval, eval_transform))
+    )
+    stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]
+    frozen_fingerprint = weights_fingerprint(model) if HEAD in stages else None
+
+    # ---- cached frozen features (--freeze backbone --no-augment) -----------------------------------------------
+    state = TrainerState()
+    if config.feature_cache_mode != "off":
+        train_set, eval_set = _feature_sets(accelerator, model, config, train_images, eval_images, frozen_fingerprint)
+        state.bad_images = sorted(set(train_set.bad_images + eval_set.bad_images))
+    else:
+        train_set, eval_set = train_images, eval_images
+    workers = 0 if isinstance(train_set, FeatureDataset) else config.num_workers
+    shuffle_generator = torch.Generator()  # re-seeded every epoch: the data order depends on (seed, epoch) only
+    loader_args = dict(batch_size=config.batch_size, num_workers=workers, pin_memory=accelerator.device.type == "cuda")
+    train_loader = DataLoader(train_set, shuffle=True, generator=shuffle_generator, **loader_args)
+    eval_loader = DataLoader(eval_set, shuffle=False, **loader_args)
+
+    # ---- optimizer (one for the whole run; see stages.param_groups) --------------------------------------------
+    apply_stage(model, stages[0], config)  # requires_grad as in the first epoch, which param_groups reads
+    optimizer = create_optimizer_v2(
+        model,
+        opt=config.opt,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        param_group_fn=lambda m: param_groups(m, config),
+    )
+
+    # ---- resume point, then Accelerate wrapping for that point's stage -----------------------------------------
+    checkpoint = find_checkpoint(config.resume, output_dir) if config.resume else None
+    if checkpoint is not None:
+        saved = TrainerState.load(checkpoint)
+        saved.bad_images = sorted(set(saved.bad_images + state.bad_images))
+        state = saved
+    stage = state.stage or stages[min(state.epoch, config.epochs - 1)]
+    trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
+        accelerator, model, stage, config, optimizer, train_loader, eval_loader
+    )
+    updates_per_epoch = math.ceil(len(prepared_train_loader) / config.grad_accum_steps)
+    scheduler, _ = create_scheduler_v2(
+        optimizer.optimizer,
+        sched=config.sched,
+        num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        min_lr=config.min_lr,
+        step_on_epochs=False,  # the LR moves every optimizer update, not in epoch-sized jumps
+        updates_per_epoch=updates_per_epoch,
+    )
+    if checkpoint is not None:
+        # Restores weights, optimizer, gradient-accumulation step and every process's RNG. Everything above that
+        # consumed randomness (init, feature extraction) ran before this line, so the RNG continues exactly.
+        accelerator.load_state(str(checkpoint))
+        if state.stage == HEAD and state.backbone_fingerprint != frozen_fingerprint:
+            raise ValueError(
+                f"{checkpoint} was trained on a different frozen backbone than --model {config.model} gives now "
+                "(head-stage checkpoints store the classifier only); resume with the original weights"
+            )
+        scheduler.step_update(state.global_step)
+        logger.info(f"resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
+    state.stage = stage
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
+    if config.log_with:
+        accelerator.init_trackers("hubclf", config=_tracker_config(config))
+
+    # ---- epochs -----------------------------------------------------------------------------------------------
+    stop = _StopOnSignal()
+    with stop:
+        for epoch in range(state.epoch, config.epochs):
+            if stages[epoch] != stage:
+                stage = stages[epoch]
+                trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
+                    accelerator, model, stage, config, optimizer, train_loader, eval_loader
+                )
+                logger.info(f"epoch {epoch + 1}: unfreezing the backbone (its lr = lr x {config.backbone_lr_scale})")
+            state.stage = stage
+            state.backbone_fingerprint = frozen_fingerprint if stage == HEAD else None
+            started = time.perf_counter()
+
+            # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
+            shuffle_generator.manual_seed(config.seed + epoch)
+            if isinstance(train_set, ImageClassificationDataset) and config.augment:
+                train_set.seed_augmentation(config.seed, epoch)
+            batches = prepared_train_loader
+            if state.batches_done:
+                batches = accelerator.skip_first_batches(prepared_train_loader, state.batches_done)
+            totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, count, correct
+            bad_rows: list[int] = []
+
+            set_stage_modes(model, stage)
+            progress = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                initial=state.batches_done,
+                total=len(prepared_train_loader),
+                disable=not accelerator.is_local_main_process,
+            )
+            for batch in progress:
+                with accelerator.accumulate(trainable):
+                    logits = batch_logits(accelerator, model, trainable, stage, batch)
+                    loss, correct, count = _masked_loss(logits, batch["labels"], batch["valid"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.clip_grad:
+                        accelerator.clip_grad_norm_(trainable.parameters(), config.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                totals += torch.stack([loss.detach() * count, count, correct]).double()
+                bad_rows += batch["index"][~batch["valid"].bool()].tolist()
+                state.batches_done += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                scheduler.step_update(state.global_step)
+                progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+                every = config.save_every_steps
+                interrupted = stop.requested_on_any_process(accelerator)
+                if interrupted or (every and state.global_step % every == 0):
+                    state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
+                    totals.zero_()
+                    path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+                    if interrupted:
+                        accelerator.end_training()
+                        raise TrainingInterrupted(path)
+            progress.close()
+
+            # ---- evaluate, record, save --------------------------------------------------------------------------
+            train_totals = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
+            model.eval()
+            predictor = accelerator.unwrap_model(trainable)  # no DDP hooks needed without backward
+            metrics = evaluate(
+                accelerator,
+                lambda batch, net=predictor, stage=stage: batch_logits(accelerator, model, net, stage, batch),
+                prepared_eval_loader,
+                num_classes=data.num_classes,
+                label_names=data.label_names,
+                desc="eval",
+            )
+            new_bad = _collect_bad_images(
+                train_images, bad_rows, eval_images, metrics.pop("skipped_rows"), state.bad_images
+            )
+            state.bad_images = sorted(set(state.bad_images) | set(new_bad))
+            record = {
+                "epoch": epoch + 1,
+                "step": state.global_step,
+                "stage": stage,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_totals["loss_sum"] / max(train_totals["count"], 1),
+                "train_top1": train_totals["correct"] / max(train_totals["count"], 1),
+                **{f"val_{name}": value for name, value in metrics.items()},
+                "bad_images": len(state.bad_images),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            state.history.append(record)
+            state.epoch, state.batches_done, state.partial_epoch = epoch + 1, 0, {}
+            is_best = state.best_top1 is None or metrics["top1"] > state.best_top1
+            if is_best:
+                state.best_top1, state.best_epoch = metrics["top1"], epoch + 1
+
+            if accelerator.is_main_process:
+                with open(output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                if is_best:
+                    _save_model(model, output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
+            if config.log_with:
+                accelerator.log(
+                    {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=epoch + 1
+                )
+            accelerator.print(
+                f"epoch {epoch + 1}/{config.epochs} [{stage}] train_loss {record['train_loss']:.4f} "
+                f"{format_metrics(metrics, prefix='val_')}"
+                + (f" bad_images {len(state.bad_images)}" if state.bad_images else "")
+                + f" ({record['seconds']:.1f}s){' *best*' if is_best else ''}"
+            )
+            path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+            if stop.requested_on_any_process(accelerator):
+                accelerator.end_training()
+                raise TrainingInterrupted(path)
+
+    # ---- final model, push (main process only) ---------------------------------------------------------------
+    hub_url = None
+    if accelerator.is_main_process:
+        _save_model(model, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes)
+        _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
+        if config.push_to_hub:
+            hub_url = push_to_hub(
+                output_dir / BEST_DIR,
+                config.push_to_hub,
+                private=config.hub_private,
+                commit_message=f"hubclf train: {config.model} on {data.source}, best epoch {state.best_epoch}",
+            )
+            logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    best = state.history[state.best_epoch - 1]
+    return TrainResult(
+        output_dir=output_dir,
+        best_model_dir=output_dir / BEST_DIR,
+        final_model_dir=output_dir / FINAL_DIR,
+        metrics_file=output_dir / METRICS_FILE,
+        best_metrics=_val_metrics(best),
+        final_metrics=_val_metrics(state.history[-1]),
+        history=state.history,
+        bad_images=state.bad_images,
+        hub_url=hub_url,
+    )
+
+
+# ---- model ----------------------------------------------------------------------------------------------------
+def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
+    """The model to train, with a fresh ``len(label_names)``-class classifier unless a saved one already fits.
+
+    ``config.model`` is a timm/hubclf name (``pretrained`` / ``weights`` pick the starting weights), or a model
+    saved by ``hubclf.save_pretrained`` (``hf-hub:user/repo`` or a folder), whose backbone is kept.
+    """
+    num_classes = len(label_names)
+    size = {"img_size": config.img_size} if config.img_size else {}
+    name = config.model
+    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
+        from hubclf.hub import from_pretrained
+
+        if not config.pretrained or config.weights:
+            raise ValueError(f"--no-pretrained/--weights apply to architecture names, not to the saved model {name}")
+        model = from_pretrained(name, num_classes=num_classes, **size)
+        saved_names = getattr(model, "label_names", None)
+        if saved_names and list(saved_names) != list(label_names):
+            logger.info(f"{name} was trained on classes {saved_names}; starting a new classifier for these ones")
+            model.reset_classifier(num_classes)
+        return model
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: not a timm/hubclf architecture, 'hf-hub:' repo or folder")
+    overlay = {"file": config.weights} if config.weights else None
+    if config.pretrained:
+        known = timm.models.get_pretrained_cfg(name)
+        sources = {**(known.to_dict() if known else {}), **(overlay or {})}
+        if not any(sources.get(key) for key in ("url", "file", "hf_hub_id", "state_dict")):
+            raise ValueError(f"timm knows no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
+    else:
+        logger.warning(f"--no-pretrained: {name} starts from random weights")
+    return timm.create_model(
+        name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **size
+    )
+
+
+def batch_logits(
+    accelerator: Accelerator, model: nn.Module, trainable: nn.Module, stage: str, batch: dict[str, Any]
+) -> torch.Tensor:
+    """Logits of a batch (``pixel_values`` or cached ``features``); ``trainable`` is what ``prepare_stage`` wrapped.
+
+    In the head stage the backbone runs outside autograd, so backward stores none of its activations: only the
+    classifier's input. That is where feature extraction saves its memory.
+    """
+    if "features" in batch:  # cached: the frozen backbone already ran
+        return trainable(batch["features"])
+    if stage == HEAD:
+        with torch.no_grad(), accelerator.autocast():
+            features = backbone_features(model, batch["pixel_values"])
+        return trainable(features)
+    return trainable(batch["pixel_values"])
+
+
+def _masked_loss(
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the readable images of a batch (0 if none, so every process still steps)."""
+    valid = valid.bool()
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    count = valid.sum()
+    loss = (losses * valid).sum() / count.clamp(min=1)
+    correct = ((logits.argmax(dim=1) == labels) & valid).sum()
+    return loss, correct.float(), count.float()
+
+
+def _add_totals(previous: dict[str, float], reduced: torch.Tensor) -> dict[str, float]:
+    loss_sum, count, correct = reduced.tolist()
+    return {
+        "loss_sum": previous.get("loss_sum", 0.0) + loss_sum,
+        "count": previous.get("count", 0.0) + count,
+        "correct": previous.get("correct", 0.0) + correct,
+    }
+
+
+# ---- cached features ------------------------------------------------------------------------------------------
+def _feature_sets(
+    accelerator: Accelerator,
+    model: nn.Module,
+    config: TrainConfig,
+    train_images: ImageClassificationDataset,
+    eval_images: ImageClassificationDataset,
+    weights: str,
+) -> tuple[FeatureDataset, FeatureDataset]:
+    """Run the frozen backbone once over both splits (or load a matching disk cache)."""
+    cache_dir = None
+    if config.feature_cache_mode == "disk":
+        cache_dir = Path(config.feature_cache_dir or Path(config.output_dir) / "feature_cache")
+    feature_sets = []
+    for name, images in (("train", train_images), ("eval", eval_images)):
+        key = feature_cache_key(
+            weights=weights, transform=images.transform, data_fingerprint=images.dataset._fingerprint, rows=len(images)
+        )
+        loader = accelerator.prepare_data_loader(
+            DataLoader(images, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+        )
+        feature_set = load_or_extract_features(
+            accelerator, model, loader, key=key, cache_dir=cache_dir, desc=f"{name} features"
+        )
+        feature_sets.append(FeatureDataset(feature_set, bad_images=[images.describe(r) for r in feature_set.bad_rows]))
+    accelerator.free_memory()  # forget the extraction loaders
+    return feature_sets[0], feature_sets[1]
+
+
+def _collect_bad_images(
+    train_images: Any, train_rows: list[int], eval_images: Any, eval_rows: list[int], known: list[str]
+) -> list[str]:
+    """Gather every process's unreadable rows, and log the ones not reported before."""
+    train_rows = sorted(set(sum(gather_object([train_rows]), [])))
+    found = [train_images.describe(r) for r in train_rows if isinstance(train_images, ImageClassificationDataset)]
+    found += [eval_images.describe(r) for r in eval_rows if isinstance(eval_images, ImageClassificationDataset)]
+    new = sorted(set(found) - set(known))
+    for where in new:
+        logger.warning(f"skipped unreadable image: {where}")
+    return new
+
+
+# ---- outputs --------------------------------------------------------------------------------------------------
+def _save_model(
+    model: nn.Module, directory: Path, config: TrainConfig, data: Any, state: TrainerState, num_processes: int
+) -> None:
+    history = state.history
+    best = history[state.best_epoch - 1] if state.best_epoch else history[-1]
+    eval_results = {"accuracy": best["val_top1"], "loss": best["val_loss"]}
+    if "val_top5" in best:
+        eval_results["top5_accuracy"] = best["val_top5"]
+    save_pretrained(
+        model,
+        directory,
+        label_names=data.label_names,
+        dataset=data.source,
+        base_model=_base_model(config, model),
+        freeze=config.freeze,
+        hyperparameters=_hyperparameters(config, num_processes),
+        eval_results=eval_results,
+        epoch_metrics=[{k: row[k] for k in CARD_COLUMNS if k in row} for row in history],
+    )
+
+
+def _refresh_best_card(directory: Path, config: TrainConfig, data: Any, state: TrainerState, processes: int) -> None:
+    """Re-save the best model so that its card holds the whole run's per-epoch table, not just the epochs
+    up to the best one."""
+    from hubclf.hub import from_pretrained
+
+    best = from_pretrained(directory)
+    apply_stage(best, state.history[state.best_epoch - 1]["stage"], config)  # the card counts trainable parameters
+    _save_model(best, directory, config, data, state, processes)
+
+
+def _base_model(config: TrainConfig, model: nn.Module) -> str | None:
+    name = config.model.removeprefix("hf-hub:").removeprefix("local-dir:")
+    if name != config.model or Path(name).is_dir():
+        return name
+    if not config.pretrained:
+        return None
+    if config.weights:
+        return f"{name} ({Path(config.weights).name})"
+    tag = model.pretrained_cfg.get("tag")
+    return model.pretrained_cfg.get("hf_hub_id") or (f"{name}.{tag}" if tag else name)
+
+
+def _hyperparameters(config: TrainConfig, num_processes: int) -> dict[str, Any]:
+    keys = (
+        "epochs", "batch_size", "grad_accum_steps", "lr", "backbone_lr_scale", "opt", "weight_decay", "sched",
+        "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "freeze", "unfreeze_after", "mixed_precision",
+    )  # fmt: skip
+    values = {key: getattr(config, key) for key in keys}
+    values["img_size"] = list(config.img_size) if config.img_size else None
+    values["processes"] = num_processes
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _tracker_config(config: TrainConfig) -> dict[str, Any]:
+    # TensorBoard's hparams accept scalars and strings only.
+    return {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+
+
+def _val_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    return {key.removeprefix("val_"): value for key, value in record.items() if key.startswith("val_")}
+
+
+def _rewrite_metrics_file(path: Path, history: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in history), encoding="utf-8")
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the run to checkpoint and stop after the current optimizer step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        print(f"\n{signal.Signals(signum).name}: checkpointing after this step (repeat to abort)", file=sys.stderr)
+
+    def requested_on_any_process(self, accelerator: Accelerator) -> bool:
+        """True on every process as soon as one of them got a signal, so that all of them save and stop together."""
+        if self.requested:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()

@@ -1,0 +1,116 @@
+"""Which part of the network trains when, and how that meets Accelerate/DDP.
+
+A run goes through at most two stages:
+
+* ``head``: ``--freeze backbone``. Only ``model.get_classifier()`` trains; the backbone runs in eval mode under
+  ``torch.no_grad()``, so it stores no activations and its BatchNorm statistics never move.
+* ``partial``: ``--freeze <module>``. Everything up to that module is frozen; the rest fine-tunes.
+* ``full``: ``--freeze none``, or every epoch from ``--unfreeze-after N`` on (fastai-style staging).
+
+    stage = stage_for_epoch(config, epoch)
+    trainable, optimizer, train_loader, eval_loader = prepare_stage(accelerator, model, stage, config, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from hubclf.models import freeze, unfreeze
+from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
+
+HEAD, PARTIAL, FULL = "head", "partial", "full"
+
+
+def stage_for_epoch(config: TrainConfig, epoch: int) -> str:
+    """The stage that epoch ``epoch`` (0-based) trains in."""
+    if config.freeze == FREEZE_NONE or (config.unfreeze_after is not None and epoch >= config.unfreeze_after):
+        return FULL
+    return HEAD if config.freeze == FREEZE_BACKBONE else PARTIAL
+
+
+def apply_stage(model: nn.Module, stage: str, config: TrainConfig) -> nn.Module:
+    """Set ``requires_grad`` and train/eval modes for ``stage``; return the module whose parameters train."""
+    unfreeze(model)  # start from a clean slate: each stage says everything that is frozen
+    if stage == HEAD:
+        freeze(model, FREEZE_BACKBONE)
+    elif stage == PARTIAL:
+        freeze(model, up_to=config.freeze)
+    set_stage_modes(model, stage)
+    return model.get_classifier() if stage == HEAD else model
+
+
+def set_stage_modes(model: nn.Module, stage: str) -> None:
+    """Train mode for what trains, eval mode for what is frozen (after evaluation put everything in eval).
+
+    In the head stage the whole backbone is in eval mode: its dropout is off and its BatchNorm layers use (and
+    never update) their running statistics, exactly as when the features are cached. Elsewhere, BatchNorm layers
+    whose parameters are all frozen stay in eval mode too; hubclf models already do this in ``train()``, doing it
+    here keeps the statistics of any timm model fixed.
+    """
+    if stage == HEAD:
+        model.eval()
+        model.get_classifier().train()
+        return
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Optimizer groups for every parameter that trains in *some* stage of the run.
+
+    The classifier gets ``lr``; the backbone gets ``lr * backbone_lr_scale`` (discriminative LR) through timm's
+    ``lr_scale`` group key, which ``timm.scheduler`` honours on every update. Biases and norm weights (1-D) get
+    no weight decay. Parameters frozen in the current stage simply have no gradient, so the optimizer skips them
+    (no update, no weight decay, no state) until they unfreeze.
+    """
+    classifier = {id(p) for p in model.get_classifier().parameters()}
+    ever_trains_backbone = config.freeze != FREEZE_BACKBONE or config.unfreeze_after is not None
+    no_decay_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        is_head = id(param) in classifier
+        if not is_head and not ever_trains_backbone:
+            continue
+        if not is_head and config.unfreeze_after is None and not param.requires_grad:
+            continue  # frozen for the whole run by --freeze <module>
+        decay = param.ndim > 1 and name not in no_decay_names
+        groups.setdefault((is_head, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr_scale": 1.0 if is_head else config.backbone_lr_scale,
+        }
+        for (is_head, decay), params in sorted(groups.items(), key=lambda item: (not item[0][0], not item[0][1]))
+    ]
+
+
+def prepare_stage(
+    accelerator: Any,
+    model: nn.Module,
+    stage: str,
+    config: TrainConfig,
+    optimizer: Any,
+    train_loader: Any,
+    eval_loader: Any,
+) -> tuple[nn.Module, Any, Any, Any]:
+    """Freeze for ``stage`` and (re-)prepare the trainable module, optimizer and loaders with Accelerate.
+
+    Why re-prepare: DistributedDataParallel decides *when it is built* which parameters it synchronises: it
+    registers an all-reduce hook on each parameter that requires grad at that moment. A parameter unfrozen later
+    would get local gradients that are never averaged, and the processes' weights would silently drift apart.
+    So each stage first drops the previous wrappers (``accelerator.free_memory()``), sets ``requires_grad``,
+    then wraps again. In the ``head`` stage only the classifier is wrapped: the frozen backbone runs outside
+    DDP, under ``torch.no_grad()``, and has nothing to synchronise. The optimizer is the same object throughout
+    (its groups already hold the backbone), so its state carries over; the loaders are plain and re-wrapped as is.
+    """
+    accelerator.free_memory()
+    trainable = apply_stage(model, stage, config)
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # the raw torch optimizer under a previous wrapper
+    return accelerator.prepare(trainable, optimizer, train_loader, eval_loader)
