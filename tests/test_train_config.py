@@ -1,0 +1,61 @@
+"""hubclf.train.config: TrainConfig checks, YAML/JSON files, and `hubclf train` flags overriding a file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hubclf.cli import build_parser
+from hubclf.train import TrainConfig
+from hubclf.train.config import config_from_args
+
+REQUIRED = dict(model="hubclf_alexnet", data="photos", output_dir="out")
+
+
+def test_yaml_and_json_files_with_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: hubclf_vgg11\ndata: photos\noutput-dir: out\nimg_size: [448, 224]\n")
+    config = TrainConfig.from_file(tmp_path / "c.yaml", epochs=7)
+    assert (config.model, config.output_dir, config.img_size, config.epochs) == ("hubclf_vgg11", "out", (448, 224), 7)
+
+    (tmp_path / "c.json").write_text(json.dumps({**REQUIRED, "freeze": "backbone", "log_with": "tensorboard"}))
+    config = TrainConfig.from_file(tmp_path / "c.json")
+    assert (config.freeze, config.log_with) == ("backbone", ["tensorboard"])
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({**REQUIRED, "epoch": 3}, "unknown setting.*epoch"),
+        ({"model": "x"}, "missing required setting.*data, output_dir"),
+        ({**REQUIRED, "unfreeze_after": 2}, "needs a frozen start"),
+        ({**REQUIRED, "freeze": "backbone", "unfreeze_after": 5, "epochs": 5}, "between 1 and epochs-1"),
+        ({**REQUIRED, "freeze": "backbone", "cache_features": "memory"}, "--no-augment"),
+        ({**REQUIRED, "img_size": [448]}, "two positive integers"),
+        ({**REQUIRED, "num_classes": 1}, "at least 2"),
+        ({**REQUIRED, "on_bad_image": "ignore"}, "skip.*error"),
+    ],
+)
+def test_contradictions_are_clear_errors(values, error):
+    with pytest.raises(ValueError, match=error):
+        TrainConfig.from_dict(values)
+
+
+def test_feature_cache_is_used_exactly_when_it_is_exact():
+    assert TrainConfig(**REQUIRED, freeze="backbone", augment=False).feature_cache_mode == "memory"
+    assert TrainConfig(**REQUIRED, freeze="backbone").feature_cache_mode == "off"  # augmentation changes inputs
+    assert TrainConfig(**REQUIRED, freeze="backbone", unfreeze_after=1, augment=False).feature_cache_mode == "off"
+
+
+def test_cli_flags_override_the_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: hubclf_alexnet\ndata: photos\noutput_dir: out\nepochs: 9\nlr: 0.1\n")
+    args = build_parser().parse_args(
+        ["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "2", "--img-size", "448", "224", "--no-augment"]
+    )
+    config = config_from_args(args)
+    assert (config.epochs, config.lr, config.img_size, config.augment) == (2, 0.1, (448, 224), False)
+
+    args = build_parser().parse_args(["train", "--model", "hubclf_alexnet", "--data", "photos"])
+    with pytest.raises(ValueError, match="missing required setting.*output_dir"):
+        config_from_args(args)

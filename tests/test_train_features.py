@@ -1,0 +1,116 @@
+"""hubclf.train.features: frozen-backbone features, their cache key, the disk cache, and cached == uncached."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from hubclf.train import TrainConfig, train
+from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+from hubclf.train.features import (
+    backbone_features,
+    feature_cache_key,
+    load_or_extract_features,
+    weights_fingerprint,
+)
+from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
+from tests.test_train_loop import pretrained_stand_in
+
+features_module = importlib.import_module("hubclf.train.features")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return timm.create_model("hubclf_alexnet_slim", num_classes=3, img_size=(HEIGHT, WIDTH)).eval()
+
+
+def test_classifier_on_backbone_features_is_the_model(model):
+    x = torch.randn(2, 3, HEIGHT, WIDTH)
+    with torch.no_grad():
+        assert torch.allclose(model.get_classifier()(backbone_features(model, x)), model(x), atol=1e-6)
+
+
+def test_cache_key_follows_weights_inputs_and_data_only(model):
+    weights = weights_fingerprint(model)
+    base = dict(weights=weights, transform="resize 96x64", data_fingerprint="abc", rows=10)
+    assert feature_cache_key(**base) == feature_cache_key(**base)
+    for change in ({"transform": "resize 48x32"}, {"data_fingerprint": "abd"}, {"rows": 11}):
+        assert feature_cache_key(**{**base, **change}) != feature_cache_key(**base)
+
+    retrained_head = copy.deepcopy(model)
+    torch.nn.init.zeros_(retrained_head.get_classifier().weight)
+    assert weights_fingerprint(retrained_head) == weights  # the classifier does not shape the features...
+    other_backbone = copy.deepcopy(model)
+    with torch.no_grad():
+        other_backbone.features[0].weight.add_(1e-3)
+    assert weights_fingerprint(other_backbone) != weights  # ...every backbone weight does
+
+
+def test_disk_cache_is_written_once_then_reused(tmp_path, model, monkeypatch):
+    make_image_folder(tmp_path / "data", num_classes=3, per_class=3)
+    bad = add_bad_images(tmp_path / "data" / "class_2")
+    data = load_image_dataset(str(tmp_path / "data"), val_split=0.5, seed=0)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    images = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(images, batch_size=4))
+    key = feature_cache_key(weights=weights_fingerprint(model), transform=eval_tf, data_fingerprint="d", rows=6)
+
+    first = load_or_extract_features(accelerator, model, loader, key=key, cache_dir=tmp_path / "cache", desc="t")
+    assert (tmp_path / "cache" / f"{key}.safetensors").is_file()
+    assert first.features.shape == (len(images) - len(first.bad_rows), model.head_hidden_size)
+    in_this_split = [images.describe(i) for i in range(len(images)) if images.describe(i) in {str(p) for p in bad}]
+    assert in_this_split  # the stratified half holds at least one of the three
+    assert sorted(images.describe(r) for r in first.bad_rows) == sorted(in_this_split)
+    assert torch.equal(first.rows, first.rows.sort().values)  # row order, whatever the batching
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cached features should have been reused")
+
+    monkeypatch.setattr(features_module, "extract_features", no_extraction)
+    second = load_or_extract_features(accelerator, model, loader, key=key, cache_dir=tmp_path / "cache", desc="t")
+    assert torch.equal(first.features, second.features) and torch.equal(first.labels, second.labels)
+
+
+def test_cached_and_uncached_frozen_training_give_the_same_classifier(tmp_path):
+    make_image_folder(tmp_path / "data", num_classes=4, per_class=6)
+    weights = pretrained_stand_in("hubclf_alexnet_slim", tmp_path / "backbone.safetensors")
+
+    def run(name: str, cache: str):
+        config = TrainConfig(
+            model="hubclf_alexnet_slim",
+            data=str(tmp_path / "data"),
+            output_dir=str(tmp_path / name),
+            weights=str(weights),
+            img_size=(HEIGHT, WIDTH),
+            freeze="backbone",
+            augment=False,
+            cache_features=cache,
+            epochs=3,
+            batch_size=4,
+            lr=1e-2,
+            warmup_epochs=1,
+            num_workers=0,
+            seed=0,
+            val_split=0.25,
+        )
+        return train(config)
+
+    uncached, in_memory, on_disk = run("off", "off"), run("memory", "memory"), run("disk", "disk")
+    assert uncached.final_metrics["top1"] >= 0.75  # it did learn (chance: 0.25)
+    assert list((tmp_path / "disk" / "feature_cache").glob("*.safetensors"))  # train and eval features stored
+    reference = load_file(uncached.final_model_dir / "model.safetensors")
+    for result in (in_memory, on_disk):
+        trained = load_file(result.final_model_dir / "model.safetensors")
+        for key in ("head.fc.weight", "head.fc.bias"):
+            assert torch.allclose(trained[key], reference[key], atol=1e-5), key
+        assert result.final_metrics["top1"] == uncached.final_metrics["top1"]
+        assert result.final_metrics["loss"] == pytest.approx(uncached.final_metrics["loss"], abs=1e-5)

@@ -1,0 +1,329 @@
+"""hubclf.train.loop end to end on CPU: every freeze mode trains, saves and reloads; resume is bit-identical;
+unreadable images are skipped; ``accelerate launch`` on 2 processes matches 1 process and pushes once.
+
+Everything runs on a generated 5-class colour task (96×64 images, 8 train + 3 validation per class) with a
+slim AlexNet whose "pretrained" weights are a random init saved to a file, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import HfApi
+from safetensors.torch import load_file, save_file
+
+import hubclf
+from hubclf.train import TrainConfig, TrainingInterrupted, train
+from hubclf.train.checkpoints import list_checkpoints
+from hubclf.train.data import BadImageError
+from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
+
+loop = importlib.import_module("hubclf.train.loop")  # `hubclf.train` the attribute is the function
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("colours")
+    make_image_folder(root, NUM_CLASSES, per_class=8, split="train")
+    make_image_folder(root, NUM_CLASSES, per_class=3, split="validation", seed=1)
+    return root
+
+
+def pretrained_stand_in(model_name: str, path: Path) -> Path:
+    """Stand-in for the torchvision download: a seeded random backbone in timm's key layout, He-initialised so
+    that, like trained weights and unlike PyTorch's default init, its features keep their scale through depth."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    save_file(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory) -> Path:
+    return pretrained_stand_in("hubclf_alexnet_slim", tmp_path_factory.mktemp("weights") / "alexnet_slim.safetensors")
+
+
+def make_config(tmp_path: Path, data: Path, weights: Path, name: str, **overrides) -> TrainConfig:
+    settings = dict(
+        model="hubclf_alexnet_slim",
+        data=str(data),
+        output_dir=str(tmp_path / name),
+        weights=str(weights),
+        img_size=(HEIGHT, WIDTH),
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        warmup_epochs=0,
+        num_workers=0,
+        seed=0,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights_of(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+# ---- freeze modes ---------------------------------------------------------------------------------------------
+def test_full_fine_tuning_trains_saves_and_reloads(tmp_path, image_folder, backbone_weights):
+    result = train(make_config(tmp_path, image_folder, backbone_weights, "full", epochs=3))
+
+    assert result.best_metrics["top1"] >= 0.6  # chance is 0.2
+    assert set(result.best_metrics) >= {"loss", "top1", "top5", "per_class_accuracy", "confusion_matrix"}
+    assert [row["epoch"] for row in read_jsonl(result.metrics_file)] == [1, 2, 3]
+    assert [row["stage"] for row in result.history] == ["full"] * 3
+
+    reloaded = hubclf.from_pretrained(result.best_model_dir)
+    assert reloaded.label_names == [f"class_{i}" for i in range(NUM_CLASSES)]
+    assert reloaded.pretrained_cfg["input_size"] == (3, HEIGHT, WIDTH)
+    card = (result.best_model_dir / "README.md").read_text()
+    assert f"{result.best_metrics['top1']:.4g}"[:4] in card  # the card reports the validation accuracy
+    assert card.count("| 3 |") >= 1  # ...and the whole run's per-epoch table, epoch 3 included
+    assert len(list_checkpoints(result.output_dir)) == 2  # keep_checkpoints=2 of 3
+
+
+def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tmp_path, image_folder):
+    weights = pretrained_stand_in("hubclf_vgg11_bn_slim", tmp_path / "vgg_bn.safetensors")
+    config = make_config(
+        tmp_path, image_folder, weights, "frozen", model="hubclf_vgg11_bn_slim", img_size=(48, 32), epochs=1,
+        lr=1e-2, freeze="backbone",
+    )  # fmt: skip
+    result = train(config)  # augmentation on: the uncached frozen path
+
+    before, after = load_file(weights), weights_of(result.final_model_dir)
+    assert any("running_mean" in key for key in before)
+    for key, tensor in before.items():
+        assert torch.equal(tensor, after[key]), f"{key} changed although the backbone was frozen"
+    assert {key for key in after if key not in before} == {"head.fc.weight", "head.fc.bias"}
+    config_json = json.loads((result.final_model_dir / "config.json").read_text())
+    assert config_json["hubclf"]["freeze"] == "backbone"
+    assert config_json["hubclf"]["trainable_params"] == 512 * NUM_CLASSES + NUM_CLASSES
+
+
+def test_partial_freeze_and_staged_unfreezing(tmp_path, image_folder, backbone_weights):
+    partial = train(make_config(tmp_path, image_folder, backbone_weights, "partial", freeze="features.3", epochs=1))
+    start, end = load_file(backbone_weights), weights_of(partial.final_model_dir)
+    assert torch.equal(start["features.3.weight"], end["features.3.weight"])  # frozen up to features.3
+    assert not torch.equal(start["features.6.weight"], end["features.6.weight"])  # fine-tuned after it
+
+    staged = train(
+        make_config(tmp_path, image_folder, backbone_weights, "staged", freeze="backbone", unfreeze_after=1, epochs=2)
+    )
+    assert [row["stage"] for row in staged.history] == ["head", "full"]
+    assert not torch.equal(start["features.0.weight"], weights_of(staged.final_model_dir)["features.0.weight"])
+    assert staged.best_metrics["top1"] >= 0.6
+
+
+# ---- resume -----------------------------------------------------------------------------------------------------
+def interrupt_after_checkpoint(monkeypatch, number: int = 1) -> None:
+    """Deliver SIGINT right after the ``number``-th checkpoint, as a user pressing Ctrl-C would."""
+    original, calls = loop.save_checkpoint, []
+
+    def save_then_interrupt(*args, **kwargs):
+        path = original(*args, **kwargs)
+        calls.append(path)
+        if len(calls) == number:
+            signal.raise_signal(signal.SIGINT)
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+
+
+@pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(
+    tmp_path, image_folder, backbone_weights, monkeypatch, caplog, where
+):
+    # Full fine-tuning with augmentation and dropout: every RNG stream matters.
+    reference = train(make_config(tmp_path, image_folder, backbone_weights, "reference"))
+
+    extra = {"save_every_steps": 3} if where == "mid_epoch" else {}  # 5 steps per epoch: step 3 is mid-epoch
+    config = make_config(tmp_path, image_folder, backbone_weights, "resumed", **extra)
+    with monkeypatch.context() as patch:
+        interrupt_after_checkpoint(patch)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            train(config)
+    saved = json.loads((stopped.value.checkpoint / "trainer_state.json").read_text())
+    # Mid-epoch, the signal lands just after step 3's checkpoint and the run stops after the next step.
+    assert (saved["epoch"], saved["batches_done"]) == ((0, 4) if where == "mid_epoch" else (1, 0))
+
+    config.resume = "latest"
+    caplog.set_level("INFO", logger="hubclf.train.loop")
+    resumed = train(config)
+    where_it_stopped = f"epoch {saved['epoch'] + 1}, step {saved['global_step']}"
+    assert f"resumed from {stopped.value.checkpoint}: {where_it_stopped}" in caplog.text
+    expected, actual = weights_of(reference.final_model_dir), weights_of(resumed.final_model_dir)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(read_jsonl(resumed.metrics_file)) == strip(read_jsonl(reference.metrics_file))
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, image_folder, backbone_weights, caplog):
+    data = tmp_path / "with_bad_files"
+    make_image_folder(data, 3, per_class=4, split="train")
+    make_image_folder(data, 3, per_class=2, split="validation", seed=1)
+    bad = add_bad_images(data / "train" / "class_0") + add_bad_images(data / "validation" / "class_1")
+
+    result = train(make_config(tmp_path, data, backbone_weights, "skip", epochs=1))
+    assert sorted(result.bad_images) == sorted(str(p) for p in bad)
+    assert read_jsonl(result.metrics_file)[0]["bad_images"] == 6
+    assert read_jsonl(result.metrics_file)[0]["val_num_samples"] == 6  # the 3 broken eval files left out
+    assert all(path.name in caplog.text for path in bad)
+
+    with pytest.raises(BadImageError, match=r"cannot read image .*(empty|notes|truncated)"):
+        train(make_config(tmp_path, data, backbone_weights, "error", epochs=1, on_bad_image="error"))
+
+
+def test_missing_pretrained_weights_are_an_error_not_random_init(tmp_path, image_folder):
+    config = make_config(tmp_path, image_folder, tmp_path / "missing.safetensors", "missing", epochs=1)
+    with pytest.raises((FileNotFoundError, RuntimeError, OSError)):
+        train(config)
+    assert not (tmp_path / "missing" / "best").exists()
+
+
+# ---- CLI, accelerate launch, push -----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_only_the_main_process_writes_and_pushes(
+    tmp_path, image_folder, backbone_weights, use_hub, new_repo_id
+):
+    # Frozen backbone without augmentation: deterministic, so 2×4 images per step must equal 1×8.
+    settings = {
+        "model": "hubclf_alexnet_slim",
+        "data": str(image_folder),
+        "weights": str(backbone_weights),
+        "img_size": [HEIGHT, WIDTH],
+        "freeze": "backbone",
+        "augment": False,
+        "epochs": 2,
+        "lr": 1e-2,
+        "warmup_epochs": 0,
+        "num_workers": 0,
+        "seed": 0,
+    }
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(settings))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_TOKEN": use_hub.token,
+        "HF_ENDPOINT": use_hub.endpoint,
+        "HF_HUB_DISABLE_XET": "1",
+    }
+    hubclf_train = ["-m", "hubclf.cli", "train", "--config", str(config_file)]
+
+    single = subprocess.run(
+        [sys.executable, *hubclf_train, "--batch-size", "8", "--output-dir", str(tmp_path / "one")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    repo_id = new_repo_id("ddp-train")
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (huggingface/accelerate#2741): its simple
+    # launcher only fans out through mpirun. torchrun does it, via --multi_gpu, with ACCELERATE_USE_CPU=1 making
+    # every process a CPU one (gloo), also on a machine that has GPUs.
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+    ]  # fmt: skip
+    double = subprocess.run(
+        [*launch, *hubclf_train, "--batch-size", "4", "--cache-features", "off", "--output-dir", str(tmp_path / "two"),
+         "--push-to-hub", repo_id],
+        env={**env, "ACCELERATE_USE_CPU": "1"}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr[-3000:]
+    saved = json.loads((tmp_path / "two" / "best" / "config.json").read_text())
+    assert saved["hubclf"]["hyperparameters"]["processes"] == 2
+
+    # 15 eval images over 2 processes: the padded duplicate must not be counted.
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(two) == 2  # one writer: a second process would have doubled the lines
+    for a, b in zip(one, two, strict=True):
+        assert b["val_num_samples"] == 15
+        for key in ("val_top1", "val_top5", "val_per_class_accuracy", "val_confusion_matrix"):
+            assert a[key] == b[key], key
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert two[-1]["val_top1"] >= 0.6
+
+    commits = HfApi(endpoint=use_hub.endpoint, token=use_hub.token).list_repo_commits(repo_id)
+    assert sum("hubclf train" in commit.title for commit in commits) == 1  # pushed once, by the main process
+    card = HfApi(endpoint=use_hub.endpoint, token=use_hub.token).hf_hub_download(repo_id, "README.md")
+    text = Path(card).read_text()
+    assert "accuracy" in text and "val_top1" in text
+
+
+SYNC_CHECK = """
+import importlib, sys
+import torch
+loop = importlib.import_module("hubclf.train.loop")
+prepare, save = loop.prepare_stage, loop.save_checkpoint
+seen = {}
+
+def prepare_and_remember(accelerator, model, *args, **kwargs):
+    seen["model"] = model
+    return prepare(accelerator, model, *args, **kwargs)
+
+def save_after_checking_sync(accelerator, output_dir, state, keep):
+    weights = torch.cat([p.detach().flatten() for p in seen["model"].parameters()])[None]
+    everyone = accelerator.gather(weights)
+    assert torch.equal(everyone[0], everyone[1]), f"processes diverged at step {state.global_step}"
+    accelerator.print(f"in sync: stage {state.stage} step {state.global_step}")
+    return save(accelerator, output_dir, state, keep)
+
+loop.prepare_stage, loop.save_checkpoint = prepare_and_remember, save_after_checking_sync
+from hubclf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_staged_unfreezing_keeps_processes_in_sync_under_ddp(tmp_path, image_folder, backbone_weights):
+    # If the backbone were unfrozen inside the DDP wrapper built for the head stage, its gradients would never be
+    # averaged and each process would drift off with its own backbone. prepare_stage re-wraps; check every epoch.
+    script = tmp_path / "train_checking_sync.py"
+    script.write_text(SYNC_CHECK)
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+    ]  # fmt: skip
+    args = [
+        "train", "--model", "hubclf_alexnet_slim", "--data", str(image_folder), "--weights", str(backbone_weights),
+        "--img-size", str(HEIGHT), str(WIDTH), "--freeze", "backbone", "--unfreeze-after", "1", "--epochs", "2",
+        "--batch-size", "4", "--num-workers", "0", "--warmup-epochs", "0", "--output-dir", str(tmp_path / "staged"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    run = subprocess.run(
+        [*launch, str(script), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "in sync: stage head step 5" in run.stdout
+    assert "in sync: stage full step 10" in run.stdout
