@@ -86,7 +86,8 @@ def weights_of(model_dir: Path) -> dict[str, torch.Tensor]:
 
 # ---- freeze modes ---------------------------------------------------------------------------------------------
 def test_full_fine_tuning_trains_saves_and_reloads(tmp_path, image_folder, backbone_weights):
-    result = train(make_config(tmp_path, image_folder, backbone_weights, "full", epochs=3))
+    config = make_config(tmp_path, image_folder, backbone_weights, "full", epochs=3)
+    result = train(config)
 
     assert result.best_metrics["top1"] >= 0.6  # chance is 0.2
     assert set(result.best_metrics) >= {"loss", "top1", "top5", "per_class_accuracy", "confusion_matrix"}
@@ -100,6 +101,8 @@ def test_full_fine_tuning_trains_saves_and_reloads(tmp_path, image_folder, backb
     assert f"{result.best_metrics['top1']:.4g}"[:4] in card  # the card reports the validation accuracy
     assert card.count("| 3 |") >= 1  # ...and the whole run's per-epoch table, epoch 3 included
     assert len(list_checkpoints(result.output_dir)) == 2  # keep_checkpoints=2 of 3
+    with pytest.raises(ValueError, match="already holds a training run.*--resume latest"):
+        train(config)  # a second run into the same folder would mix up the checkpoints
 
 
 def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tmp_path, image_folder):

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hubclf.hub import push_to_hub, save_pretrained
-from hubclf.train.checkpoints import TrainerState, find_checkpoint, save_checkpoint
+from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import (
@@ -86,6 +86,12 @@ def train(config: TrainConfig) -> TrainResult:
         result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
     output_dir = Path(config.output_dir)
+    check_trackers(config.log_with)
+    if config.resume is None and (list_checkpoints(output_dir) or (output_dir / METRICS_FILE).exists()):
+        # Mixing two runs' checkpoints would make `--resume latest` pick the wrong one.
+        raise ValueError(
+            f"{output_dir} already holds a training run: continue it with --resume latest, or use a new --output-dir"
+        )
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum_steps,
         mixed_precision=config.mixed_precision,
@@ -214,6 +220,7 @@ def train(config: TrainConfig) -> TrainResult:
             if state.batches_done:
                 batches = accelerator.skip_first_batches(prepared_train_loader, state.batches_done)
             totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, count, correct
+            lr = optimizer.param_groups[0]["lr"]  # the classifier's; reported as the epoch's last step used it
             bad_rows: list[int] = []
 
             set_stage_modes(model, stage)
@@ -239,6 +246,7 @@ def train(config: TrainConfig) -> TrainResult:
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
+                lr = optimizer.param_groups[0]["lr"]
                 scheduler.step_update(state.global_step)
                 progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
 
@@ -273,7 +281,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "epoch": epoch + 1,
                 "step": state.global_step,
                 "stage": stage,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "train_loss": train_totals["loss_sum"] / max(train_totals["count"], 1),
                 "train_top1": train_totals["correct"] / max(train_totals["count"], 1),
                 **{f"val_{name}": value for name, value in metrics.items()},
@@ -307,19 +315,25 @@ def train(config: TrainConfig) -> TrainResult:
                 raise TrainingInterrupted(path)
 
     # ---- final model, push (main process only) ---------------------------------------------------------------
-    hub_url = None
+    hub_url, failure = None, None
     if accelerator.is_main_process:
-        _save_model(model, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes)
-        _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
-        if config.push_to_hub:
-            hub_url = push_to_hub(
-                output_dir / BEST_DIR,
-                config.push_to_hub,
-                private=config.hub_private,
-                commit_message=f"hubclf train: {config.model} on {data.source}, best epoch {state.best_epoch}",
-            )
-            logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
+        try:
+            _save_model(model, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes)
+            _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
+            if config.push_to_hub:
+                hub_url = push_to_hub(
+                    output_dir / BEST_DIR,
+                    config.push_to_hub,
+                    private=config.hub_private,
+                    commit_message=f"hubclf train: {config.model} on {data.source}, best epoch {state.best_epoch}",
+                )
+                logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
+        except Exception as e:  # re-raised below, once the other processes are no longer waiting for this one
+            failure = e
     accelerator.wait_for_everyone()
+    if failure is not None:
+        accelerator.end_training()
+        raise failure
     accelerator.end_training()
     best = state.history[state.best_epoch - 1]
     return TrainResult(
@@ -333,6 +347,19 @@ def train(config: TrainConfig) -> TrainResult:
         bad_images=state.bad_images,
         hub_url=hub_url,
     )
+
+
+def check_trackers(names: list[str]) -> None:
+    """Fail on a ``--log-with`` tracker whose package is missing: Accelerate would silently log nowhere."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name not in LoggerType.list():
+            raise ValueError(f"--log-with {name}: unknown tracker; Accelerate knows {LoggerType.list()}")
+        if name != "all" and name not in available:
+            raise ValueError(f"--log-with {name}: the {name} package is not installed (pip install {name})")
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
@@ -464,7 +491,7 @@ def _save_model(
         model,
         directory,
         label_names=data.label_names,
-        dataset=data.source,
+        dataset=_dataset_name(data.source),
         base_model=_base_model(config, model),
         freeze=config.freeze,
         hyperparameters=_hyperparameters(config, num_processes),
@@ -483,16 +510,28 @@ def _refresh_best_card(directory: Path, config: TrainConfig, data: Any, state: T
     _save_model(best, directory, config, data, state, processes)
 
 
+def _dataset_name(source: str) -> str:
+    """A Hub id as is; a local folder by its name only, so a published card does not reveal local paths."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return source
+    saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
+    return f"{path.resolve().name} ({'saved dataset' if saved else 'local image folder'})"
+
+
 def _base_model(config: TrainConfig, model: nn.Module) -> str | None:
-    name = config.model.removeprefix("hf-hub:").removeprefix("local-dir:")
-    if name != config.model or Path(name).is_dir():
-        return name
+    """Where the starting weights came from, for the card (a Hub id when there is one, never a local path)."""
+    name = config.model
+    if name.startswith("hf-hub:"):
+        return name.removeprefix("hf-hub:")
+    if name.startswith("local-dir:") or Path(name).is_dir():
+        return f"{Path(name.removeprefix('local-dir:')).resolve().name} (local model folder)"
     if not config.pretrained:
         return None
     if config.weights:
         return f"{name} ({Path(config.weights).name})"
-    tag = model.pretrained_cfg.get("tag")
-    return model.pretrained_cfg.get("hf_hub_id") or (f"{name}.{tag}" if tag else name)
+    architecture, tag = name.partition(".")[0], model.pretrained_cfg.get("tag")
+    return model.pretrained_cfg.get("hf_hub_id") or (f"{architecture}.{tag}" if tag else architecture)
 
 
 def _hyperparameters(config: TrainConfig, num_processes: int) -> dict[str, Any]:
