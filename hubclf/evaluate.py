@@ -1,0 +1,245 @@
+"""Score a saved or published hubclf model on a labelled dataset: ``hubclf eval`` and ``evaluate_model()``.
+
+Top-1, top-5 (with at least 5 classes), loss, per-class accuracy and the confusion matrix, computed with the training
+loop's own data path and metrics, so the numbers match ``hubclf train``'s validation and add up correctly under
+``accelerate launch`` (every image counted once). The dataset's classes are matched to the model's by name.
+
+    from hubclf.evaluate import evaluate_model
+    result = evaluate_model("me/flowers-alexnet", "photos/", split="validation")
+    result["top1"], result["per_class_accuracy"]["rose"], result["confusion_matrix"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import datasets
+import timm.data
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, default_collate
+
+from hubclf.predict import label_names_of, load_model
+from hubclf.train.data import (
+    EVAL_SPLIT_NAMES,
+    BadImageError,
+    ImageClassificationDataset,
+    build_transforms,
+    decode_image,
+    find_columns,
+    open_dataset,
+)
+from hubclf.train.metrics import evaluate
+
+__all__ = ["evaluate_model", "format_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_model(
+    model: nn.Module | str | os.PathLike,
+    data: str,
+    split: str | None = None,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    revision: str | None = None,
+    accelerator: Any = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (a loaded model, or anything ``hubclf.from_pretrained`` takes) on ``data``'s ``split``.
+
+    ``data`` is an image folder, a ``save_to_disk`` directory or a Hub dataset id; ``split`` defaults to its
+    validation/valid/val/test split. Labels must name the model's classes (any order; a name the model does not
+    know is an error); integer labels without names are taken as the model's class indices. Unreadable images are
+    skipped, listed in ``skipped_images`` and left out of the metrics. Pass an ``accelerate.Accelerator`` to share
+    one; every process gets the same result.
+
+        result = evaluate_model("out/flowers/best", "photos/", split="validation")
+        result["top1"], result["confusion_matrix"][true_index][predicted_index]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    # The main process fills the Hub and 🤗 datasets caches first; the others then read them instead of racing.
+    with accelerator.main_process_first():
+        source = model if isinstance(model, (str, os.PathLike)) else None
+        model = load_model(model, revision=revision)
+        splits = open_dataset(data)
+    label_names = label_names_of(model)
+    if label_names is None:
+        raise ValueError(
+            "the model has no label names, so its classes cannot be matched to the dataset's; "
+            "save it with hubclf.save_pretrained(model, dir, label_names=[...])"
+        )
+    split = _pick_split(splits, split, data)
+    dataset = splits[split]
+    image_column, label_column = find_columns(dataset.features, image_column, label_column)
+    to_model_labels = _LabelsToModelOrder.for_feature(dataset, label_column, label_names)
+
+    data_config = timm.data.resolve_data_config({}, model=model)
+    _, eval_transform = build_transforms(data_config, augment=False)
+    images = ImageClassificationDataset(
+        dataset, image_column, label_column, eval_transform, on_bad_image="skip", input_size=data_config["input_size"]
+    )
+    loader = accelerator.prepare(
+        DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=to_model_labels)
+    )
+    was_training = model.training
+    model.eval().to(accelerator.device)
+
+    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with accelerator.autocast():
+            return model(batch["pixel_values"])
+
+    try:
+        metrics = evaluate(
+            accelerator, logits, loader, num_classes=model.num_classes, label_names=label_names, desc="eval"
+        )
+    finally:
+        model.train(was_training)
+    # evaluate() gathered the skipped rows of every process, so each process holds the full list.
+    skipped = [{"path": images.describe(r), "error": _why_unreadable(images, r)} for r in metrics.pop("skipped_rows")]
+    if accelerator.is_main_process:
+        for bad in skipped:
+            logger.warning("%s (skipped)", bad["error"])
+    return {
+        "model": str(source) if source is not None else _describe(model),
+        "data": data,
+        "split": split,
+        "label_names": label_names,
+        "num_images": len(dataset),
+        "num_processes": accelerator.num_processes,
+        **metrics,
+        "num_skipped": len(skipped),
+        "skipped_images": skipped,
+    }
+
+
+def _describe(model: nn.Module) -> str:
+    """A name for a model given as an object: its Hub repo if it came from one, else its architecture."""
+    cfg = model.pretrained_cfg
+    return cfg.get("hf_hub_id") or cfg.get("architecture") or type(model).__name__
+
+
+def _pick_split(splits: datasets.DatasetDict, split: str | None, data: str) -> str:
+    if split is not None:
+        if split not in splits:
+            raise ValueError(f"{data} has no {split!r} split (splits: {list(splits)}); pick one with --split")
+        return split
+    found = next((name for name in EVAL_SPLIT_NAMES if name in splits), None)
+    if found is None:
+        raise ValueError(
+            f"{data} has no validation/valid/val/test split (splits: {list(splits)}); pick one with --split"
+        )
+    return found
+
+
+class _LabelsToModelOrder:
+    """A ``collate_fn`` that turns the dataset's labels (indices or names) into the model's class indices.
+
+    A class (not a closure) so that DataLoader workers can pickle it.
+    """
+
+    def __init__(self, index_of_name: dict[str, int], dataset_to_model: list[int] | None) -> None:
+        self.index_of_name = index_of_name
+        self.dataset_to_model = torch.tensor(dataset_to_model) if dataset_to_model is not None else None
+
+    @classmethod
+    def for_feature(cls, dataset: datasets.Dataset, column: str, model_names: list[str]) -> _LabelsToModelOrder:
+        feature = dataset.features[column]
+        index_of_name = {name: i for i, name in enumerate(model_names)}
+        if isinstance(feature, datasets.ClassLabel):
+            _check_same_names(list(feature.names), model_names)
+            return cls(index_of_name, [index_of_name[name] for name in feature.names])
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            unknown = sorted(set(dataset.unique(column)) - set(model_names))
+            if unknown:
+                raise ValueError(
+                    f"labels {unknown[:10]} of the dataset are not classes of the model, which knows {model_names}"
+                )
+            return cls(index_of_name, None)
+        if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+            labels = torch.as_tensor(dataset.select_columns([column]).with_format("numpy")[column])
+            bad = labels[(labels < 0) | (labels >= len(model_names))]
+            if bad.numel():
+                raise ValueError(
+                    f"{bad.numel()} label(s) of {column!r} fall outside the model's classes 0..{len(model_names) - 1}, "
+                    f"e.g. {bad[0].item()}"
+                )
+            logger.warning(f"{column!r} holds integers without names: taken as the model's class indices")
+            return cls(index_of_name, list(range(len(model_names))))
+        raise ValueError(f"label column {column!r} holds {feature}; expected class labels (ClassLabel, int or str)")
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        labels = [row["labels"] for row in rows]
+        batch = default_collate([{k: v for k, v in row.items() if k != "labels"} for row in rows])
+        if self.dataset_to_model is None:
+            batch["labels"] = torch.tensor([self.index_of_name[name] for name in labels])
+        else:
+            batch["labels"] = self.dataset_to_model[torch.tensor(labels)]
+        return batch
+
+
+def _check_same_names(dataset_names: list[str], model_names: list[str]) -> None:
+    if set(dataset_names) == set(model_names) and len(dataset_names) == len(model_names):
+        if dataset_names != model_names:
+            logger.info("the dataset lists the model's classes in another order: matching them by name")
+        return
+    only_data = [name for name in dataset_names if name not in model_names]
+    only_model = [name for name in model_names if name not in dataset_names]
+    raise ValueError(
+        "the dataset's label names do not match the model's: "
+        f"only in the dataset: {only_data}; only in the model: {only_model} "
+        f"(dataset: {dataset_names}; model: {model_names})"
+    )
+
+
+def _why_unreadable(images: ImageClassificationDataset, row: int) -> str:
+    """Decode the skipped row again, for its error message (only skipped rows, so this stays cheap)."""
+    try:
+        decode_image(images.dataset[int(row)][images.image_column])
+    except BadImageError as e:
+        return str(e)
+    return f"cannot read image {images.describe(row)} (it failed during evaluation)"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The evaluation as text: headline numbers, per-class accuracy, and the confusion matrix with label names.
+
+        print(format_report(evaluate_model("out/flowers/best", "photos/")))
+    """
+    names = result["label_names"]
+    confusion = result["confusion_matrix"]
+    skipped = f" ({result['num_skipped']} unreadable, skipped)" if result["num_skipped"] else ""
+    scores = [f"top-1 {result['top1']:.1%}"]
+    if "top5" in result:
+        scores.append(f"top-5 {result['top5']:.1%}")
+    scores.append(f"loss {result['loss']:.4f}")
+    lines = [
+        f"{result['model']} on {result['data']} [{result['split']}]: {result['num_samples']} images evaluated{skipped}",
+        "   ".join(scores),
+        "",
+        "per-class accuracy",
+    ]
+    name_width = max(len(name) for name in names)
+    for name, row in zip(names, confusion, strict=True):
+        total, right = sum(row), row[names.index(name)]
+        accuracy = f"{right / total:>6.1%}" if total else "   n/a"
+        lines.append(f"  {name:<{name_width}}  {accuracy}  ({right}/{total})")
+
+    # Columns are numbered (names may be long); each row starts with its number and name.
+    width = max(len(str(len(names) - 1)), *(len(str(count)) for row in confusion for count in row)) + 2
+    label_width = len(str(len(names) - 1)) + 1 + name_width
+    lines += ["", "confusion matrix (rows: true label, columns: predicted label)"]
+    lines.append(f"  {'':<{label_width}}" + "".join(f"{i:>{width}}" for i in range(len(names))))
+    for i, (name, row) in enumerate(zip(names, confusion, strict=True)):
+        label = f"{i:>{len(str(len(names) - 1))}} {name:<{name_width}}"
+        lines.append(f"  {label}" + "".join(f"{count:>{width}}" for count in row))
+    return "\n".join(lines)
