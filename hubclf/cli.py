@@ -114,11 +114,117 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ---- predict / eval -------------------------------------------------------------------------------------------
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    pass  # owned by the predict/eval work
+    p = sub.add_parser(
+        "predict",
+        help="Classify image files or folders with a saved or published model",
+        description="Prints the top-k label names with probabilities for every image, using the model's own input "
+        "size and normalisation. Exit status: 0 every image was classified, 1 some images could not be read "
+        "(each one is reported on stderr), 2 usage error (bad arguments, model or path not found). "
+        "Example: hubclf predict me/flowers-alexnet photos/ rose.jpg --top-k 3",
+    )
+    p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, sorted)")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5, capped at the classes)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding (default: 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {path, predictions: [{label, score}], error} (error is null for a readable image)",
+    )
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from hubclf.predict import format_predictions, predict
+
+    with _messages_on_stderr("hubclf.predict", "hubclf predict: %(message)s"):
+        results = predict(
+            args.model,
+            args.images,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            revision=args.revision,
+        )
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print(format_predictions(results))
+    failed = sum(result.error is not None for result in results)
+    if failed:
+        print(f"hubclf predict: {failed} of {len(results)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    pass  # owned by the predict/eval work
+    p = sub.add_parser(
+        "eval",
+        help="Score a model on a labelled dataset: top-1/top-5, per-class accuracy, confusion matrix",
+        description="Works under `accelerate launch` (only the main process prints). The dataset's label names must "
+        "be the model's (in any order). Unreadable images are skipped, reported on stderr and left out of the "
+        "metrics. Exit status: 0 evaluated, 2 usage error (bad arguments, label mismatch, model or data not "
+        "found). Example: hubclf eval me/flowers-alexnet --data photos/ --split validation --json",
+    )
+    p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
+    p.add_argument("--data", required=True, help="image folder, save_to_disk directory or Hub dataset id")
+    p.add_argument("--split", default=None, help="split to evaluate (default: validation/valid/val/test, if present)")
+    p.add_argument("--image-column", default=None, help="image column (default: the dataset's only Image column)")
+    p.add_argument("--label-column", default=None, help="label column (default: the ClassLabel or label column)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass, per process (default: 32)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding (default: 0)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from accelerate import Accelerator
+
+    from hubclf.evaluate import evaluate_model, format_report
+
+    accelerator = Accelerator()
+    with _messages_on_stderr("hubclf.evaluate", "hubclf eval: %(message)s"):
+        result = evaluate_model(
+            args.model,
+            args.data,
+            args.split,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            revision=args.revision,
+            accelerator=accelerator,
+        )
+    if accelerator.is_main_process:
+        print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def _messages_on_stderr(logger_name: str, fmt: str):
+    """Show a module's warnings (e.g. one line per unreadable image) on stderr while a command runs."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def attached():
+        module_logger = logging.getLogger(logger_name)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(fmt))
+        module_logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            module_logger.removeHandler(handler)
+
+    return attached()
 
 
 def build_parser() -> argparse.ArgumentParser:
