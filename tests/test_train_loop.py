@@ -59,12 +59,12 @@ def backbone_weights(tmp_path_factory) -> Path:
     return pretrained_stand_in("hubclf_alexnet_slim", tmp_path_factory.mktemp("weights") / "alexnet_slim.safetensors")
 
 
-def make_config(tmp_path: Path, data: Path, weights: Path, name: str, **overrides) -> TrainConfig:
+def make_config(tmp_path: Path, data: Path, weights: Path | None, name: str, **overrides) -> TrainConfig:
     settings = dict(
         model="hubclf_alexnet_slim",
         data=str(data),
         output_dir=str(tmp_path / name),
-        weights=str(weights),
+        weights=str(weights) if weights else None,
         img_size=(HEIGHT, WIDTH),
         epochs=2,
         batch_size=8,
@@ -103,6 +103,19 @@ def test_full_fine_tuning_trains_saves_and_reloads(tmp_path, image_folder, backb
     assert len(list_checkpoints(result.output_dir)) == 2  # keep_checkpoints=2 of 3
     with pytest.raises(ValueError, match="already holds a training run.*--resume latest"):
         train(config)  # a second run into the same folder would mix up the checkpoints
+
+    # The saved model is itself a starting point: its backbone is kept, a new 3-class classifier replaces its head.
+    three = make_image_folder(tmp_path / "three_classes", 3, per_class=4)
+    again = train(
+        make_config(tmp_path, three, None, "again", model=str(result.best_model_dir), freeze="backbone", epochs=1,
+                    val_split=0.25)
+    )  # fmt: skip
+    saved, continued = weights_of(result.best_model_dir), weights_of(again.final_model_dir)
+    assert torch.equal(saved["features.0.weight"], continued["features.0.weight"])
+    assert continued["head.fc.weight"].shape[0] == 3
+    hubclf_block = json.loads((again.final_model_dir / "config.json").read_text())["hubclf"]
+    assert hubclf_block["base_model"] == "best (local model folder)"
+    assert hubclf_block["dataset"] == "three_classes (local image folder)"
 
 
 def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tmp_path, image_folder):

@@ -33,7 +33,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hubclf.hub import push_to_hub, save_pretrained
+from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
@@ -164,6 +164,11 @@ def train(config: TrainConfig) -> TrainResult:
     checkpoint = find_checkpoint(config.resume, output_dir) if config.resume else None
     if checkpoint is not None:
         saved = TrainerState.load(checkpoint)
+        if saved.stage == HEAD and saved.backbone_fingerprint != frozen_fingerprint:
+            raise ValueError(
+                f"{checkpoint} was trained on a different frozen backbone than --model {config.model} gives now "
+                "(head-stage checkpoints store the classifier only); resume with the original weights"
+            )
         saved.bad_images = sorted(set(saved.bad_images + state.bad_images))
         state = saved
     stage = state.stage or stages[min(state.epoch, config.epochs - 1)]
@@ -184,11 +189,6 @@ def train(config: TrainConfig) -> TrainResult:
         # Restores weights, optimizer, gradient-accumulation step and every process's RNG. Everything above that
         # consumed randomness (init, feature extraction) ran before this line, so the RNG continues exactly.
         accelerator.load_state(str(checkpoint))
-        if state.stage == HEAD and state.backbone_fingerprint != frozen_fingerprint:
-            raise ValueError(
-                f"{checkpoint} was trained on a different frozen backbone than --model {config.model} gives now "
-                "(head-stage checkpoints store the classifier only); resume with the original weights"
-            )
         scheduler.step_update(state.global_step)
         logger.info(f"resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
     state.stage = stage
@@ -300,9 +300,7 @@ def train(config: TrainConfig) -> TrainResult:
                 if is_best:
                     _save_model(model, output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
             if config.log_with:
-                accelerator.log(
-                    {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=epoch + 1
-                )
+                accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch + 1)
             accelerator.print(
                 f"epoch {epoch + 1}/{config.epochs} [{stage}] train_loss {record['train_loss']:.4f} "
                 f"{format_metrics(metrics, prefix='val_')}"
@@ -325,7 +323,9 @@ def train(config: TrainConfig) -> TrainResult:
                     output_dir / BEST_DIR,
                     config.push_to_hub,
                     private=config.hub_private,
-                    commit_message=f"hubclf train: {config.model} on {data.source}, best epoch {state.best_epoch}",
+                    commit_message=(
+                        f"hubclf train: {config.model} on {_dataset_name(data.source)}, best epoch {state.best_epoch}"
+                    ),
                 )
                 logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
         except Exception as e:  # re-raised below, once the other processes are no longer waiting for this one
@@ -373,8 +373,6 @@ def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
     size = {"img_size": config.img_size} if config.img_size else {}
     name = config.model
     if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
-        from hubclf.hub import from_pretrained
-
         if not config.pretrained or config.weights:
             raise ValueError(f"--no-pretrained/--weights apply to architecture names, not to the saved model {name}")
         model = from_pretrained(name, num_classes=num_classes, **size)
@@ -503,8 +501,6 @@ def _save_model(
 def _refresh_best_card(directory: Path, config: TrainConfig, data: Any, state: TrainerState, processes: int) -> None:
     """Re-save the best model so that its card holds the whole run's per-epoch table, not just the epochs
     up to the best one."""
-    from hubclf.hub import from_pretrained
-
     best = from_pretrained(directory)
     apply_stage(best, state.history[state.best_epoch - 1]["stage"], config)  # the card counts trainable parameters
     _save_model(best, directory, config, data, state, processes)
