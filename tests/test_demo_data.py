@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_loads_with_datasets_imagefolder(smoke_target: tuple[Path, dict]) -> Non
         assert loaded[split].num_rows == sum(manifest["counts"][split].values())
         label = loaded[split].features["label"]
         assert isinstance(label, datasets.ClassLabel)
-        assert label.names == sorted(manifest["classes"])
+        assert label.names == manifest["classes"]  # same order: manifest indices are the dataset's label ids
     example = loaded["train"][0]
     assert example["image"].size == (manifest["image_size"][1], manifest["image_size"][0])
 
@@ -125,3 +126,14 @@ def test_command_line_writes_both_datasets(tmp_path: Path, capsys: pytest.Captur
         assert (manifest["kind"], manifest["seed"]) == (kind, 5)
         assert manifest["sha256"] == dataset_sha256(tmp_path / kind)
     assert "target:" in capsys.readouterr().out
+
+
+def test_more_images_leave_existing_ones_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each image's random stream is keyed by its name, so growing a split never changes the images before it."""
+    small = generate(tmp_path / "small", kind="target", scale="smoke", progress=False)
+    spec = SPECS["smoke"]["target"]
+    monkeypatch.setitem(SPECS["smoke"], "target", dataclasses.replace(spec, train_per_class=spec.train_per_class + 1))
+    larger = generate(tmp_path / "larger", kind="target", scale="smoke", progress=False)
+    assert larger["num_images"] == small["num_images"] + len(TARGET_CLASSES)
+    small_files, larger_files = _files(tmp_path / "small"), _files(tmp_path / "larger")
+    assert all(larger_files[name] == data for name, data in small_files.items() if name.endswith(".png"))

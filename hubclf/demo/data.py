@@ -17,7 +17,7 @@ output changes).
     >>> from hubclf.demo.data import generate
     >>> manifest = generate("data/target", kind="target", seed=0, scale="smoke")
     >>> manifest["classes"][:2]
-    ['circle_and_star', 'circle_and_triangle']
+    ['arrow_and_glyph_e', 'circle_and_star']
 
 Command line: ``python -m hubclf.demo.data data/ --scale full`` writes ``data/base`` and ``data/target``.
 """
@@ -51,7 +51,8 @@ FILLS = ("plain", "patterned")
 PATTERNS = ("stripes", "checker", "dots", "waves")
 BACKGROUNDS = ("flat", "gradient", "noise") + PATTERNS
 
-BASE_CLASSES = tuple(f"{shape}_{fill}" for shape in SHAPES for fill in FILLS)
+# Class tuples are sorted, so that their order is the ClassLabel order `datasets` infers from the folder names.
+BASE_CLASSES = tuple(sorted(f"{shape}_{fill}" for shape in SHAPES for fill in FILLS))
 # Overlapping pairs: every shape takes part in more than one class, so no single shape detector is enough.
 TARGET_PAIRS = (
     ("circle", "star"),
@@ -63,7 +64,8 @@ TARGET_PAIRS = (
     ("arrow", "glyph_e"),
     ("glyph_e", "glyph_k"),
 )
-TARGET_CLASSES = tuple(f"{a}_and_{b}" for a, b in TARGET_PAIRS)
+_TARGET_PAIR_BY_CLASS = {f"{a}_and_{b}": (a, b) for a, b in TARGET_PAIRS}
+TARGET_CLASSES = tuple(sorted(_TARGET_PAIR_BY_CLASS))
 
 # Glyph strokes as polylines in a [-1, 1] box (y grows downwards, as in PIL).
 _GLYPH_STROKES: dict[str, list[list[tuple[float, float]]]] = {
@@ -148,7 +150,7 @@ def generate(
         for image_index in range(spec.per_class(split))
     ]
     for split, class_index, image_index in tqdm(jobs, desc=f"demo {kind} data", disable=not progress):
-        rng = _image_rng(seed, kind, split, class_index, image_index)
+        rng = _image_rng(seed, kind, split, spec.classes[class_index], image_index)
         if kind == "base":
             image = render_base_image(rng, spec.classes[class_index], spec.image_size, spec.object_size)
         else:
@@ -184,10 +186,11 @@ def dataset_sha256(root: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _image_rng(seed: int, kind: str, split: str, class_index: int, image_index: int) -> np.random.Generator:
-    # One independent stream per image: results don't depend on generation order, and adding images to one
-    # class (or a new split) leaves every other image byte-identical.
-    key = [seed, KINDS.index(kind), SPLITS.index(split), class_index, image_index]
+def _image_rng(seed: int, kind: str, split: str, class_name: str, image_index: int) -> np.random.Generator:
+    # One independent stream per image, keyed by names rather than positions: results don't depend on generation
+    # order, and adding images, classes or splits leaves every existing image byte-identical.
+    name_key = int.from_bytes(hashlib.sha256(f"{kind}/{split}/{class_name}".encode()).digest()[:8], "little")
+    key = [seed, name_key, image_index]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
@@ -209,7 +212,9 @@ def render_target_image(
     rng: np.random.Generator, class_name: str, size: tuple[int, int], object_size: tuple[int, int]
 ) -> Image.Image:
     """One target image: the class's two shapes, one in each half (in random order), with random fills."""
-    pair = TARGET_PAIRS[TARGET_CLASSES.index(class_name)]
+    if class_name not in _TARGET_PAIR_BY_CLASS:
+        raise ValueError(f"unknown target class {class_name!r}")
+    pair = _TARGET_PAIR_BY_CLASS[class_name]
     canvas = _background(rng, size)
     _add_clutter(rng, canvas)
     height = size[0]
