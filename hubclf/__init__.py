@@ -6,10 +6,13 @@ Importing hubclf registers its models in timm's registry::
     model = timm.create_model("hubclf_alexnet", pretrained=True, num_classes=8, img_size=(448, 224))
 """
 
-from hubclf import models  # noqa: F401  (registers hubclf_* architectures with timm)
+from hubclf import (
+    models,  # noqa: F401  (registers hubclf_* architectures with timm)
+    train,  # a callable package: hubclf.train(TrainConfig(...))
+)
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.models import freeze, param_counts, unfreeze
-from hubclf.train import TrainConfig, train  # noqa: F401  (hubclf.train(TrainConfig(...)))
+from hubclf.train import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -20,5 +23,7 @@ __all__ = [
     "save_pretrained",
     "push_to_hub",
     "from_pretrained",
+    "train",
+    "TrainConfig",
     "__version__",
 ]

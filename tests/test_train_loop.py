@@ -29,7 +29,7 @@ from hubclf.train.checkpoints import list_checkpoints
 from hubclf.train.data import BadImageError
 from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
 
-loop = importlib.import_module("hubclf.train.loop")  # `hubclf.train` the attribute is the function
+loop = importlib.import_module("hubclf.train.loop")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 5
 
