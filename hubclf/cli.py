@@ -9,7 +9,10 @@ importing lazily so ``hubclf --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 
 
 # ---- convert ---------------------------------------------------------------------------------------------
@@ -49,17 +52,10 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    import logging
-
     from hubclf.hub import push_to_hub
 
-    # push_to_hub reports the upload and the verification through its logger: show those lines on stderr.
-    hub_logger = logging.getLogger("hubclf.hub")
-    handler = logging.StreamHandler()
-    hub_logger.addHandler(handler)
-    previous_level = hub_logger.level
-    hub_logger.setLevel(logging.INFO)
-    try:
+    # push_to_hub reports the upload and the verification through its logger (INFO): show those lines.
+    with _messages_on_stderr("hubclf.hub", "%(message)s", level="INFO"):
         url = push_to_hub(
             args.model_dir,
             args.repo_id,
@@ -69,9 +65,6 @@ def _run_push(args: argparse.Namespace) -> int:
             commit_message=args.message,
             verify=args.verify,
         )
-    finally:
-        hub_logger.removeHandler(handler)
-        hub_logger.setLevel(previous_level)
     print(url)
     return 0
 
@@ -208,23 +201,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _messages_on_stderr(logger_name: str, fmt: str):
-    """Show a module's warnings (e.g. one line per unreadable image) on stderr while a command runs."""
-    import contextlib
-    import logging
-
-    @contextlib.contextmanager
-    def attached():
-        module_logger = logging.getLogger(logger_name)
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(fmt))
-        module_logger.addHandler(handler)
-        try:
-            yield
-        finally:
-            module_logger.removeHandler(handler)
-
-    return attached()
+@contextlib.contextmanager
+def _messages_on_stderr(logger_name: str, fmt: str, level: str | None = None) -> Iterator[None]:
+    """Show a module's log lines (e.g. one per unreadable image) on stderr while a command runs."""
+    module_logger = logging.getLogger(logger_name)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    previous_level = module_logger.level
+    module_logger.addHandler(handler)
+    if level is not None:
+        module_logger.setLevel(level)
+    try:
+        yield
+    finally:
+        module_logger.removeHandler(handler)
+        module_logger.setLevel(previous_level)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import os
-import socket
 import string
 import subprocess
 import time
@@ -36,6 +35,7 @@ from huggingface_hub import constants, hf_api, hf_file_system
 from huggingface_hub.utils import _http
 
 from tests.hubserver import DEFAULT_USER, HubServer
+from tests.launch import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLAH_DIR = Path(__file__).resolve().parent / "olah"
@@ -118,12 +118,6 @@ class OlahServer:
     log_path: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until_listening(server: OlahServer) -> None:
     deadline = time.monotonic() + OLAH_STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -158,7 +152,7 @@ def olah_server(hub_server: HubServer, tmp_path_factory: pytest.TempPathFactory)
     if not OLAH_CLI.exists():
         pytest.skip(f"olah is not installed ({OLAH_CLI} is missing): run `bash tests/olah/install.sh`")
     workdir = tmp_path_factory.mktemp("olah")
-    port = _free_port()
+    port = free_port()
     config = string.Template((OLAH_DIR / "olah.toml.template").read_text()).substitute(
         port=port, repos_path=workdir / "cache", mirrors_path=hub_server.root
     )

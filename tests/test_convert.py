@@ -42,7 +42,7 @@ class _Exploit:
 def test_malicious_pickle_is_refused_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"features.0.weight": _Exploit()}))
+    evil.write_bytes(pickle.dumps({"features.0.weight": _Exploit()}, protocol=2))
     with pytest.raises(ValueError, match="not a plain tensor state dict"):
         convert_torchvision_checkpoint(evil, tmp_path / "out")
     assert not (tmp_path / "pwned").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 from hubclf.cli import main
 from hubclf.evaluate import evaluate_model, format_report
 from hubclf.hub import from_pretrained, save_pretrained
+from tests.launch import cpu_launch_command
 from tests.test_predict import BIAS, LABELS, save_image, save_known_model
 from tests.test_train_data import add_bad_images
 
@@ -141,12 +141,6 @@ def test_format_report_shows_absent_classes_and_top5():
 
 
 # ---- accelerate launch: 2 processes ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_under_accelerate_launch_give_the_single_process_json(tmp_path):
     # A varied (seeded random) 5-class model so that predictions, top-5 and the confusion matrix are not trivial;
@@ -166,13 +160,7 @@ def test_two_processes_under_accelerate_launch_give_the_single_process_json(tmp_
         timeout=300,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    # `accelerate launch --cpu --num_processes 2` starts ONE process (huggingface/accelerate#2741); --multi_gpu with
-    # ACCELERATE_USE_CPU=1 starts two CPU processes (gloo) through torchrun.
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-    ]  # fmt: skip
+    launch = cpu_launch_command(2)
     double = subprocess.run(
         [*launch, *eval_args, "--batch-size", "4"], env={**env, "ACCELERATE_USE_CPU": "1"}, cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=300,

@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import hubclf
 from hubclf.train import TrainConfig, TrainingInterrupted, train
 from hubclf.train.checkpoints import list_checkpoints
 from hubclf.train.data import BadImageError
+from tests.launch import cpu_launch_command
 from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
 
 loop = importlib.import_module("hubclf.train.loop")
@@ -220,12 +220,6 @@ def test_missing_pretrained_weights_are_an_error_not_random_init(tmp_path, image
 
 
 # ---- CLI, accelerate launch, push -----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_and_only_the_main_process_writes_and_pushes(
     tmp_path, image_folder, backbone_weights, use_hub, new_repo_id
@@ -262,14 +256,7 @@ def test_two_processes_match_one_and_only_the_main_process_writes_and_pushes(
     assert single.returncode == 0, single.stderr[-3000:]
 
     repo_id = new_repo_id("ddp-train")
-    # `accelerate launch --cpu --num_processes 2` starts ONE process (huggingface/accelerate#2741): its simple
-    # launcher only fans out through mpirun. torchrun does it, via --multi_gpu, with ACCELERATE_USE_CPU=1 making
-    # every process a CPU one (gloo), also on a machine that has GPUs.
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-    ]  # fmt: skip
+    launch = cpu_launch_command(2)
     double = subprocess.run(
         [*launch, *hubclf_train, "--batch-size", "4", "--cache-features", "off", "--output-dir", str(tmp_path / "two"),
          "--push-to-hub", repo_id],
@@ -326,11 +313,7 @@ def test_staged_unfreezing_keeps_processes_in_sync_under_ddp(tmp_path, image_fol
     # averaged and each process would drift off with its own backbone. prepare_stage re-wraps; check every epoch.
     script = tmp_path / "train_checking_sync.py"
     script.write_text(SYNC_CHECK)
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-    ]  # fmt: skip
+    launch = cpu_launch_command(2)
     args = [
         "train", "--model", "hubclf_alexnet_slim", "--data", str(image_folder), "--weights", str(backbone_weights),
         "--img-size", str(HEIGHT), str(WIDTH), "--freeze", "backbone", "--unfreeze-after", "1", "--epochs", "2",
