@@ -219,7 +219,9 @@ def _messages_on_stderr(logger_name: str, fmt: str, level: str | None = None) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hubclf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval):
         add(sub)
