@@ -36,6 +36,8 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
         ({**REQUIRED, "img_size": [448]}, "two positive integers"),
         ({**REQUIRED, "num_classes": 1}, "at least 2"),
         ({**REQUIRED, "on_bad_image": "ignore"}, "skip.*error"),
+        ({**REQUIRED, "crop_pct": 0}, r"crop_pct.*\(0, 1\]"),
+        ({**REQUIRED, "crop_pct": 1.2}, r"crop_pct.*\(0, 1\]"),
     ],
 )
 def test_contradictions_are_clear_errors(values, error):

@@ -122,7 +122,7 @@ def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tm
     weights = pretrained_stand_in("hubclf_vgg11_bn_slim", tmp_path / "vgg_bn.safetensors")
     config = make_config(
         tmp_path, image_folder, weights, "frozen", model="hubclf_vgg11_bn_slim", img_size=(48, 32), epochs=1,
-        lr=1e-2, freeze="backbone",
+        lr=1e-2, freeze="backbone", crop_pct=1.0,
     )  # fmt: skip
     result = train(config)  # augmentation on: the uncached frozen path
 
@@ -134,6 +134,8 @@ def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tm
     config_json = json.loads((result.final_model_dir / "config.json").read_text())
     assert config_json["hubclf"]["freeze"] == "backbone"
     assert config_json["hubclf"]["trainable_params"] == 512 * NUM_CLASSES + NUM_CLASSES
+    # --crop-pct is saved with the model, so predict/eval and timm resize as validation did.
+    assert config_json["pretrained_cfg"]["crop_pct"] == config_json["hubclf"]["hyperparameters"]["crop_pct"] == 1.0
 
 
 def test_partial_freeze_and_staged_unfreezing(tmp_path, image_folder, backbone_weights):

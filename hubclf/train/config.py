@@ -44,6 +44,7 @@ class TrainConfig:
     eval_split: str | None = None
     val_split: float = 0.1
     augment: bool = True
+    crop_pct: float | None = None
     on_bad_image: str = "skip"
     num_workers: int = 4
 
@@ -99,6 +100,8 @@ class TrainConfig:
                 f"--cache-features {self.cache_features} needs a backbone that never changes and fixed inputs: "
                 "--freeze backbone, --no-augment and no --unfreeze-after"
             )
+        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct is the centre-cropped fraction of the image, in (0, 1]; got {self.crop_pct}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
         if not 0.0 < self.val_split < 1.0:
@@ -199,6 +202,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")
     add("--val-split", type=float, help="fraction of the train split held out, stratified, when there is no eval split")
     add("--no-augment", dest="augment", action="store_false", help="train on eval transforms (enables cached features)")
+    add(
+        "--crop-pct",
+        type=float,
+        help="eval transform: resize to input size / crop_pct, then centre-crop; 1.0 keeps the whole image "
+        "(default: the model's, 0.875 for hubclf models). Saved with the model",
+    )
     add("--on-bad-image", choices=BAD_IMAGE_POLICIES, help="skip (count and list) unreadable images, or stop")
     add("--num-workers", type=int, help="DataLoader worker processes per training process")
 

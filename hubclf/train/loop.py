@@ -121,6 +121,10 @@ def train(config: TrainConfig) -> TrainResult:
 
     # ---- model and transforms ---------------------------------------------------------------------------------
     model = create_model(config, data.label_names).to(accelerator.device)
+    if config.crop_pct is not None:
+        # In the pretrained_cfg, so it is saved with the model: predict, eval and timm users then see the images
+        # exactly as validation did.
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "crop_pct": config.crop_pct}
     data_config = resolve_model_data_config(model)
     train_transform, eval_transform = build_transforms(data_config, augment=config.augment)
     train_images, eval_images = (
@@ -533,7 +537,8 @@ def _base_model(config: TrainConfig, model: nn.Module) -> str | None:
 def _hyperparameters(config: TrainConfig, num_processes: int) -> dict[str, Any]:
     keys = (
         "epochs", "batch_size", "grad_accum_steps", "lr", "backbone_lr_scale", "opt", "weight_decay", "sched",
-        "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "freeze", "unfreeze_after", "mixed_precision",
+        "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "crop_pct", "freeze", "unfreeze_after",
+        "mixed_precision",
     )  # fmt: skip
     values = {key: getattr(config, key) for key in keys}
     values["img_size"] = list(config.img_size) if config.img_size else None
