@@ -71,3 +71,11 @@ def test_trackers_must_exist_and_be_installed(monkeypatch):
     with pytest.raises(ValueError, match="the tensorboard package is not installed"):
         check_trackers(["tensorboard"])  # Accelerate alone would drop it with a debug-level message
     check_trackers([])
+
+
+def test_backbone_lr_scale_defaults_to_protecting_only_pretrained_weights():
+    assert TrainConfig(**REQUIRED).backbone_lr_scale == 0.1
+    assert TrainConfig(**REQUIRED, pretrained=False).backbone_lr_scale == 1.0
+    assert TrainConfig(**REQUIRED, pretrained=False, backbone_lr_scale=0.5).backbone_lr_scale == 0.5
+    with pytest.raises(ValueError, match="backbone_lr_scale must be positive"):
+        TrainConfig(**REQUIRED, backbone_lr_scale=0)

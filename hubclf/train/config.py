@@ -51,7 +51,7 @@ class TrainConfig:
     # Transfer learning.
     freeze: str = FREEZE_NONE
     unfreeze_after: int | None = None
-    backbone_lr_scale: float = 0.1
+    backbone_lr_scale: float | None = None  # None: 0.1 for a pretrained backbone, 1.0 for random init
     cache_features: str = "auto"
     feature_cache_dir: str | None = None
 
@@ -113,6 +113,11 @@ class TrainConfig:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.weights is not None and not self.pretrained:
             raise ValueError("--weights gives pretrained weights; it contradicts --no-pretrained")
+        if self.backbone_lr_scale is None:
+            # A lower LR protects what a pretrained backbone already knows; random weights have nothing to protect.
+            self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
+        elif self.backbone_lr_scale <= 0:
+            raise ValueError(f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
 
     @property
     def can_cache_features(self) -> bool:
@@ -214,7 +219,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = adder("transfer learning")
     add("--freeze", help="'none' (fine-tune all), 'backbone' (train only the classifier) or a module, e.g. features.5")
     add("--unfreeze-after", type=int, help="train with --freeze for N epochs, then unfreeze everything")
-    add("--backbone-lr-scale", type=float, help="backbone LR = lr x this, whenever the backbone trains")
+    add(
+        "--backbone-lr-scale",
+        type=float,
+        help="backbone LR = lr x this, whenever the backbone trains (default: 0.1 when pretrained, 1 otherwise)",
+    )
     add("--cache-features", choices=CACHE_MODES, help="reuse frozen-backbone features across epochs (auto: in memory)")
     add("--feature-cache-dir", help="where --cache-features disk stores them (default: OUTPUT_DIR/feature_cache)")
 
