@@ -138,6 +138,21 @@ def test_frozen_backbone_trains_only_the_classifier_and_keeps_batchnorm_stats(tm
     assert config_json["pretrained_cfg"]["crop_pct"] == config_json["hubclf"]["hyperparameters"]["crop_pct"] == 1.0
 
 
+def test_tensorboard_tracker_logs_every_epoch(tmp_path, image_folder, backbone_weights):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is installed by scripts/setup.sh")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = make_config(
+        tmp_path, image_folder, backbone_weights, "tb", freeze="backbone", augment=False, log_with=["tensorboard"],
+    )  # fmt: skip
+    result = train(config)
+    runs = [EventAccumulator(str(path.parent)).Reload() for path in result.output_dir.rglob("events.out.tfevents.*")]
+    scalars = [run for run in runs if "val_top1" in run.Tags()["scalars"]]
+    assert len(scalars) == 1, f"expected one TensorBoard run with val_top1 under {result.output_dir}"
+    top1 = [event.value for event in scalars[0].Scalars("val_top1")]
+    assert top1 == pytest.approx([row["val_top1"] for row in result.history])
+
+
 def test_partial_freeze_and_staged_unfreezing(tmp_path, image_folder, backbone_weights):
     partial = train(make_config(tmp_path, image_folder, backbone_weights, "partial", freeze="features.3", epochs=1))
     start, end = load_file(backbone_weights), weights_of(partial.final_model_dir)
