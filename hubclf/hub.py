@@ -30,6 +30,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
+from accelerate.utils import extract_model_from_parallel
 from huggingface_hub import (
     CommitOperationAdd,
     EvalResult,
@@ -558,16 +559,10 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 
 # ---- small helpers ------------------------------------------------------------------------------------------------
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare timm model inside DDP / DataParallel / torch.compile wrappers, so keys stay bare timm keys."""
+    """The bare timm model inside DDP / DataParallel / FSDP / torch.compile wrappers, so keys stay bare timm keys."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    while True:
-        if hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            break
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     if not hasattr(model, "pretrained_cfg") or not hasattr(model, "num_classes"):
         raise TypeError(f"{type(model).__name__} is not a timm model (no pretrained_cfg / num_classes)")
     return model

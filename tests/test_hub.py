@@ -97,6 +97,12 @@ def test_save_writes_exactly_three_files_with_bare_timm_keys(model, saved):
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("wrap", [torch.nn.DataParallel, torch.compile], ids=["DataParallel", "compile"])
+def test_save_unwraps_parallel_and_compiled_models(model, tmp_path, wrap):
+    folder = save_pretrained(wrap(model), tmp_path / "wrapped", label_names=CARD_KWARGS["label_names"])
+    assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())  # no module. / _orig_mod.
+
+
 def test_config_is_timm_hub_format_that_transformers_can_read(saved):
     config = json.loads((saved / "config.json").read_text())
     assert config["architecture"] == ARCH
