@@ -15,6 +15,8 @@ from timm.layers import ClassifierHead, to_2tuple
 from timm.models import build_model_with_cfg
 from torch.utils.checkpoint import checkpoint
 
+from hubclf.models.transfer import keep_frozen_batchnorm_in_eval
+
 HEAD_TYPES = ("classic", "slim")
 CLASSIFIER = "head.fc"
 
@@ -178,9 +180,7 @@ class ConvClassifier(nn.Module):
         so feature extraction never drifts their running statistics."""
         super().train(mode)
         if mode:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and _is_frozen(module):
-                    module.eval()
+            keep_frozen_batchnorm_in_eval(self)
         return self
 
     # ---- errors a user gets -----------------------------------------------------------------------------------
@@ -200,11 +200,6 @@ class ConvClassifier(nn.Module):
             raise ValueError(
                 f"input {x.shape[2]}×{x.shape[3]} (H×W) is smaller than {name}'s minimum {min_h}×{min_w}"
             )
-
-
-def _is_frozen(module: nn.Module) -> bool:
-    params = list(module.parameters())
-    return bool(params) and not any(p.requires_grad for p in params)
 
 
 # ---- torchvision checkpoints ----------------------------------------------------------------------------------

@@ -47,6 +47,19 @@ def unfreeze(model: nn.Module) -> nn.Module:
     return model.train(model.training)
 
 
+def keep_frozen_batchnorm_in_eval(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer whose parameters are all frozen in eval mode, so its running statistics stay put.
+
+    hubclf models call this from ``train()``; the trainer calls it for any timm model. Returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+    return model
+
+
 def param_counts(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts, e.g. ``(32776, 57036360)`` for a frozen 8-class AlexNet."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

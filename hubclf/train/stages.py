@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from hubclf.models import freeze, unfreeze
+from hubclf.models.transfer import keep_frozen_batchnorm_in_eval
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
 
 HEAD, PARTIAL, FULL = "head", "partial", "full"
@@ -53,12 +54,7 @@ def set_stage_modes(model: nn.Module, stage: str) -> None:
         model.eval()
         model.get_classifier().train()
         return
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
+    keep_frozen_batchnorm_in_eval(model.train())
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
