@@ -299,7 +299,8 @@ def _check_img_size(img_size: Any, model_cls: type[ConvClassifier]) -> tuple[int
 def _describe_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any]) -> str:
     from timm.models import get_pretrained_cfg
 
-    cfg = dict(get_pretrained_cfg(variant).to_dict()) if get_pretrained_cfg(variant) else {}
+    default = get_pretrained_cfg(variant)
+    cfg = default.to_dict() if default else {}
     if pretrained_cfg is not None:
         cfg.update(pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict())
     cfg.update(overlay)
