@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, default_collate
 
 from hubclf.predict import label_names_of, load_model
 from hubclf.train.data import (
-    EVAL_SPLIT_NAMES,
     BadImageError,
     ImageClassificationDataset,
     build_transforms,
     decode_image,
     find_columns,
+    find_eval_split,
     open_dataset,
 )
 from hubclf.train.metrics import evaluate
@@ -133,7 +133,7 @@ def _pick_split(splits: datasets.DatasetDict, split: str | None, data: str) -> s
         if split not in splits:
             raise ValueError(f"{data} has no {split!r} split (splits: {list(splits)}); pick one with --split")
         return split
-    found = next((name for name in EVAL_SPLIT_NAMES if name in splits), None)
+    found = find_eval_split(splits)
     if found is None:
         raise ValueError(
             f"{data} has no validation/valid/val/test split (splits: {list(splits)}); pick one with --split"

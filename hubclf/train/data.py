@@ -82,7 +82,7 @@ def load_image_dataset(
     label_names = list(train.features[label_column].names)
 
     if eval_split is None:
-        eval_split = next((name for name in EVAL_SPLIT_NAMES if name in splits and name != train_split), None)
+        eval_split = find_eval_split(splits, exclude=train_split)
     if eval_split is not None:
         if eval_split not in splits:
             raise ValueError(f"{data} has no {eval_split!r} split (splits: {list(splits)})")
@@ -108,6 +108,11 @@ def load_image_dataset(
         source=data,
         eval_split_name=eval_split,
     )
+
+
+def find_eval_split(splits: datasets.DatasetDict, exclude: str | None = None) -> str | None:
+    """The dataset's own evaluation split: the first of validation/valid/val/test it has (``None`` if none)."""
+    return next((name for name in EVAL_SPLIT_NAMES if name in splits and name != exclude), None)
 
 
 def open_dataset(data: str) -> datasets.DatasetDict:
