@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,11 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's real token must never leak in
+
+# Subprocesses (the CLI, accelerate launch, the demo) must import the hubclf of the checkout under test, also when
+# it is a git worktree next to the one the venv's editable install points at.
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 pytest_plugins = ["tests.hub_fixtures"]
 
