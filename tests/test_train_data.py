@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from pathlib import Path
 
 import datasets
@@ -14,13 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
+from hubclf.train.csv_labels import LabelsCSVError, read_labels_csv
 from hubclf.train.data import (
+    MAX_IMAGE_PIXELS,
     BadImageError,
     ImageClassificationDataset,
     build_transforms,
     decode_image,
     find_columns,
+    find_empty_class_folders,
     load_image_dataset,
+    normalize_class_name,
+    normalize_labels,
+    split_revision,
     to_rgb,
 )
 
@@ -225,3 +232,170 @@ def test_seeded_augmentation_depends_on_seed_epoch_and_row_only(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)  # ...and is left untouched (dropout keeps its stream)
     dataset.seed_augmentation(seed=1, epoch=1)
     assert not torch.equal(dataset[0]["pixel_values"], first)  # each epoch sees new augmentations
+
+
+# ---- class names: normalisation, collisions, classes without images -------------------------------------------
+def _one_image(folder: Path, name: str = "0.png", value: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / name)
+    return folder / name
+
+
+def test_class_names_are_normalised_to_nfc_without_surrounding_spaces(tmp_path):
+    nfd = unicodedata.normalize("NFD", "café")
+    for name in (f" {nfd}", "dog "):
+        for i in range(4):
+            _one_image(tmp_path / name, f"{i}.png", value=40 * i)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    assert data.label_names == [unicodedata.normalize("NFC", "café"), "dog"]
+    assert normalize_class_name(" cafe\u0301\t") == "caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(" cat ", "cat"), (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"))]
+)
+def test_look_alike_class_folders_are_an_error_naming_both(tmp_path, first, second):
+    for name in (first, second, "dog"):
+        for i in range(2):
+            _one_image(tmp_path / name, f"{i}.png")
+    with pytest.raises(ValueError, match="both normalise to") as error:
+        load_image_dataset(str(tmp_path))
+    assert repr(first) in str(error.value) and repr(second) in str(error.value)
+
+
+def test_look_alike_string_labels_are_an_error_and_lone_variants_are_normalised():
+    features = datasets.Features({"image": datasets.Image(), "kind": datasets.Value("string")})
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    spaced = datasets.Dataset.from_dict({"image": [image] * 2, "kind": [" a", "b "]}, features=features)
+    assert normalize_labels(spaced, "kind")["kind"] == ["a", "b"]
+    clash = datasets.Dataset.from_dict({"image": [image] * 2, "kind": [" a", "a"]}, features=features)
+    with pytest.raises(ValueError, match="labels ' a' and 'a' both normalise to 'a'"):
+        normalize_labels(clash, "kind")
+
+
+def test_a_class_without_train_images_and_an_empty_class_folder_are_reported(tmp_path, caplog):
+    make_image_folder(tmp_path, num_classes=2, per_class=3, split="train")
+    make_image_folder(tmp_path, num_classes=3, per_class=2, split="validation", seed=1)  # class_2: validation only
+    (tmp_path / "train" / "tulip").mkdir()  # empty: the imagefolder loader drops it without a word
+    (tmp_path / "train" / ".cache").mkdir()  # hidden: not a class folder
+    with caplog.at_level("WARNING", logger="hubclf.train.data"):
+        data = load_image_dataset(str(tmp_path))
+    assert data.label_names == ["class_0", "class_1", "class_2"]
+    assert data.classes_without_train_images == ["class_2"]
+    assert data.empty_class_folders == ["train/tulip"]
+    assert "no image in the 'train' split, so the model never learns them: 'class_2'" in caplog.text
+    assert "hold no image and are not classes of this run: 'train/tulip'" in caplog.text
+    assert find_empty_class_folders(str(tmp_path / "nope")) == []
+
+
+# ---- decompression bombs --------------------------------------------------------------------------------------
+def test_the_decompression_bomb_limit_is_explicit_and_over_limit_images_are_skipped(tmp_path, monkeypatch):
+    assert Image.MAX_IMAGE_PIXELS == MAX_IMAGE_PIXELS == 100_000_000
+    # A real bomb: a few KB of PNG that would decode to 110 million pixels.
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (11_000, 10_000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(BadImageError, match="bomb.png.*exceeds limit"):
+        decode_image(str(bomb))
+    # Between the limit and twice the limit PIL only warns; hubclf's decoder makes that an error too.
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 64)).save(small)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: over the limit, under twice the limit
+    with pytest.raises(BadImageError, match="small.png.*decompression bomb"):
+        decode_image(str(small))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+    table = datasets.Dataset.from_dict({"image": [str(small)], "label": [1]}, features=features)
+    _, eval_tf = build_transforms({"input_size": (3, 32, 32)}, augment=False)
+    row = ImageClassificationDataset(table, "image", "label", eval_tf, input_size=(3, 32, 32))[0]
+    assert row["valid"] is False  # skipped and listed like any other unreadable image
+
+
+# ---- labels in a CSV ----------------------------------------------------------------------------------------------
+def write_csv(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def csv_image_set(root: Path, names: dict[str, int]) -> None:
+    """One 8x8 image per name (a path relative to ``root``), coloured by the given class index."""
+    for name, label in names.items():
+        _one_image((root / name).parent, Path(name).name, value=60 * label)
+
+
+def test_csv_labels_with_detected_columns_and_a_stratified_split(tmp_path):
+    csv_image_set(tmp_path, {f"img/{c}{i}.png": c for c in range(2) for i in range(4)})
+    rows = "".join(f"img/{c}{i}.png, {'cat' if c else 'dog'}\n" for c in range(2) for i in range(4))
+    labels = write_csv(tmp_path / "labels.csv", "\ufeffFilename, Class\n" + rows)  # BOM, spaces, capitals
+    data = load_image_dataset(str(labels), val_split=0.5, seed=0)
+    assert (data.image_column, data.label_column, data.label_names) == ("Filename", "Class", ["cat", "dog"])
+    assert (len(data.train), len(data.eval)) == (4, 4)
+    assert sorted(data.eval["Class"]) == [0, 0, 1, 1]
+    first = data.train.cast_column("Filename", datasets.Image(decode=False))[0]["Filename"]["path"]
+    assert Path(first).parent == tmp_path / "img"
+
+
+def test_csv_labels_with_a_split_column_flags_and_an_image_root(tmp_path):
+    csv_image_set(tmp_path / "pictures", {"a.png": 0, "b.png": 1, "c.png": 0, "d.png": 1})
+    text = "pic,kind,split,note\na.png,x,train,\nb.png,y,TRAIN,\nc.png,x,val,\nd.png,y,validation,\n"
+    labels = write_csv(tmp_path / "meta" / "labels.csv", text)
+    splits = read_labels_csv(labels, image_root=tmp_path / "pictures", path_column="pic", label_column="kind")
+    assert {name: len(split) for name, split in splits.items()} == {"train": 2, "validation": 2}
+    assert splits["train"].features["kind"].names == ["x", "y"]
+    data = load_image_dataset(str(tmp_path / "pictures"), labels=str(labels), path_column="pic", label_column="kind")
+    assert (len(data.train), len(data.eval), data.eval_split_name) == (2, 2, "validation")
+    assert read_labels_csv(write_csv(tmp_path / "pictures" / "t.csv", "path,label\na.png,x\nb.png,y\n"),
+                           unsplit_name="test").keys() == {"test"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "error"),
+    [
+        ("", {}, "is empty; it needs a header row"),
+        ("path,label\n", {}, "has a header but no rows"),
+        ("a.png,x\nb.png,y\n", {}, "seems to have no header row"),
+        ("file,label\na.png,x\n", {"path_column": "photo"}, "--path-column 'photo' is not a column"),
+        ("path,label\na.png,x\n", {"label_column": "kind"}, "--label-column 'kind' is not a column"),
+        ("name,label\na.png,x\n", {}, "no path column.*--path-column"),
+        ("path,file,label\na.png,a.png,x\n", {}, r"several possible path columns \['path', 'file'\]"),
+        ("path,label\na.png,x\nb.png, \nc.png,\n", {}, r"2 row\(s\) with an empty label.*line\(s\) 3, 4"),
+        ("path,label\na.png,x\n./a.png,y\n", {}, "2 row.*listed more than once.*a.png"),
+        ("path,label,split\na.png,x,train\nb.png,y,holdout\n", {}, "'split' value other than.*3 \\('holdout'\\)"),
+        ("path,label\na.png,x,extra\n", {}, "line 2: 3 field"),
+        ("path,label\na.png, cat\nb.png,cat\n", {}, "labels ' cat' and 'cat' both normalise"),
+    ],
+)
+def test_csv_errors_are_clear(tmp_path, text, kwargs, error):
+    csv_image_set(tmp_path, {"a.png": 0, "b.png": 1, "c.png": 0})
+    with pytest.raises(ValueError, match=error):
+        read_labels_csv(write_csv(tmp_path / "labels.csv", text), **kwargs)
+
+
+def test_csv_missing_files_are_listed_with_a_count_and_bad_encodings_fail(tmp_path):
+    rows = "".join(f"missing/{i}.png,x\n" for i in range(12))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_labels_csv(tmp_path / "nope.csv")
+    with pytest.raises(LabelsCSVError, match=r"12 listed file\(s\) do not exist.*missing/9.png and 2 more$"):
+        read_labels_csv(write_csv(tmp_path / "labels.csv", "path,label\n" + rows))
+    (tmp_path / "latin1.csv").write_bytes("path,label\nb.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(LabelsCSVError, match="not UTF-8"):
+        read_labels_csv(tmp_path / "latin1.csv")
+    with pytest.raises(ValueError, match="--labels .* needs --data to be the folder"):
+        load_image_dataset("user/flowers", labels=str(tmp_path / "labels.csv"))
+
+
+def test_csv_unreadable_images_follow_the_skip_rule(tmp_path):
+    csv_image_set(tmp_path, {"a.png": 0, "b.png": 1})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    splits = read_labels_csv(write_csv(tmp_path / "l.csv", "path,label\na.png,x\nb.png,y\nbroken.png,x\n"))
+    _, eval_tf = build_transforms({"input_size": (3, 8, 8)}, augment=False)
+    images = ImageClassificationDataset(splits["train"], "path", "label", eval_tf, input_size=(3, 8, 8))
+    assert [images[i]["valid"] for i in range(3)] == [True, True, False]
+    assert images.describe(2) == str(tmp_path / "broken.png")
+
+
+def test_hub_ids_may_name_a_revision():
+    assert split_revision("user/flowers@v2") == ("user/flowers", "v2")
+    assert split_revision("user/flowers") == ("user/flowers", None)
+    with pytest.raises(ValueError, match="nothing after '@'"):
+        split_revision("user/flowers@")

@@ -4,7 +4,8 @@
     train_tf, eval_tf = build_transforms(timm.data.resolve_model_data_config(model), augment=True)
     train_set = ImageClassificationDataset(data.train, data.image_column, data.label_column, train_tf)
 
-``hubclf eval``/``predict`` reuse these pieces: ``open_dataset``, ``find_columns``, ``decode_image``, ``to_rgb``.
+``hubclf eval``/``predict`` reuse these pieces: ``open_dataset``, ``find_columns``, ``normalize_labels``,
+``decode_image``, ``to_rgb``. Labels may also come from a CSV file (``hubclf.train.csv_labels``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import io
 import logging
 import random
+import unicodedata
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,20 @@ logger = logging.getLogger(__name__)
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
 LABEL_COLUMN_NAMES = ("label", "labels")
-# What PIL raises for files that are not (complete) images: zero bytes, text named .jpg, truncated data.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+# Decompression-bomb limit: an image of more pixels is unreadable for hubclf (skipped and listed like a corrupt
+# file). 100 megapixels (e.g. 10000 x 10000) is more than any common camera photo and decodes to ~300 MB of RGB
+# per DataLoader worker; a small file that claims more is far more likely an attack or a broken header. hubclf
+# sets PIL's process-wide limit to this value on import and turns PIL's DecompressionBombWarning (raised between
+# the limit and twice the limit) into an error inside ``decode_image``. Assign ``PIL.Image.MAX_IMAGE_PIXELS``
+# after importing hubclf to change it.
+MAX_IMAGE_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+# What PIL raises for files that are not (complete) images: zero bytes, text named .jpg, truncated data, bombs.
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning
+)  # fmt: skip
 
 
 class BadImageError(ValueError):
@@ -46,6 +61,10 @@ class ImageClassificationData:
     label_names: list[str]
     source: str
     eval_split_name: str
+    # Reported, not fatal: classes that exist (e.g. in the eval split) but have no train image, and class folders
+    # without any image (which the imagefolder loader drops without a word).
+    classes_without_train_images: list[str] = field(default_factory=list)
+    empty_class_folders: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -62,23 +81,28 @@ def load_image_dataset(
     val_split: float = 0.1,
     seed: int = 0,
     num_classes: int | None = None,
+    labels: str | None = None,
+    path_column: str | None = None,
 ) -> ImageClassificationData:
     """Load ``data`` and return checked train/eval splits, failing before any training on unusable data.
 
-    The eval split is ``eval_split``, else the dataset's own validation/valid/val/test split, else a stratified,
-    seeded ``val_split`` fraction of the train split.
+    ``data`` is an image folder, a ``save_to_disk`` directory, a Hub dataset id (``user/name[@revision]``) or a
+    CSV file of ``path,label`` rows; ``labels`` is a CSV whose paths are relative to the ``data`` folder (see
+    ``hubclf.train.csv_labels``). Class names are normalised (Unicode NFC, surrounding whitespace stripped); two
+    names that normalise alike are an error. The eval split is ``eval_split``, else the dataset's own
+    validation/valid/val/test split, else a stratified, seeded ``val_split`` fraction of the train split.
 
     Example::
 
         data = load_image_dataset("photos/")   # photos/<class name>/<image>.jpg
         data.label_names, len(data.train), len(data.eval)
     """
-    splits = open_dataset(data)
+    splits = open_dataset(data, labels=labels, path_column=path_column, label_column=label_column)
     if train_split not in splits:
         raise ValueError(f"{data} has no {train_split!r} split (splits: {list(splits)}); pass --train-split")
     train = splits[train_split]
     image_column, label_column = find_columns(train.features, image_column, label_column)
-    train = _as_class_label(train, label_column, num_classes)
+    train = _as_class_label(normalize_labels(train, label_column), label_column, num_classes)
     label_names = list(train.features[label_column].names)
 
     if eval_split is None:
@@ -90,6 +114,7 @@ def load_image_dataset(
         for column in (image_column, label_column):
             if column not in evaluation.column_names:
                 raise ValueError(f"the {eval_split!r} split has no {column!r} column like the train split")
+        evaluation = normalize_labels(evaluation, label_column)
         evaluation = _as_class_label(evaluation, label_column, num_classes, names=label_names)
         logger.info("evaluating on the dataset's %r split", eval_split)
     else:
@@ -99,6 +124,18 @@ def load_image_dataset(
     _check_classes(label_names, num_classes)
     for name, split in ((train_split, train), (eval_split, evaluation)):
         _check_split(split, name, label_column, len(label_names))
+    untrained = _classes_without_images(train, label_column, label_names)
+    if untrained:
+        logger.warning(
+            "%d class(es) have no image in the %r split, so the model never learns them: %s",
+            len(untrained), train_split, ", ".join(map(_show, untrained)),
+        )  # fmt: skip
+    empty_folders = find_empty_class_folders(data) if labels is None else []
+    if empty_folders:
+        logger.warning(
+            "%d class folder(s) hold no image and are not classes of this run: %s",
+            len(empty_folders), ", ".join(map(_show, empty_folders)),
+        )  # fmt: skip
     return ImageClassificationData(
         train=train,
         eval=evaluation,
@@ -107,6 +144,8 @@ def load_image_dataset(
         label_names=label_names,
         source=data,
         eval_split_name=eval_split,
+        classes_without_train_images=untrained,
+        empty_class_folders=empty_folders,
     )
 
 
@@ -115,20 +154,62 @@ def find_eval_split(splits: datasets.DatasetDict, exclude: str | None = None) ->
     return next((name for name in EVAL_SPLIT_NAMES if name in splits and name != exclude), None)
 
 
-def open_dataset(data: str) -> datasets.DatasetDict:
-    """A ``DatasetDict`` from a ``save_to_disk`` directory, an imagefolder directory or a Hub dataset id."""
+def split_revision(data: str) -> tuple[str, str | None]:
+    """``"user/name@v2"`` -> ``("user/name", "v2")``: the Hub dataset id and the branch, tag or commit after ``@``.
+
+    Example::
+
+        split_revision("user/flowers")   # ("user/flowers", None)
+    """
+    repo_id, at, revision = data.partition("@")
+    if at and not revision:
+        raise ValueError(f"--data {data}: nothing after '@'; write user/name@BRANCH_TAG_OR_COMMIT")
+    return repo_id, revision or None
+
+
+def open_dataset(
+    data: str,
+    *,
+    labels: str | None = None,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    unsplit_name: str = "train",
+) -> datasets.DatasetDict:
+    """A ``DatasetDict`` from a ``save_to_disk`` directory, an imagefolder directory, a CSV of labels or a Hub id.
+
+    A Hub id may name a revision: ``user/name@v2``. ``labels`` (a CSV) gives the labels of the images in the
+    ``data`` folder; ``path_column``/``label_column`` name its columns, and a CSV without a split column becomes
+    one split called ``unsplit_name``. Example::
+
+        open_dataset("user/flowers@main")["train"]
+    """
+    from hubclf.train.csv_labels import read_labels_csv  # its own module; it builds on this one's helpers
+
     path = Path(data).expanduser()
+    if labels is not None:
+        if not path.is_dir():
+            raise ValueError(f"--labels {labels} needs --data to be the folder its paths start from; got {data}")
+        return read_labels_csv(
+            labels, image_root=path, path_column=path_column, label_column=label_column, unsplit_name=unsplit_name
+        )
+    if path_column is not None and path.suffix.lower() != ".csv":
+        raise ValueError("--path-column names a column of a labels CSV: give the CSV with --data or --labels")
     if path.is_dir():
         if any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(str(path))
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    elif path.suffix.lower() == ".csv":
+        return read_labels_csv(path, path_column=path_column, label_column=label_column, unsplit_name=unsplit_name)
     elif path.exists():
-        raise ValueError(f"--data {data} is a file; give an image folder, a saved dataset directory or a Hub id")
-    elif data.startswith((".", "/", "~")) or data.count("/") > 1:
-        raise FileNotFoundError(f"--data {data}: no such directory (and it does not look like a Hub dataset id)")
+        raise ValueError(
+            f"--data {data} is a file; give an image folder, a labels .csv, a saved dataset directory or a Hub id"
+        )
     else:
-        loaded = datasets.load_dataset(data)
+        repo_id, revision = split_revision(data)
+        if data.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+            raise FileNotFoundError(f"--data {data}: no such directory (and it does not look like a Hub dataset id)")
+        loaded = datasets.load_dataset(repo_id, revision=revision)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict(train=loaded)
     if not isinstance(loaded, datasets.DatasetDict):
@@ -175,6 +256,101 @@ def find_columns(
     elif label_column not in features:
         raise ValueError(f"--label-column {label_column!r} is not a column of the dataset (columns: {columns})")
     return image_column, label_column
+
+
+def normalize_class_name(name: str) -> str:
+    """The form hubclf keeps a class name in: Unicode NFC, surrounding whitespace stripped.
+
+    Folder names in NFD (macOS) and NFC (Linux, Windows), or ``" cat "`` and ``"cat"``, look the same to a person
+    and must not become two classes. Example::
+
+        normalize_class_name(" cafe\u0301 ")   # "café" (one code point for é)
+    """
+    return unicodedata.normalize("NFC", name).strip()
+
+
+def normalized_class_names(names: list[str], what: str = "class names") -> list[str]:
+    """``names`` normalised, in the same order; an error naming the originals when two normalise alike."""
+    first_of: dict[str, str] = {}
+    for name in names:
+        normal = normalize_class_name(name)
+        if normal in first_of and first_of[normal] != name:
+            raise ValueError(
+                f"{what} {_show(first_of[normal])} and {_show(name)} both normalise to {_show(normal)} "
+                "(Unicode NFC, surrounding whitespace stripped): rename or merge one of them"
+            )
+        if not normal:
+            raise ValueError(f"{what}: {_show(name)} is empty once surrounding whitespace is stripped")
+        first_of.setdefault(normal, name)
+    return [normalize_class_name(name) for name in names]
+
+
+def normalize_labels(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """``dataset`` with the class names of ``column`` (``ClassLabel`` names or string labels) normalised.
+
+    Integer labels without names are left as they are. Example::
+
+        normalize_labels(splits["train"], "label").features["label"].names
+    """
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = normalized_class_names(list(feature.names))
+        if names == list(feature.names):
+            return dataset
+        return dataset.cast_column(column, datasets.ClassLabel(names=names))
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        originals = sorted(value for value in dataset.unique(column) if value is not None)
+        normal = dict(zip(originals, normalized_class_names(originals, "labels"), strict=True))
+        if all(value == normal[value] for value in originals):
+            return dataset
+        return dataset.map(
+            lambda values: {column: [normal.get(value, value) for value in values]},
+            input_columns=column,
+            batched=True,
+            desc="normalising label names",
+        )
+    return dataset
+
+
+def _show(name: str) -> str:
+    """A name quoted so that whitespace shows, with code points spelled out when it is not plain ASCII."""
+    return repr(name) if name.isascii() else f"{name!r} ({ascii(name)})"
+
+
+def _classes_without_images(split: datasets.Dataset, column: str, names: list[str]) -> list[str]:
+    counts = np.bincount(_labels(split, column), minlength=len(names))
+    return [name for name, count in zip(names, counts, strict=False) if count == 0]
+
+
+def find_empty_class_folders(data: str) -> list[str]:
+    """Class folders of a local image folder that hold no image, as paths relative to it (``[]`` for other data).
+
+    The imagefolder loader names classes after the folders that hold images, so an empty folder silently is no
+    class at all. A class folder is a sibling of a folder that holds images directly (``root/<class>/`` or
+    ``root/<split>/<class>/``). Example::
+
+        find_empty_class_folders("photos/")   # ["tulip"] when photos/tulip/ is empty
+    """
+    root = Path(data).expanduser()
+    if not root.is_dir() or any((root / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+        return []
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+
+    def visible(path: Path) -> bool:  # datasets skips hidden files and folders, and __pycache__-like ones
+        return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
+
+    images = [p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file() and visible(p)]
+    class_roots = {image.parent.parent for image in images if image.parent != root}
+    with_images = {parent for image in images for parent in image.parents}
+    empty = [
+        folder
+        for class_root in class_roots
+        for folder in class_root.iterdir()
+        if folder.is_dir() and visible(folder) and folder not in with_images
+    ]
+    return sorted(folder.relative_to(root).as_posix() for folder in empty)
 
 
 def _as_class_label(
@@ -254,7 +430,8 @@ def _labels(dataset: datasets.Dataset, column: str) -> np.ndarray:
 def decode_image(value: dict[str, Any] | Image.Image | str) -> Image.Image:
     """An RGB PIL image from a ``datasets.Image(decode=False)`` value (``{"bytes", "path"}``), a path or a PIL image.
 
-    Raises ``BadImageError`` for anything PIL cannot fully decode (empty, not an image, truncated).
+    Raises ``BadImageError`` for anything PIL cannot fully decode (empty, not an image, truncated) and for images
+    of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (decompression bombs; see ``MAX_IMAGE_PIXELS``).
     """
     if isinstance(value, Image.Image):
         return to_rgb(value)
@@ -263,9 +440,12 @@ def decode_image(value: dict[str, Any] | Image.Image | str) -> Image.Image:
     where = value.get("path") or "<bytes>"
     try:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        with Image.open(source) as image:
-            image.load()  # decode now: truncated files only fail here
-            return to_rgb(image)
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; for hubclf both are too large.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.load()  # decode now: truncated files only fail here
+                return to_rgb(image)
     except _DECODE_ERRORS as e:
         raise BadImageError(f"cannot read image {where}: {e}") from e
 
