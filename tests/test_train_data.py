@@ -252,7 +252,8 @@ def test_class_names_are_normalised_to_nfc_without_surrounding_spaces(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("first", "second"), [(" cat ", "cat"), (unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"))]
+    ("first", "second"),
+    [(" cat ", "cat"), ("caf\u00e9", "cafe\u0301")],  # spaces; NFC and NFD
 )
 def test_look_alike_class_folders_are_an_error_naming_both(tmp_path, first, second):
     for name in (first, second, "dog"):
