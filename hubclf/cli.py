@@ -165,10 +165,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "found). Example: hubclf eval me/flowers-alexnet --data photos/ --split validation --json",
     )
     p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
-    p.add_argument("--data", required=True, help="image folder, save_to_disk directory or Hub dataset id")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="image folder, save_to_disk directory, Hub dataset id (user/name[@revision]) or labels .csv "
+        "(path,label rows; without a split column every row is evaluated)",
+    )
     p.add_argument("--split", default=None, help="split to evaluate (default: validation/valid/val/test, if present)")
     p.add_argument("--image-column", default=None, help="image column (default: the dataset's only Image column)")
     p.add_argument("--label-column", default=None, help="label column (default: the ClassLabel or label column)")
+    p.add_argument("--labels", default=None, help="CSV of path,label rows for the images in the --data folder")
+    p.add_argument("--path-column", default=None, help="the labels CSV's path column (default: detected)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass, per process (default: 32)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding (default: 0)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
@@ -194,6 +201,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             revision=args.revision,
+            labels=args.labels,
+            path_column=args.path_column,
             accelerator=accelerator,
         )
     if accelerator.is_main_process:

@@ -29,6 +29,7 @@ from hubclf.train.data import (
     decode_image,
     find_columns,
     find_eval_split,
+    normalize_labels,
     open_dataset,
 )
 from hubclf.train.metrics import evaluate
@@ -48,15 +49,19 @@ def evaluate_model(
     batch_size: int = 32,
     num_workers: int = 0,
     revision: str | None = None,
+    labels: str | None = None,
+    path_column: str | None = None,
     accelerator: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a loaded model, or anything ``hubclf.from_pretrained`` takes) on ``data``'s ``split``.
 
-    ``data`` is an image folder, a ``save_to_disk`` directory or a Hub dataset id; ``split`` defaults to its
-    validation/valid/val/test split. Labels must name the model's classes (any order; a name the model does not
-    know is an error); integer labels without names are taken as the model's class indices. Unreadable images are
-    skipped, listed in ``skipped_images`` and left out of the metrics. Pass an ``accelerate.Accelerator`` to share
-    one; every process gets the same result.
+    ``data`` is an image folder, a ``save_to_disk`` directory, a Hub dataset id (``user/name[@revision]``) or a
+    labels CSV (or a folder plus a ``labels`` CSV, see ``hubclf.train.csv_labels``); ``split`` defaults to its
+    validation/valid/val/test split, and a CSV without a split column is evaluated whole (as split "test").
+    Class names are normalised as in training (``normalize_class_name``). Labels must name the model's classes
+    (any order; a name the model does not know is an error); integer labels without names are taken as the model's
+    class indices. Unreadable images are skipped, listed in ``skipped_images`` and left out of the metrics. Pass an
+    ``accelerate.Accelerator`` to share one; every process gets the same result.
 
         result = evaluate_model("out/flowers/best", "photos/", split="validation")
         result["top1"], result["confusion_matrix"][true_index][predicted_index]
@@ -71,7 +76,10 @@ def evaluate_model(
     with accelerator.main_process_first():
         source = model if isinstance(model, (str, os.PathLike)) else None
         model = load_model(model, revision=revision)
-        splits = open_dataset(data)
+        # A CSV without a split column is one split; "test" makes it the split evaluated by default.
+        splits = open_dataset(
+            data, labels=labels, path_column=path_column, label_column=label_column, unsplit_name="test"
+        )
     label_names = label_names_of(model)
     if label_names is None:
         raise ValueError(
@@ -81,6 +89,7 @@ def evaluate_model(
     split = _pick_split(splits, split, data)
     dataset = splits[split]
     image_column, label_column = find_columns(dataset.features, image_column, label_column)
+    dataset = normalize_labels(dataset, label_column)
     to_model_labels = _LabelsToModelOrder.for_feature(dataset, label_column, label_names)
 
     data_config = timm.data.resolve_data_config({}, model=model)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import json
 import unicodedata
 from pathlib import Path
 
@@ -400,3 +401,31 @@ def test_hub_ids_may_name_a_revision():
     assert split_revision("user/flowers") == ("user/flowers", None)
     with pytest.raises(ValueError, match="nothing after '@'"):
         split_revision("user/flowers@")
+
+
+def test_train_and_eval_on_csv_labels_end_to_end(tmp_path, capsys):
+    from hubclf.cli import main
+
+    make_image_folder(tmp_path / "photos", num_classes=2, per_class=6)
+    rows = [f"photos/class_{c}/{i}.png,{['red', 'green'][c]}" for c in range(2) for i in range(6)]
+    labels = write_csv(tmp_path / "labels.csv", "image_path,category\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = ["--model", "hubclf_alexnet_slim", "--no-pretrained", "--img-size", "64", "64", "--epochs", "1"]
+    args += ["--batch-size", "4", "--num-workers", "0", "--warmup-epochs", "0", "--val-split", "0.5"]
+    assert main(["train", "--data", str(labels), "--output-dir", str(out), *args]) == 0
+    card = (out / "best" / "README.md").read_text()
+    assert "labels.csv (local labels CSV)" in card and str(labels) not in card
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["label_names"] == ["green", "red"]
+    capsys.readouterr()
+
+    assert main(["eval", str(out / "best"), "--data", str(labels), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["split"], result["num_samples"], result["label_names"]) == ("test", 12, ["green", "red"])
+
+    # The same images through --data FOLDER --labels CSV (paths relative to that folder), and a one-line error.
+    inner = write_csv(tmp_path / "elsewhere" / "l.csv", "file,label\nclass_0/0.png,red\nclass_1/0.png,green\n")
+    assert main(["eval", str(out / "best"), "--data", str(tmp_path / "photos"), "--labels", str(inner)]) == 0
+    assert "2 images evaluated" in capsys.readouterr().out
+    assert main(["eval", str(out / "best"), "--data", str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith("missing.csv does not exist")

@@ -40,6 +40,8 @@ class TrainConfig:
     # Data.
     image_column: str | None = None
     label_column: str | None = None
+    labels: str | None = None  # a labels CSV for the images in the `data` folder
+    path_column: str | None = None  # the labels CSV's path column
     train_split: str = "train"
     eval_split: str | None = None
     val_split: float = 0.1
@@ -193,7 +195,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = adder("what to train")
     add("--config", help="YAML or JSON file of settings (keys as below, e.g. img_size: [448, 224]); flags override it")
     add("--model", help="timm/hubclf architecture (hubclf_alexnet), 'hf-hub:user/repo' or a saved model directory")
-    add("--data", help="imagefolder directory, Hub dataset id, or a datasets.save_to_disk directory")
+    add(
+        "--data",
+        help="imagefolder directory, Hub dataset id (user/name or user/name@revision), a labels .csv of path,label "
+        "rows, or a datasets.save_to_disk directory",
+    )
     add("--output-dir", help="where checkpoints, metrics.jsonl and the best/ and final/ models go")
     add("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
     add("--num-classes", type=int, help="expected number of classes; an error if the data disagrees")
@@ -202,7 +208,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     add = adder("data")
     add("--image-column", help="image column (default: the dataset's only Image feature)")
-    add("--label-column", help="label column (default: the dataset's only ClassLabel feature)")
+    add("--label-column", help="label column (default: the dataset's only ClassLabel feature, or a CSV's label/class)")
+    add("--labels", help="CSV of path,label rows for the images in the --data folder (paths relative to that folder)")
+    add("--path-column", help="the labels CSV's path column (default: path/file/filename/image/image_path...)")
     add("--train-split", help="split to train on")
     add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")
     add("--val-split", type=float, help="fraction of the train split held out, stratified, when there is no eval split")

@@ -142,7 +142,7 @@ def load_image_dataset(
         image_column=image_column,
         label_column=label_column,
         label_names=label_names,
-        source=data,
+        source=labels if labels is not None else data,  # what the model card names (Hub ids only, in full)
         eval_split_name=eval_split,
         classes_without_train_images=untrained,
         empty_class_folders=empty_folders,

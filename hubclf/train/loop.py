@@ -113,6 +113,8 @@ def train(config: TrainConfig) -> TrainResult:
             val_split=config.val_split,
             seed=config.seed,
             num_classes=config.num_classes,
+            labels=config.labels,
+            path_column=config.path_column,
         )
     logger.info(
         f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
@@ -511,10 +513,13 @@ def _refresh_best_card(directory: Path, config: TrainConfig, data: Any, state: T
 
 
 def _dataset_name(source: str) -> str:
-    """A Hub id as is; a local folder by its name only, so a published card does not reveal local paths."""
+    """A Hub id without its ``@revision``; a local folder or CSV by its name only, so a published card does not reveal
+    local paths."""
     path = Path(source).expanduser()
+    if path.suffix.lower() == ".csv":
+        return f"{path.resolve().name} (local labels CSV)"
     if not path.is_dir():
-        return source
+        return source.partition("@")[0]
     saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
     return f"{path.resolve().name} ({'saved dataset' if saved else 'local image folder'})"
 
