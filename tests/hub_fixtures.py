@@ -44,7 +44,8 @@ OLAH_STARTUP_TIMEOUT_S = 60  # generous: the test machines share 2 cores between
 
 
 def point_hub_clients_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """Make ``HfApi()``, ``hf_hub_download``, timm's ``hf-hub:`` and transformers use ``endpoint`` until undone.
+    """Make ``HfApi()``, ``hf_hub_download``, timm's ``hf-hub:``, transformers and 🤗 datasets use ``endpoint`` until
+    undone.
 
     huggingface_hub reads ``HF_ENDPOINT`` once, at import, into several module-level values; each is patched here
     (``monkeypatch`` restores them). Xet is switched off because the client picks Xet uploads on its own whenever
@@ -66,6 +67,11 @@ def point_hub_clients_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None
     monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
     monkeypatch.setattr(hf_file_system.hffs, "endpoint", endpoint)
     monkeypatch.setattr(hf_file_system.hffs._api, "endpoint", endpoint)
+    # 🤗 datasets keeps its own copy of HF_ENDPOINT (load_dataset / push_to_hub build their HfApi/HfFileSystem on it).
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
 
 
 def set_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,11 @@ basic LFS transfer), ``repo_info`` / ``model_info``, ``list_repo_tree`` / ``list
 (``hf_api.py``, ``_commit_api.py``, ``lfs.py``, ``file_download.py``, ``utils/_http.py``), so the client raises its
 real exceptions (``RepositoryNotFoundError``, ``RevisionNotFoundError``, ``EntryNotFoundError``...).
 
-Every repo is a real git repository, ``<root>/models/<namespace>/<name>/.git``, one git commit per Hub commit, so
-commit SHAs are real. LFS files are git-lfs pointer files in git and their content lives in
-``.git/lfs/objects/<aa>/<bb>/<sha256>``: the layout that olah (``tests/hub_fixtures.py::olah_server``) serves
-read-only from the very same ``root``. Only model repos are supported.
+Every repo is a real git repository, ``<root>/models/<namespace>/<name>/.git`` (``<root>/datasets/...`` for dataset
+repos), one git commit per Hub commit, so commit SHAs are real. LFS files are git-lfs pointer files in git and their
+content lives in ``.git/lfs/objects/<aa>/<bb>/<sha256>``: the layout that olah
+(``tests/hub_fixtures.py::olah_server``) serves read-only from the very same ``root``. Model and dataset repos are
+supported (no Spaces).
 
 Xet is never advertised: no ``X-Xet-*`` header, no xet token route. Note that huggingface_hub does not ask the
 server before uploading: when ``hf_xet`` is installed it uploads through Xet unless ``HF_HUB_DISABLE_XET`` is set,
@@ -39,6 +40,13 @@ POST     /{repo_id}.git/info/lfs/objects/batch                        LFS batch 
 POST     /{repo_id}.git/info/lfs/objects/verify                       LFS verify action
 HEAD|GET /{repo_id}/resolve/{revision}/{path}                         file download (see below)
 =======  ===========================================================  =============================================
+
+Dataset repos (``repo_type="dataset"``, created with ``"type": "dataset"`` in ``/api/repos/create``) have the same
+endpoints under ``/api/datasets/{repo_id}/...``, ``/datasets/{repo_id}.git/info/lfs/...`` and
+``/datasets/{repo_id}/resolve/...``, which is all that ``datasets.load_dataset("user/name", revision=...)`` (through
+``HfFileSystem``: ``/api/datasets/{repo_id}/revision/{revision}``, ``tree/{revision}/{path}?recursive=...`` and
+``paths-info``, then ``resolve``) and ``Dataset.push_to_hub`` call. Their routes are ``_DATASET_API_ROUTES``, built from
+the model routes by ``_dataset_routes``; handlers read the repo type from ``_Request.repo_type``.
 
 ``resolve`` answers a regular file with 200, ``ETag: "<git blob sha>"``, ``X-Repo-Commit`` and ``Content-Length``;
 an LFS file with a 302 to the storage server plus ``X-Linked-Etag: "<sha256>"``, ``X-Linked-Size`` and
@@ -355,6 +363,7 @@ class _Request:
     body: bytes
     raw_query: str = ""
     user: str | None = None
+    repo_type: str = "model"  # "dataset" on the /api/datasets/... and /datasets/... routes
 
     def json(self) -> dict:
         try:
@@ -403,6 +412,29 @@ _STORAGE_ROUTES: list[tuple[str, str, str]] = [
     ("PUT", rf"/upload/{_REPO_ID}/(?P<oid>[0-9a-f]{{64}})", "storage_upload"),
     ("GET HEAD", rf"/objects/{_REPO_ID}/(?P<oid>[0-9a-f]{{64}})", "storage_download"),
 ]
+DATASET_HANDLER_PREFIX = "dataset:"  # a route whose handler name starts with this serves a dataset repo
+
+
+def _dataset_routes(routes: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The dataset-repo twin of every repo route: ``/api/models/`` -> ``/api/datasets/``, ``/{repo}`` ->
+    ``/datasets/{repo}`` (resolve, LFS), ``/objects/{repo}`` -> ``/objects/datasets/{repo}`` (storage)."""
+    twins = []
+    for methods, pattern, handler in routes:
+        if pattern.startswith("/api/models/"):
+            twin = "/api/datasets/" + pattern.removeprefix("/api/models/")
+        elif pattern.startswith(f"/{_REPO_ID}"):
+            twin = "/datasets" + pattern
+        elif pattern.startswith(("/upload/", "/objects/")):
+            route, rest = pattern[1:].split("/", 1)
+            twin = f"/{route}/datasets/{rest}"
+        else:
+            continue  # not about one repo (whoami, create, delete...): the payload says the type
+        twins.append((methods, twin, DATASET_HANDLER_PREFIX + handler))
+    return twins
+
+
+_DATASET_API_ROUTES = _dataset_routes(_API_ROUTES)
+_DATASET_STORAGE_ROUTES = _dataset_routes(_STORAGE_ROUTES)
 
 
 class HubServer:
@@ -434,9 +466,10 @@ class HubServer:
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     def start(self) -> HubServer:
-        (self.root / "models").mkdir(parents=True, exist_ok=True)
-        api = self._serve("api", _API_ROUTES)
-        storage = self._serve("storage", _STORAGE_ROUTES)
+        for folder in ("models", "datasets"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        api = self._serve("api", _API_ROUTES + _DATASET_API_ROUTES)
+        storage = self._serve("storage", _STORAGE_ROUTES + _DATASET_STORAGE_ROUTES)
         self.endpoint = f"http://127.0.0.1:{api.server_address[1]}"
         self.storage_endpoint = f"http://127.0.0.1:{storage.server_address[1]}"
         return self
@@ -454,21 +487,34 @@ class HubServer:
         self.stop()
 
     def _serve(self, role: str, routes: list[tuple[str, str, str]]) -> _HubHTTPServer:
-        compiled = [
-            (methods.split(), re.compile(pattern), getattr(self, f"_{handler}")) for methods, pattern, handler in routes
-        ]
+        compiled = [(methods.split(), re.compile(pattern), self._handler(name)) for methods, pattern, name in routes]
         server = _HubHTTPServer(self, role, compiled)
         threading.Thread(target=server.serve_forever, name=f"hubserver-{role}", daemon=True).start()
         self._servers.append(server)
         return server
 
+    def _handler(self, name: str):
+        """The method serving a route; a ``dataset:`` route's marks its request as one for a dataset repo first."""
+        if not name.startswith(DATASET_HANDLER_PREFIX):
+            return getattr(self, f"_{name}")
+        handler = getattr(self, f"_{name.removeprefix(DATASET_HANDLER_PREFIX)}")
+
+        def for_dataset(request: _Request, **params: str) -> _Response:
+            request.repo_type = "dataset"
+            return handler(request, **params)
+
+        return for_dataset
+
     # -- helpers for tests ------------------------------------------------------------------------------------------
-    def repo(self, repo_id: str) -> GitRepo:
-        """The git repository behind ``repo_id`` (it may not exist yet)."""
-        if repo_id not in self._repos:
+    def repo(self, repo_id: str, repo_type: str = "model") -> GitRepo:
+        """The git repository behind ``repo_id`` of type ``repo_type`` ("model" or "dataset"; it may not exist yet)."""
+        if repo_type not in ("model", "dataset"):
+            raise HubError(400, f"The test Hub stores model and dataset repos, not {repo_type!r}")
+        key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+        if key not in self._repos:
             namespace, name = repo_id.split("/")
-            self._repos[repo_id] = GitRepo(self.root / "models" / namespace / name)
-        return self._repos[repo_id]
+            self._repos[key] = GitRepo(self.root / f"{repo_type}s" / namespace / name)
+        return self._repos[key]
 
     def find_secret(self, secret: str) -> list[str]:
         """Every place ``secret`` appears other than an Authorization header: requests and all stored repo content.
@@ -486,7 +532,7 @@ class HubServer:
                       if name.lower() != "authorization" and secret in value]  # fmt: skip
             if request.body is not None and needle in request.body:
                 found.append(f"{where}: body")
-        for git_dir in sorted(self.root.glob("models/*/*/.git")):
+        for git_dir in sorted([*self.root.glob("models/*/*/.git"), *self.root.glob("datasets/*/*/.git")]):
             repo = GitRepo(git_dir.parent)
             name = "/".join(git_dir.parent.parts[-2:])
             if needle in repo.git("cat-file", "--batch-all-objects", "--batch"):
@@ -533,7 +579,7 @@ class HubServer:
         return self.user
 
     def _readable(self, request: _Request, repo_id: str) -> GitRepo:
-        repo = self.repo(repo_id)
+        repo = self.repo(repo_id, request.repo_type)
         if not repo.exists() or (repo.meta["private"] and request.user != repo_id.split("/")[0]):
             raise _repo_not_found(request.user)
         return repo
@@ -552,14 +598,15 @@ class HubServer:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return commit
 
-    def _sign(self, method: str, repo_id: str, oid: str, expires: int) -> str:
-        message = f"{method} {repo_id} {oid} {expires}".encode()
-        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+    def _sign(self, method: str, repo_id: str, oid: str, expires: int, repo_type: str = "model") -> str:
+        message = f"{method} {repo_id} {oid} {expires}" + ("" if repo_type == "model" else f" {repo_type}")
+        return hmac.new(self._signing_key, message.encode(), hashlib.sha256).hexdigest()
 
-    def _signed_url(self, method: str, route: str, repo_id: str, oid: str) -> str:
+    def _signed_url(self, method: str, route: str, repo_id: str, oid: str, repo_type: str = "model") -> str:
         expires = int(time.time()) + SIGNED_URL_LIFETIME_S
-        signature = self._sign(method, repo_id, oid, expires)
-        return f"{self.storage_endpoint}/{route}/{repo_id}/{oid}?expires={expires}&signature={signature}"
+        signature = self._sign(method, repo_id, oid, expires, repo_type)
+        typed = route if repo_type == "model" else f"{route}/{repo_type}s"
+        return f"{self.storage_endpoint}/{typed}/{repo_id}/{oid}?expires={expires}&signature={signature}"
 
     def _check_signature(self, request: _Request, method: str, repo_id: str, oid: str) -> None:
         try:
@@ -567,11 +614,16 @@ class HubServer:
             signature = request.query["signature"][0]
         except (KeyError, ValueError) as error:
             raise HubError(403, "Missing or malformed URL signature") from error
-        expected = self._sign(method, repo_id, oid, expires)
+        expected = self._sign(method, repo_id, oid, expires, request.repo_type)
         if expires < time.time() or not hmac.compare_digest(signature, expected):
             raise HubError(403, "Invalid or expired URL signature")
 
     # -- account and repos ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _url_prefix(request: _Request) -> str:
+        """What comes between the host and ``{repo_id}`` in a repo's web URLs: nothing for models, ``datasets/``."""
+        return "" if request.repo_type == "model" else f"{request.repo_type}s/"
+
     def _whoami(self, request: _Request) -> _Response:
         if request.user is None:
             raise HubError(401, "Invalid credentials in Authorization header")
@@ -582,9 +634,11 @@ class HubServer:
         )  # fmt: skip
 
     def _repo_id_from_payload(self, request: _Request) -> str:
+        """``namespace/name`` of a create/delete payload; its ``type`` becomes ``request.repo_type``."""
         payload = request.json()
-        if payload.get("type") not in (None, "model"):
-            raise HubError(400, f"The test Hub only stores model repos, not {payload['type']!r}")
+        if payload.get("type") not in (None, "model", "dataset"):
+            raise HubError(400, f"The test Hub only stores model and dataset repos, not {payload['type']!r}")
+        request.repo_type = payload.get("type") or "model"
         name, namespace = payload.get("name"), payload.get("organization") or request.user
         if not isinstance(name, str) or not _REPO_NAME.fullmatch(name) or "--" in name or ".." in name:
             raise HubError(400, f"Invalid repo name: {name!r}")
@@ -595,14 +649,17 @@ class HubServer:
             raise HubError(401, "You must be authenticated to create a repository")
         repo_id = self._repo_id_from_payload(request)
         if repo_id.split("/")[0] != request.user:
-            raise HubError(403, f"You don't have the rights to create a model under the namespace {repo_id!r}")
+            raise HubError(
+                403, f"You don't have the rights to create a {request.repo_type} under the namespace {repo_id!r}"
+            )
         payload = request.json()
         private = payload.get("visibility") == "private" or payload.get("private") is True
-        url = f"{self.endpoint}/{repo_id}"
+        url = f"{self.endpoint}/{self._url_prefix(request)}{repo_id}"
         with self._write_lock:
-            repo = self.repo(repo_id)
+            repo = self.repo(repo_id, request.repo_type)
             if repo.exists():
-                return _Response.json({"error": "You already created this model repo", "url": url}, status=409)
+                error = f"You already created this {request.repo_type} repo"
+                return _Response.json({"error": error, "url": url}, status=409)
             repo.create(private=private, author=request.user)
         return _Response.json({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
 
@@ -611,7 +668,7 @@ class HubServer:
         repo = self._writable(request, repo_id)
         with self._write_lock:
             shutil.rmtree(repo.path)
-            del self._repos[repo_id]
+            self._repos = {key: value for key, value in self._repos.items() if value is not repo}
         return _Response()
 
     def _validate_yaml(self, request: _Request) -> _Response:
@@ -648,6 +705,9 @@ class HubServer:
             "pipeline_tag": card_data.get("pipeline_tag"), "tags": self._tags(card_data), "cardData": card_data or None,
             "siblings": siblings, "spaces": [], "usedStorage": sum(entry.size for entry in files),
         }  # fmt: skip
+        if request.repo_type == "dataset":  # DatasetInfo has no model fields
+            for key in ("modelId", "library_name", "pipeline_tag", "spaces"):
+                del info[key]
         expand = request.query.get("expand") or request.query.get("expand[]")
         if expand:  # like the Hub: only the requested properties (plus the ids)
             info = {key: value for key, value in info.items() if key in {"_id", "id", *expand}}
@@ -800,10 +860,12 @@ class HubServer:
                 objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": "Invalid sha256 oid"}})
                 continue
             entry: dict = {"oid": oid, "size": size, "authenticated": True}
+            repo_url = f"{self.endpoint}/{self._url_prefix(request)}{repo_id}"
             if not repo.lfs_object_path(oid).exists():  # no "actions": the client skips objects already stored
                 entry["actions"] = {
-                    "upload": {"href": self._signed_url("PUT", "upload", repo_id, oid), "expires_in": 3600},
-                    "verify": {"href": f"{self.endpoint}/{repo_id}.git/info/lfs/objects/verify"},
+                    "upload": {"href": self._signed_url("PUT", "upload", repo_id, oid, request.repo_type),
+                               "expires_in": 3600},
+                    "verify": {"href": f"{repo_url}.git/info/lfs/objects/verify"},
                 }
             objects.append(entry)
         return _Response.json(
@@ -823,7 +885,7 @@ class HubServer:
         self._check_signature(request, "PUT", repo_id, oid)
         if hashlib.sha256(request.body).hexdigest() != oid:
             raise HubError(400, f"Uploaded content does not hash to {oid}")
-        path = self.repo(repo_id).lfs_object_path(oid)
+        path = self.repo(repo_id, request.repo_type).lfs_object_path(oid)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{oid}.{secrets.token_hex(4)}.partial")
         partial.write_bytes(request.body)
@@ -873,10 +935,10 @@ class HubServer:
                 description=header.get("description") or "", additions=additions,
                 deletions=tuple(deletions), folder_deletions=tuple(folder_deletions), new_ref=create_pr,
             )  # fmt: skip
-        result = {"success": True, "commitOid": commit, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{commit}",
-                  "hookOutput": ""}  # fmt: skip
+        repo_url = f"{self.endpoint}/{self._url_prefix(request)}{repo_id}"
+        result = {"success": True, "commitOid": commit, "commitUrl": f"{repo_url}/commit/{commit}", "hookOutput": ""}
         if create_pr:
-            result["pullRequestUrl"] = f"{self.endpoint}/{repo_id}/discussions/{number}"
+            result["pullRequestUrl"] = f"{repo_url}/discussions/{number}"
         return _Response.json(result)
 
     @staticmethod
@@ -896,7 +958,7 @@ class HubServer:
         headers = {"X-Repo-Commit": commit}
         if entry.lfs_oid is not None:
             # Like the Hub: LFS content comes from the storage host, through a signed URL that needs no token.
-            location = self._signed_url("GET", "objects", repo_id, entry.lfs_oid)
+            location = self._signed_url("GET", "objects", repo_id, entry.lfs_oid, request.repo_type)
             headers.update({"Location": location, "ETag": f'"{entry.oid}"', "X-Linked-Etag": f'"{entry.lfs_oid}"',
                             "X-Linked-Size": str(entry.size)})  # fmt: skip
             return _Response(302, b"", headers)
@@ -905,7 +967,7 @@ class HubServer:
 
     def _storage_download(self, request: _Request, repo_id: str, oid: str) -> _Response:
         self._check_signature(request, "GET", repo_id, oid)
-        path = self.repo(repo_id).lfs_object_path(oid)
+        path = self.repo(repo_id, request.repo_type).lfs_object_path(oid)
         if not path.exists():
             raise HubError(404, "No such object")
         return _Response(200, path.read_bytes(), {"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"})
