@@ -42,6 +42,8 @@ def test_an_imagefolder_dataset_repo_trains_and_evaluates_at_a_revision(use_hub,
     api.upload_folder(folder_path=str(tmp_path / "v2" / "train" / "class_2"), path_in_repo="train/class_2",
                       repo_id=repo_id, repo_type="dataset")  # fmt: skip
     assert load_image_dataset(repo_id).label_names == ["class_0", "class_1", "class_2"]
+    with pytest.raises(FileNotFoundError, match="Revision 'nope' doesn't exist"):  # the CLI's one-line error
+        load_image_dataset(f"{repo_id}@nope")
 
     out = tmp_path / "out"
     assert main(["train", "--data", f"{repo_id}@v1", "--output-dir", str(out), *TINY_TRAIN]) == 0

@@ -145,10 +145,9 @@ def _pick_column(
     header: list[str], given: str | None, known: tuple[str, ...], what: str, flag: str, csv_path: Path
 ) -> str:
     if given is not None:
-        matches = [name for name in header if name == given] or [n for n in header if n.lower() == given.lower()]
-        if not matches:
+        if given not in header:  # exact: the same name then names the dataset's column (--label-column)
             raise LabelsCSVError(f"{csv_path}: {flag} {given!r} is not a column (columns: {header})")
-        return matches[0]
+        return given
     found = [name for name in header if name.lower() in known]
     if len(found) == 1:
         return found[0]
