@@ -429,3 +429,10 @@ def test_train_and_eval_on_csv_labels_end_to_end(tmp_path, capsys):
     assert "2 images evaluated" in capsys.readouterr().out
     assert main(["eval", str(out / "best"), "--data", str(tmp_path / "missing.csv")]) == 2
     assert capsys.readouterr().err.strip().endswith("missing.csv does not exist")
+
+    from hubclf.cli import build_parser
+    from hubclf.train.config import config_from_args
+
+    argv = ["train", "--data", "photos", "--labels", "l.csv", "--path-column", "file", "--output-dir", "o"]
+    config = config_from_args(build_parser().parse_args([*argv, "--model", "m"]))
+    assert (config.data, config.labels, config.path_column) == ("photos", "l.csv", "file")
