@@ -343,3 +343,9 @@ def test_staged_unfreezing_keeps_processes_in_sync_under_ddp(tmp_path, image_fol
     assert run.returncode == 0, run.stderr[-3000:]
     assert "in sync: stage head step 5" in run.stdout
     assert "in sync: stage full step 10" in run.stdout
+
+
+def test_constant_learning_rate_with_sched_none(tmp_path: Path, image_folder: Path, backbone_weights: Path) -> None:
+    """timm's create_scheduler_v2 returns no scheduler for --sched none: the LR then stays at --lr."""
+    result = train(make_config(tmp_path, image_folder, backbone_weights, "constant", sched="none", epochs=1))
+    assert [record["lr"] for record in result.history] == [3e-3]

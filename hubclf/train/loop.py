@@ -195,7 +195,8 @@ def train(config: TrainConfig) -> TrainResult:
         # Restores weights, optimizer, gradient-accumulation step and every process's RNG. Everything above that
         # consumed randomness (init, feature extraction) ran before this line, so the RNG continues exactly.
         accelerator.load_state(str(checkpoint))
-        scheduler.step_update(state.global_step)
+        if scheduler is not None:
+            scheduler.step_update(state.global_step)
         logger.info(f"resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
     state.stage = stage
     if accelerator.is_main_process:
@@ -253,7 +254,8 @@ def train(config: TrainConfig) -> TrainResult:
                     continue
                 state.global_step += 1
                 lr = optimizer.param_groups[0]["lr"]
-                scheduler.step_update(state.global_step)
+                if scheduler is not None:  # --sched none: a constant learning rate
+                    scheduler.step_update(state.global_step)
                 progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
 
                 every = config.save_every_steps
