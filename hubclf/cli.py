@@ -41,7 +41,9 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", help="folder written by hubclf.save_pretrained / hubclf train")
     p.add_argument("repo_id", help="Hub repo id, e.g. me/flowers-alexnet (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument(
+        "--private", action="store_true", help="create the repo as private; refuse to push to an existing public repo"
+    )
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default: main)")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
     p.add_argument("--message", default=None, help="commit message")
@@ -54,12 +56,16 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 def _run_push(args: argparse.Namespace) -> int:
     from hubclf.hub import push_to_hub
 
-    # push_to_hub reports the upload and the verification through its logger (INFO): show those lines.
-    with _messages_on_stderr("hubclf.hub", "%(message)s", level="INFO"):
+    # push_to_hub reports the upload and the verification (hubclf.hub), repo creation and retries (hubclf.publish)
+    # through loggers: show those lines. Without --private an existing repo keeps its visibility.
+    with (
+        _messages_on_stderr("hubclf.hub", "%(message)s", level="INFO"),
+        _messages_on_stderr("hubclf.publish", "%(message)s", level="INFO"),
+    ):
         url = push_to_hub(
             args.model_dir,
             args.repo_id,
-            private=args.private,
+            private=True if args.private else None,
             revision=args.revision,
             create_pr=args.create_pr,
             commit_message=args.message,
@@ -238,16 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hubclf.logs import redact, redacted_logs
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with redacted_logs():  # no Hub token or signed storage URL in any log line of any command
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # User-facing errors get one clear line, not a traceback; HUBCLF_DEBUG=1 shows the traceback.
         import os
 
         if os.environ.get("HUBCLF_DEBUG"):
             raise
-        print(f"hubclf {args.command}: error: {e}", file=sys.stderr)
+        print(f"hubclf {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

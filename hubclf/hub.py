@@ -30,6 +30,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
+import yaml
 from accelerate.utils import extract_model_from_parallel
 from huggingface_hub import (
     CommitOperationAdd,
@@ -44,7 +45,9 @@ from huggingface_hub.utils import validate_repo_id
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf
 
+from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
+from hubclf.publish import PublishError, commit_to_hub
 
 __all__ = ["save_pretrained", "push_to_hub", "from_pretrained", "verify_push", "render_model_card", "PushVerification"]
 
@@ -276,7 +279,7 @@ def push_to_hub(
     model_or_dir: nn.Module | str | os.PathLike,
     repo_id: str,
     *,
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
     create_pr: bool = False,
     commit_message: str | None = None,
@@ -284,17 +287,40 @@ def push_to_hub(
     verify: bool = False,
     **save_kwargs: Any,
 ) -> str:
-    """Create ``repo_id`` if needed and upload the model in one commit; return the commit URL.
+    """Check the model folder, create ``repo_id`` if needed and upload the model in one commit; return the commit URL.
 
     ``model_or_dir`` is a model (saved first, with ``save_kwargs`` going to ``save_pretrained``) or a folder written
-    by ``save_pretrained``. The card is re-rendered for ``repo_id``. ``token`` defaults to ``HF_TOKEN`` or the
+    by ``save_pretrained``. Before any request, the folder is checked completely: ``config.json`` valid, the weights
+    loading strictly into the architecture it names, ``README.md`` a parseable model card. The card is re-rendered for
+    ``repo_id``. ``private=True`` creates a private repo and refuses an existing public one; ``None`` keeps an
+    existing repo's visibility (new repos are public). Transient Hub errors are retried; when the push fails, the repo
+    or branch it created is deleted again (see ``hubclf.publish``). ``token`` defaults to ``HF_TOKEN`` or the
     ``hf auth login`` cache; ``HF_ENDPOINT`` picks the server. ``verify=True`` re-downloads the pushed commit and
-    compares its logits with the local model's (``RuntimeError`` if they differ).
+    compares its logits with the local model's (``RuntimeError`` if they differ). Tokens and signed URLs are
+    redacted from every log line written meanwhile.
 
         url = push_to_hub("out/flowers", "me/flowers-alexnet", private=True, verify=True)
     """
     validate_repo_id(repo_id)
-    api = HfApi(token=token, library_name="hubclf", library_version=_hubclf_version())
+    with redacted_logs():
+        return _push_checked_folder(
+            model_or_dir, repo_id, private=private, revision=revision, create_pr=create_pr,
+            commit_message=commit_message, token=token, verify=verify, save_kwargs=save_kwargs,
+        )  # fmt: skip
+
+
+def _push_checked_folder(
+    model_or_dir: nn.Module | str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str | None,
+    token: str | None,
+    verify: bool,
+    save_kwargs: dict[str, Any],
+) -> str:
     with tempfile.TemporaryDirectory(prefix="hubclf-push-") as staging:
         if isinstance(model_or_dir, nn.Module):
             model = _unwrap(model_or_dir)
@@ -303,38 +329,58 @@ def push_to_hub(
             if save_kwargs:
                 raise TypeError(f"{sorted(save_kwargs)} only apply when pushing a model, not the folder {model_or_dir}")
             model, folder = None, Path(model_or_dir)
-            _check_model_folder(folder)
+        # Everything that can be checked locally is, before the first request: a bad folder creates nothing.
+        reloaded = _check_folder_for_push(folder)
         config = _read_config(folder / CONFIG_NAME)
-        card = render_model_card(config, repo_id)
-        operations = [
-            CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
-            CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
-            CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=str(card).encode("utf-8")),
-        ]
+        card = str(render_model_card(config, repo_id)).encode("utf-8")
+
+        def operations() -> list[CommitOperationAdd]:  # fresh for every attempt: an operation is single-use
+            return [
+                CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
+                CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
+                CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card),
+            ]
+
         message = commit_message or f"Upload {config['architecture']} ({config['num_classes']} classes) with hubclf"
+        api = HfApi(token=token, library_name="hubclf", library_version=_hubclf_version())
         try:
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            if revision is not None and not create_pr:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            # One commit carries all three files: a failed upload leaves the repo exactly as it was.
-            commit = api.create_commit(
-                repo_id, operations, commit_message=message, revision=revision, create_pr=create_pr
-            )
-        except HfHubHTTPError as e:
+            commit = commit_to_hub(
+                api, repo_id, operations, commit_message=message, private=private, revision=revision,
+                create_pr=create_pr,
+            )  # fmt: skip
+        except PublishError as e:
             kept = "" if model is not None else f" (the local save in {folder} is unchanged)"
-            raise RuntimeError(f"push to {repo_id} failed and nothing was committed{kept}: {e}") from e
+            raise RuntimeError(f"push to {repo_id} failed{kept}: {e}") from e
     logger.info("pushed %s to %s", config["architecture"], commit.commit_url)
 
     if verify:
-        reference = model if model is not None else from_pretrained(folder)
         try:
-            result = verify_push(reference, repo_id, commit.oid, token=token)
+            result = verify_push(model if model is not None else reloaded, repo_id, commit.oid, token=token)
         except HfHubHTTPError as e:
-            raise RuntimeError(f"pushed {commit.commit_url}, but downloading it back to verify failed: {e}") from e
+            raise RuntimeError(
+                f"pushed {commit.commit_url}, but downloading it back to verify failed: {redact(str(e))}"
+            ) from e
         if not result.ok:
             raise RuntimeError(f"{result}; the commit {commit.commit_url} is on the Hub but does not match the model")
         logger.info("%s", result)
     return commit.commit_url
+
+
+def _check_folder_for_push(folder: Path) -> nn.Module:
+    """Everything a push can check without the network; returns the model as loaded from ``folder``.
+
+    The three files must be there, ``config.json`` valid, ``model.safetensors`` must load strictly into the
+    architecture config.json describes, and ``README.md`` must parse as a model card.
+    """
+    _check_model_folder(folder)
+    card_path = folder / CARD_NAME
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CARD_NAME} (model card); write it with hubclf.save_pretrained()")
+    try:
+        ModelCard.load(card_path)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{card_path} is not a model card huggingface_hub can parse: {e}") from e
+    return from_pretrained(folder)
 
 
 def verify_push(

@@ -94,9 +94,13 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
 
 @pytest.fixture
 def use_hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """Every Hub client talks to ``hub_server`` during the test. Tokens are not set: pass ``hub_server.token``."""
+    """Every Hub client talks to ``hub_server`` during the test. Tokens are not set: pass ``hub_server.token``.
+
+    Faults a test injected (``hub_server.fail_next``...) and did not use up are cleared afterwards.
+    """
     point_hub_clients_at(monkeypatch, hub_server.endpoint)
     yield hub_server
+    hub_server.clear_faults()
 
 
 @pytest.fixture

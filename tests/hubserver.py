@@ -64,6 +64,12 @@ Auth: ``Authorization: Bearer <HubServer.token>`` (user ``HubServer.user``). Wri
 the user's namespace); private repos need it for reads too (401/404 ``RepoNotFound``, as the Hub does, never
 revealing that the repo exists); a wrong token is a 401 "Invalid credentials in Authorization header".
 
+Faults for retry tests: ``HubServer.fail_next(endpoint, status=500, times=1)`` answers the next ``times`` requests
+to ``endpoint`` (a handler name from the tables above: ``"commit"``, ``"create_repo"``, ``"storage_upload"``...)
+with that status; ``drop_connection_next(endpoint)`` reads half of the request body and closes the socket without
+answering, as a connection lost mid-upload; ``clear_faults()`` forgets the rest (``use_hub`` calls it after
+each test).
+
 Every request is recorded (``HubServer.requests``) so tests can check what the client sent, and
 ``HubServer.find_secret(token)`` lists every place a secret appears outside the Authorization header: request paths,
 other headers, bodies, and every git object and LFS object of every stored repo.
@@ -76,6 +82,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -84,6 +91,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -389,6 +397,19 @@ class _Response:
         return cls(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
+@dataclass
+class _Fault:
+    """An injected failure: an HTTP ``status``, or (``status=None``) a connection closed mid-request."""
+
+    endpoint: str
+    status: int | None
+    times: int | None  # None: every request until cleared
+
+    def response(self) -> _Response:
+        message = f"Injected fault: HTTP {self.status} from the test Hub"
+        return _Response.json({"error": message}, status=self.status, headers={"X-Error-Message": message})
+
+
 _REPO_ID = r"(?P<repo_id>[^/]+/[^/]+)"
 _API_ROUTES: list[tuple[str, str, str]] = [  # (methods, path regex, handler name); groups are URL-decoded
     ("GET", r"/api/whoami-v2", "whoami"),
@@ -461,6 +482,7 @@ class HubServer:
         self._write_lock = threading.Lock()
         self._repos: dict[str, GitRepo] = {}  # one per repo id, so each keeps its cache of trees across requests
         self._servers: list[ThreadingHTTPServer] = []
+        self._faults: list[_Fault] = []  # injected by fail_next / drop_connection_next
         self.endpoint = ""
         self.storage_endpoint = ""
 
@@ -541,12 +563,61 @@ class HubServer:
                       if path.is_file() and needle in path.read_bytes()]  # fmt: skip
         return found
 
+    # -- fault injection (retry and cleanup tests) ----------------------------------------------------------------
+    def fail_next(self, endpoint: str, *, status: int = 500, times: int | None = 1) -> None:
+        """Answer the next ``times`` requests to ``endpoint`` (a handler name, e.g. ``"commit"``) with ``status``.
+
+        ``times=None`` fails every request until ``clear_faults()``.
+
+        Example:
+            >>> hub.fail_next("commit", status=503, times=2)
+        """
+        self._add_fault(_Fault(endpoint, status, times))
+
+    def drop_connection_next(self, endpoint: str, *, times: int | None = 1) -> None:
+        """Close the connection in the middle of the next ``times`` requests to ``endpoint``, without an answer.
+
+        Example:
+            >>> hub.drop_connection_next("storage_upload")  # an LFS upload loses its connection halfway
+        """
+        self._add_fault(_Fault(endpoint, None, times))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _add_fault(self, fault: _Fault) -> None:
+        known = {handler.__name__.lstrip("_") for server in self._servers for _, _, handler in server.routes}
+        if fault.endpoint not in known:
+            raise ValueError(f"no endpoint {fault.endpoint!r} on the test Hub; known: {sorted(known)}")
+        self._faults.append(fault)
+
+    def take_fault(self, routes: list, method: str, path: str) -> _Fault | None:
+        """The fault to inject into this request, if one is armed for its endpoint (and count it)."""
+        if not self._faults:
+            return None
+        endpoint = next(
+            (handler.__name__.lstrip("_") for methods, pattern, handler in routes
+             if method in methods and pattern.fullmatch(path)),
+            None,
+        )  # fmt: skip
+        with self._write_lock:
+            for fault in self._faults:
+                if fault.endpoint == endpoint:
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
     # -- routing, auth, access --------------------------------------------------------------------------------------
-    def handle(self, role: str, routes: list, request: _Request) -> _Response:
+    def handle(self, role: str, routes: list, request: _Request, fault: _Fault | None = None) -> _Response:
         """Record ``request``, route it, and turn ``HubError`` into the Hub's error response."""
         body = request.body if len(request.body) <= MAX_RECORDED_BODY else None
         query = f"?{request.raw_query}" if request.raw_query else ""
         self.requests.append(RecordedRequest(role, request.method, request.path + query, request.headers, body))
+        if fault is not None:
+            return fault.response()
         try:
             return self._dispatch(role, routes, request)
         except HubError as error:
@@ -991,6 +1062,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        fault = self.server.hub.take_fault(self.server.routes, self.command, url.path)
+        if fault is not None and fault.status is None:
+            return self._drop_connection()
         request = _Request(
             method=self.command,
             path=url.path,
@@ -999,9 +1073,22 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             body=self._read_body(),
             raw_query=url.query,
         )
-        self._send(self.server.hub.handle(self.server.role, self.server.routes, request))
+        self._send(self.server.hub.handle(self.server.role, self.server.routes, request, fault))
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
+
+    def _drop_connection(self) -> None:
+        """Read half the body, then close the socket unanswered: a connection lost in the middle of a transfer."""
+        url = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.server.hub.requests.append(RecordedRequest(self.server.role, self.command, self.path, headers, None))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(max(1, length // 2))
+        logger.debug("%s: dropped the connection of %s %s", self.server.role, self.command, url.path)
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

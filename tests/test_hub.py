@@ -350,7 +350,7 @@ def test_failed_push_keeps_the_local_save_and_says_why(use_hub, new_repo_id, sav
     caplog.set_level(logging.DEBUG)
     with pytest.raises(
         RuntimeError,
-        match=rf"push to {repo_id} failed and nothing was committed \(the local save .* is unchanged\): .*401",
+        match=rf"push to {repo_id} failed \(the local save .* is unchanged\): .*401.*Nothing was written to the Hub",
     ) as error:
         push_to_hub(saved, repo_id, token=bad_token)
     assert bad_token not in str(error.value) and bad_token not in caplog.text
