@@ -105,11 +105,12 @@ def _wait_s(error: BaseException, attempt: int, policy: RetryPolicy) -> float:
     return min(wait, policy.max_wait_s)
 
 
-def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy = DEFAULT_RETRY) -> T:
+def with_retries(what: str, call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
     """``call()``, retried on transient errors as ``policy`` says; the last error is raised as is.
 
     info = with_retries("read me/flowers", lambda: api.repo_info("me/flowers"))
     """
+    policy = policy or DEFAULT_RETRY
     start = time.monotonic()
     for attempt in itertools.count(1):
         try:
@@ -146,17 +147,19 @@ def commit_to_hub(
     private: bool | None = None,
     revision: str | None = None,
     create_pr: bool = False,
-    retry: RetryPolicy = DEFAULT_RETRY,
+    retry: RetryPolicy | None = None,
 ) -> CommitInfo:
     """Create ``repo_id`` / ``revision`` if missing and commit ``make_operations()`` in one commit, as a transaction.
 
     ``private``: ``True`` creates a private repo and refuses an existing public one (``VisibilityError``, before any
     write); ``False`` creates a public repo; ``None`` creates a public one; an existing repo keeps its visibility
-    unless refused. ``make_operations`` is called once per commit attempt (operations are single-use). On failure
-    raises ``PublishError``, after removing the repo or branch this call created.
+    unless refused. ``make_operations`` is called once per commit attempt (operations are single-use). ``retry``
+    defaults to ``DEFAULT_RETRY``. On failure raises ``PublishError``, after removing the repo or branch this call
+    created.
 
         commit = commit_to_hub(api, "me/flowers", lambda: [CommitOperationAdd("a.txt", b"hi")], commit_message="hi")
     """
+    retry = retry or DEFAULT_RETRY
     existing_private = _visibility(api, repo_id, retry)
     if existing_private is not None:
         _check_visibility(repo_id, private, existing_private)

@@ -630,15 +630,19 @@ class HubServer:
             return _Response.json({"error": f"hubserver internal error: {error!r}"}, status=500)
 
     def _dispatch(self, server: str, routes: list, request: _Request) -> _Response:
+        path_known = False
         for methods, pattern, handler in routes:
             match = pattern.fullmatch(request.path)
             if match:
-                if request.method not in methods:
-                    raise HubError(405, f"{request.method} is not allowed on {request.path}")
+                if request.method not in methods:  # another route may take this method on the same path
+                    path_known = True
+                    continue
                 if server == "api":
                     request.user = self._authenticate(request)
                 params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
                 return handler(request, **params)
+        if path_known:
+            raise HubError(405, f"{request.method} is not allowed on {request.path}")
         raise HubError(404, f"No such endpoint on the test Hub: {request.method} {request.path}")
 
     def _authenticate(self, request: _Request) -> str | None:
