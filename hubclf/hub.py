@@ -303,13 +303,13 @@ def push_to_hub(
     """
     validate_repo_id(repo_id)
     with redacted_logs():
-        return _push_checked_folder(
+        return _push(
             model_or_dir, repo_id, private=private, revision=revision, create_pr=create_pr,
             commit_message=commit_message, token=token, verify=verify, save_kwargs=save_kwargs,
         )  # fmt: skip
 
 
-def _push_checked_folder(
+def _push(
     model_or_dir: nn.Module | str | os.PathLike,
     repo_id: str,
     *,

@@ -191,6 +191,34 @@ def test_delete_repo(use_hub, new_repo_id):
         api.model_info(repo_id)
 
 
+def test_delete_branch(use_hub, new_repo_id):
+    api = HfApi(token=use_hub.token)
+    repo_id = new_repo_id("branches")
+    api.create_repo(repo_id)
+    api.create_branch(repo_id, branch="dev")  # POST and DELETE share the path: each must reach its own handler
+    api.delete_branch(repo_id, branch="dev")
+    assert [branch.name for branch in api.list_repo_refs(repo_id).branches] == ["main"]
+
+
+def test_injected_faults_fail_the_next_requests_then_stop(use_hub, new_repo_id, tmp_path):
+    api = HfApi(token=use_hub.token)
+    repo_id = new_repo_id("faults")
+    use_hub.fail_next("create_repo", status=503, times=2)
+    for _ in range(2):
+        with pytest.raises(HfHubHTTPError, match="(?s)503.*Injected fault"):
+            api.create_repo(repo_id)
+    api.create_repo(repo_id)  # the fault is used up
+
+    _make_folder(tmp_path / "model", "dropped once")
+    use_hub.drop_connection_next("storage_upload")
+    _push(use_hub, repo_id, tmp_path / "model", "survives a dropped upload")  # huggingface_hub retries the PUT
+    uploads = [r for r in use_hub.requests if r.server == "storage" and r.method == "PUT" and repo_id in r.path]
+    assert len(uploads) == 2
+
+    with pytest.raises(ValueError, match="no endpoint 'lfs_upload'.*storage_upload"):
+        use_hub.fail_next("lfs_upload")
+
+
 def test_token_only_ever_travels_in_the_authorization_header(use_hub, new_repo_id, tmp_path):
     repo_id = new_repo_id("token")
     _make_folder(tmp_path / "model", "token check")
