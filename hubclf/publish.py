@@ -181,6 +181,10 @@ def commit_to_hub(
         )
     except (VisibilityError, PublishError):
         raise  # found before this push wrote anything
+    except KeyboardInterrupt as interrupt:  # Ctrl-C in a long upload: still take back the empty repo or branch
+        logger.warning("push interrupted: %s", _undo(api, repo_id, created, existing_private is not None, interrupt,
+                                                      retry))  # fmt: skip
+        raise
     except Exception as error:
         existed = existing_private is not None
         raise PublishError(error, _undo(api, repo_id, created, existed, error, retry)) from error

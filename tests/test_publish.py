@@ -150,6 +150,18 @@ def test_what_cleanup_could_not_remove_is_named(use_hub, new_repo_id, saved):
     assert hub.repo(repo_id).exists()
 
 
+def test_an_interrupted_push_deletes_the_repo_it_created(use_hub, new_repo_id, caplog):
+    hub, repo_id = use_hub, new_repo_id("interrupted")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        publish.commit_to_hub(HfApi(token=hub.token), repo_id, interrupted, commit_message="never")
+    assert not hub.repo(repo_id).exists()
+    assert f"push interrupted: No commit was made; the repo {repo_id} that this push created was deleted" in caplog.text
+
+
 # ---- checked before any request ------------------------------------------------------------------------------
 def _weights_do_not_fit(folder: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
