@@ -216,6 +216,68 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- app (Gradio) ---------------------------------------------------------------------------------------------
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="Try a model in the browser: a Gradio app with top-k label bars (or write it as a Space)",
+        description="Serves a Gradio app on http://HOST:PORT where you upload or paste an image and see the model's "
+        "top-k labels, with the model's own input size and normalisation. Needs the app extra: "
+        "pip install 'hubclf[app]'. Offline: no analytics, no share link unless --share. "
+        "Example: hubclf app me/flowers-alexnet --examples photos/ --port 7860. "
+        "With --write-space DIR it writes a Hugging Face Space for the Hub model instead "
+        "(push it with: hf upload me/flowers-demo DIR . --repo-type space).",
+    )
+    p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
+    p.add_argument("--top-k", type=int, default=5, help="label bars shown (default: 5, capped at the classes)")
+    p.add_argument(
+        "--examples", nargs="+", default=[], metavar="DIR_OR_FILE", help="example images: files and/or folders"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--share", action="store_true", help="also ask gradio.live for a public link (off by default)")
+    p.add_argument("--title", default=None, help="page title (default: hubclf · MODEL)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    p.add_argument(
+        "--write-space",
+        default=None,
+        metavar="DIR",
+        help="write app.py, requirements.txt and README.md (Space metadata) for the Hub model MODEL to DIR, "
+        "instead of serving",
+    )
+    p.add_argument("--overwrite", action="store_true", help="with --write-space: replace a non-empty DIR")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from hubclf.app import build_app, launch_app, write_space
+
+    if args.write_space is not None:
+        out = write_space(
+            args.model,
+            args.write_space,
+            top_k=args.top_k,
+            examples=args.examples,
+            revision=args.revision,
+            title=args.title,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote {out}; push it with: hf upload OWNER/SPACE_NAME {out} . --repo-type space")
+        return 0
+    with _messages_on_stderr("hubclf.app", "hubclf app: %(message)s"):
+        app = build_app(
+            args.model,
+            top_k=args.top_k,
+            examples=args.examples,
+            title=args.title,
+            device=args.device,
+            revision=args.revision,
+        )
+    launch_app(app, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 @contextlib.contextmanager
 def _messages_on_stderr(logger_name: str, fmt: str, level: str | None = None) -> Iterator[None]:
     """Show a module's log lines (e.g. one per unreadable image) on stderr while a command runs."""
@@ -238,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval):
+    for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval, _add_app):
         add(sub)
     return parser
 

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash tests/olah/install.sh   # olah (the independent read-only Hub server) lives in its own venv
+bash scripts/install-browser.sh   # headless Chromium + chromedriver (apt) for the hubclf app browser test
 .venv/bin/python -m ruff check hubclf tests scripts
 # Everything is offline: Hub traffic only ever goes to servers the tests start on 127.0.0.1.
 exec env HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest "$@"

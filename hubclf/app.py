@@ -1,0 +1,309 @@
+"""Try a hubclf model in the browser: ``hubclf app MODEL``, a Gradio app, and ``--write-space DIR``, a Space.
+
+Drop in or paste an image and the top-k label bars appear (``gr.Label``). The image goes through the same eval
+transform as ``hubclf predict`` (``timm.data.resolve_data_config`` + ``create_transform`` from the model's
+pretrained_cfg), so a 448×224 model sees 448×224 inputs. The model is loaded once, before the app is built.
+
+Gradio is an optional extra (``pip install 'hubclf[app]'``), imported only inside these functions, and runs
+offline: no analytics, no version check, no share link unless asked for.
+
+    from hubclf.app import build_app
+    build_app("me/flowers-alexnet", top_k=3, examples=["photos/"]).launch()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import timm.data
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from hubclf.predict import find_images, label_names_of, load_model
+from hubclf.train.data import build_transforms, decode_image
+
+if TYPE_CHECKING:
+    import gradio
+
+__all__ = [
+    "GradioMissingError",
+    "SpaceDirNotEmptyError",
+    "ImageScorer",
+    "build_app",
+    "import_gradio",
+    "launch_app",
+    "write_space",
+]
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'hubclf[app]'"
+MAX_EXAMPLES = 12  # a few thumbnails under the image; a whole photo folder would bury the app
+SPACE_EXAMPLES_DIR = "examples"
+
+# Gradio reports usage to api.gradio.app and checks PyPI-like endpoints for a newer version unless told not to; the
+# app must work, and stay silent, on a closed network. Set before gradio is imported (it reads some at import time).
+OFFLINE_GRADIO_ENV = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_SSR_MODE": "False",  # no Node.js server next to the Python one
+}
+
+
+class GradioMissingError(RuntimeError):
+    """Gradio (the ``hubclf[app]`` extra) is not installed."""
+
+
+class SpaceDirNotEmptyError(FileExistsError, ValueError):
+    """``write_space`` would replace a non-empty folder without ``overwrite=True``."""
+
+
+def import_gradio() -> Any:
+    """The ``gradio`` module, imported with analytics off; ``GradioMissingError`` (one line) when it is missing."""
+    for name, value in OFFLINE_GRADIO_ENV.items():
+        os.environ[name] = value
+    try:
+        import gradio
+    except ImportError as e:
+        raise GradioMissingError(f"the app needs gradio ({e}): {INSTALL_HINT}") from e
+    return gradio
+
+
+class ImageScorer:
+    """A loaded model with its eval transform and label names: ``scorer(pil_image)`` -> ``{label: probability}``.
+
+    This is the function the app calls on every image; it holds the model, so the model is loaded only once.
+
+        scorer = ImageScorer(hubclf.from_pretrained("out/zoo"))
+        scorer(Image.open("ant.png"))   # {"zebra": 0.84, "ant": 0.11, "cat": 0.04}
+    """
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.label_names = label_names_of(model) or [str(i) for i in range(model.num_classes)]
+        # The transform path of hubclf predict: the model's own input size, crop and normalisation.
+        self.data_config = timm.data.resolve_data_config({}, model=model)
+        _, self.transform = build_transforms(self.data_config, augment=False)
+
+    @torch.inference_mode()
+    def __call__(self, image: Image.Image | None) -> dict[str, float] | None:
+        if image is None:  # the image was cleared: clear the labels too
+            return None
+        pixels = self.transform(decode_image(image)).unsqueeze(0).to(self.device)
+        probabilities = self.model(pixels).float().softmax(dim=1)[0].cpu().tolist()
+        return dict(zip(self.label_names, probabilities, strict=True))
+
+
+def find_examples(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Example images from files and/or folders (as ``hubclf predict`` finds them), at most ``MAX_EXAMPLES``."""
+    found = find_images(paths)
+    if len(found) > MAX_EXAMPLES:
+        logger.warning("showing the first %d of %d example images", MAX_EXAMPLES, len(found))
+    return found[:MAX_EXAMPLES]
+
+
+def build_app(
+    model: nn.Module | str | os.PathLike,
+    *,
+    top_k: int = 5,
+    examples: Sequence[str | os.PathLike] = (),
+    title: str | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+) -> gradio.Blocks:
+    """A Gradio app that shows ``model``'s top-``top_k`` labels for an uploaded or pasted image.
+
+    ``model`` is a loaded model or anything ``hubclf.predict.load_model`` takes (Hub repo id, folder, ``hf-hub:`` /
+    ``local-dir:`` name); it is loaded here, once. ``examples`` are image files and/or folders shown under the input.
+
+        build_app("out/flowers/best", top_k=3, examples=["photos/rose.jpg"]).launch(server_port=7860)
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    gr = import_gradio()
+    example_files = find_examples(examples) if examples else []
+    name = model if isinstance(model, str | os.PathLike) else type(model).__name__
+    scorer = ImageScorer(load_model(model, revision=revision), device=device)
+    _, height, width = scorer.data_config["input_size"]
+    title = title or f"hubclf · {Path(str(name)).name if os.path.isdir(name) else name}"
+    labels = scorer.label_names
+    shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
+
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(
+            f"# {title}\nDrop in or paste an image. The model sees it at {height}×{width} (height×width) and "
+            f"knows {len(labels)} classes: {shown}."
+        )
+        with gr.Row(equal_height=True):
+            image = gr.Image(
+                type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB", elem_id="image"
+            )
+            label = gr.Label(num_top_classes=min(top_k, len(labels)), label="Prediction", elem_id="prediction")
+        if example_files:
+            gr.Examples(examples=[[str(p)] for p in example_files], inputs=image, label="Examples")
+        # change (not only upload) so pasting, picking an example and clearing all update the bars
+        image.change(scorer, inputs=image, outputs=label, api_name="predict")
+    return app
+
+
+def launch_app(
+    app: gradio.Blocks,
+    *,
+    host: str | None = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    block: bool = True,
+) -> str:
+    """Serve ``app`` on ``host:port`` and print its URL; with ``block`` (the default) wait there until Ctrl-C.
+
+    ``None`` leaves host and port to gradio: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (set on Spaces), else
+    127.0.0.1 and the first free port from 7860. ``share=True`` asks gradio.live for a public link: the only case
+    in which the app itself talks to the internet. Returns the local URL.
+
+        launch_app(build_app("out/zoo"), port=7860)   # prints "Running on http://127.0.0.1:7860/"
+    """
+    _, local_url, share_url = app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        inbrowser=False,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        prevent_thread_lock=True,
+        quiet=True,  # gradio's own banner suggests editing launch(); ours names the URL and how to stop
+    )
+    print(f"Running on {local_url} (Ctrl-C to stop)", flush=True)
+    if share_url:
+        print(f"Public link: {share_url}", flush=True)
+    if block:
+        app.block_thread()
+    return local_url
+
+
+# ---- Space -----------------------------------------------------------------------------------------------------
+SPACE_APP = '''"""Gradio Space for the hubclf model {repo_id}, written by `hubclf app --write-space`."""
+
+from pathlib import Path
+
+from hubclf.app import build_app, launch_app
+
+examples = [p for p in [Path(__file__).parent / "{examples_dir}"] if p.is_dir()]
+app = build_app({repo_id!r}, top_k={top_k}, examples=examples, revision={revision!r})
+
+if __name__ == "__main__":
+    launch_app(app, host=None)  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, as set on Spaces; else 127.0.0.1:7860
+'''
+
+SPACE_README_BODY = """
+# {{ title }}
+
+A [Gradio](https://gradio.app) demo of the image classifier [{{ repo_id }}](https://huggingface.co/{{ repo_id }}):
+drop in an image and see its top {{ top_k }} labels. Written by `hubclf app {{ repo_id }} --write-space`; run it
+locally with `pip install -r requirements.txt gradio=={{ gradio_version }} && python app.py`.
+"""
+
+
+def write_space(
+    repo_id: str,
+    space_dir: str | os.PathLike,
+    *,
+    top_k: int = 5,
+    examples: Sequence[str | os.PathLike] = (),
+    revision: str | None = None,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hugging Face Space (``app.py``, ``requirements.txt``, ``README.md``, ``examples/``) for ``repo_id``.
+
+    ``app.py`` loads the model by its Hub id; ``README.md`` carries the Space metadata (sdk: gradio, the installed
+    gradio version). The folder is written next to ``space_dir`` and renamed into place; a non-empty ``space_dir``
+    is only replaced with ``overwrite=True``. Push it with ``hf upload me/flowers-demo DIR . --repo-type space``.
+
+        write_space("me/flowers-alexnet", "space/", examples=["photos/rose.jpg"])
+    """
+    from huggingface_hub import SpaceCard, SpaceCardData
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    repo_id = repo_id.removeprefix("hf-hub:")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"a Space loads its model from the Hub: give a repo id (owner/name), not {repo_id!r}") from e
+    if "/" not in repo_id or Path(repo_id).exists():
+        raise ValueError(f"a Space loads its model from the Hub: give its repo id (owner/name), not {repo_id!r}")
+    space_dir = Path(space_dir)
+    if space_dir.exists() and (not space_dir.is_dir() or any(space_dir.iterdir())) and not overwrite:
+        raise SpaceDirNotEmptyError(f"{space_dir} exists and is not empty (pass --overwrite to replace it)")
+    example_files = find_examples(examples) if examples else []
+    gradio_version = import_gradio().__version__
+    title = title or f"{repo_id.split('/')[-1]} classifier"
+
+    space_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{space_dir.name}.", dir=space_dir.parent))
+    try:
+        card = SpaceCard.from_template(
+            SpaceCardData(
+                title=title,
+                emoji="🏷️",
+                colorFrom="indigo",
+                colorTo="green",
+                sdk="gradio",
+                sdk_version=gradio_version,
+                app_file="app.py",
+                pinned=False,
+                models=[repo_id],
+                tags=["hubclf", "image-classification", "timm"],
+            ),
+            template_str="---\n{{ card_data }}\n---\n" + SPACE_README_BODY,
+            title=title,
+            repo_id=repo_id,
+            top_k=top_k,
+            gradio_version=gradio_version,
+        )
+        card.save(staging / "README.md")
+        app_source = SPACE_APP.format(repo_id=repo_id, top_k=top_k, revision=revision, examples_dir=SPACE_EXAMPLES_DIR)
+        (staging / "app.py").write_text(app_source, encoding="utf-8")
+        # gradio itself comes from sdk_version; the model's code (and torch, timm) from hubclf
+        (staging / "requirements.txt").write_text(f"hubclf=={_hubclf_version()}\n", encoding="utf-8")
+        if example_files:
+            (staging / SPACE_EXAMPLES_DIR).mkdir()
+            for index, source in enumerate(example_files):
+                shutil.copyfile(source, staging / SPACE_EXAMPLES_DIR / f"{index:02d}-{source.name}")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; a written folder should look like any other
+        _replace_dir(staging, space_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return space_dir
+
+
+def _hubclf_version() -> str:
+    from hubclf import __version__
+
+    return __version__
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted after."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    target.rename(aside)
+    try:
+        staging.rename(target)
+    except BaseException:
+        aside.rename(target)
+        raise
+    shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
