@@ -7,12 +7,13 @@ pretrained_cfg), so a 448×224 model sees 448×224 inputs. The model is loaded o
 Gradio is an optional extra (``pip install 'hubclf[app]'``), imported only inside these functions, and runs
 offline: no analytics, no version check, no share link unless asked for.
 
-    from hubclf.app import build_app
-    build_app("me/flowers-alexnet", top_k=3, examples=["photos/"]).launch()
+    from hubclf.app import build_app, launch_app
+    launch_app(build_app("me/flowers-alexnet", top_k=3, examples=["photos/"]))   # http://127.0.0.1:7860/
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -48,8 +49,8 @@ INSTALL_HINT = "pip install 'hubclf[app]'"
 MAX_EXAMPLES = 12  # a few thumbnails under the image; a whole photo folder would bury the app
 SPACE_EXAMPLES_DIR = "examples"
 
-# Gradio reports usage to api.gradio.app and checks PyPI-like endpoints for a newer version unless told not to; the
-# app must work, and stay silent, on a closed network. Set before gradio is imported (it reads some at import time).
+# Unless told not to, gradio asks api.gradio.app for its latest version and reports usage (to api.gradio.app and,
+# through huggingface_hub's telemetry, huggingface.co) from background threads; the app must stay silent offline.
 OFFLINE_GRADIO_ENV = {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -103,10 +104,15 @@ class ImageScorer:
 
 
 def find_examples(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Example images from files and/or folders (as ``hubclf predict`` finds them), at most ``MAX_EXAMPLES``."""
+    """Example images from files and/or folders (as ``hubclf predict`` finds them), at most ``MAX_EXAMPLES``.
+
+    Each one is decoded now, so an unreadable example is a clear error at start-up (``BadImageError``).
+    """
     found = find_images(paths)
     if len(found) > MAX_EXAMPLES:
         logger.warning("showing the first %d of %d example images", MAX_EXAMPLES, len(found))
+    for path in found[:MAX_EXAMPLES]:
+        decode_image(str(path))
     return found[:MAX_EXAMPLES]
 
 
@@ -124,16 +130,17 @@ def build_app(
     ``model`` is a loaded model or anything ``hubclf.predict.load_model`` takes (Hub repo id, folder, ``hf-hub:`` /
     ``local-dir:`` name); it is loaded here, once. ``examples`` are image files and/or folders shown under the input.
 
-        build_app("out/flowers/best", top_k=3, examples=["photos/rose.jpg"]).launch(server_port=7860)
+        app = build_app("out/flowers/best", top_k=3, examples=["photos/rose.jpg"])
+        launch_app(app, port=7860)
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     gr = import_gradio()
     example_files = find_examples(examples) if examples else []
-    name = model if isinstance(model, str | os.PathLike) else type(model).__name__
+    name = str(model) if isinstance(model, str | os.PathLike) else type(model).__name__
     scorer = ImageScorer(load_model(model, revision=revision), device=device)
     _, height, width = scorer.data_config["input_size"]
-    title = title or f"hubclf · {Path(str(name)).name if os.path.isdir(name) else name}"
+    title = title or f"hubclf · {name}"
     labels = scorer.label_names
     shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
 
@@ -197,7 +204,7 @@ from pathlib import Path
 from hubclf.app import build_app, launch_app
 
 examples = [p for p in [Path(__file__).parent / "{examples_dir}"] if p.is_dir()]
-app = build_app({repo_id!r}, top_k={top_k}, examples=examples, revision={revision!r})
+app = build_app("{repo_id}", top_k={top_k}, examples=examples{revision_arg})
 
 if __name__ == "__main__":
     launch_app(app, host=None)  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, as set on Spaces; else 127.0.0.1:7860
@@ -271,8 +278,11 @@ def write_space(
             top_k=top_k,
             gradio_version=gradio_version,
         )
-        card.save(staging / "README.md")
-        app_source = SPACE_APP.format(repo_id=repo_id, top_k=top_k, revision=revision, examples_dir=SPACE_EXAMPLES_DIR)
+        (staging / "README.md").write_text(card.content.rstrip("\n") + "\n", encoding="utf-8")
+        revision_arg = "" if revision is None else f", revision={json.dumps(revision)}"
+        app_source = SPACE_APP.format(
+            repo_id=repo_id, top_k=top_k, revision_arg=revision_arg, examples_dir=SPACE_EXAMPLES_DIR
+        )
         (staging / "app.py").write_text(app_source, encoding="utf-8")
         # gradio itself comes from sdk_version; the model's code (and torch, timm) from hubclf
         (staging / "requirements.txt").write_text(f"hubclf=={_hubclf_version()}\n", encoding="utf-8")

@@ -263,7 +263,8 @@ def _run_app(args: argparse.Namespace) -> int:
             title=args.title,
             overwrite=args.overwrite,
         )
-        print(f"wrote {out}; push it with: hf upload OWNER/SPACE_NAME {out} . --repo-type space")
+        space_id = f"{args.model.removeprefix('hf-hub:')}-demo"
+        print(f"wrote {out}; push it as a Space with: hf upload {space_id} {out} . --repo-type space")
         return 0
     with _messages_on_stderr("hubclf.app", "hubclf app: %(message)s"):
         app = build_app(

@@ -170,10 +170,13 @@ def test_the_app_stays_on_this_machine_unless_asked():
 
 def test_bad_arguments_are_one_line_errors(model_dir, tmp_path, capsys):
     require("gradio")
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not a photo")
     for argv in (
         ["app", str(model_dir), "--top-k", "0"],
         ["app", str(tmp_path / "no-such-model")],
         ["app", str(model_dir), "--examples", str(tmp_path / "no-such-photo.jpg")],
+        ["app", str(model_dir), "--examples", str(not_an_image)],
         ["app", str(model_dir), "--write-space", str(tmp_path / "space")],  # a Space needs a Hub repo id
     ):
         assert main(argv) == 2, argv
