@@ -150,9 +150,9 @@ def test_importing_hubclf_does_not_import_gradio():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
-def test_without_gradio_the_command_says_how_to_install_it(model_dir, tmp_path, monkeypatch, capsys):
+def test_without_gradio_the_command_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    for argv in (["app", str(model_dir)], ["app", "me/model", "--write-space", str(tmp_path / "space")]):
+    for argv in (["app", "me/model"], ["app", "me/model", "--write-space", str(tmp_path / "space")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "pip install 'hubclf[app]'" in err, err
