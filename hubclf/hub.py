@@ -47,6 +47,7 @@ from timm.models._hub import save_config_for_hf
 
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
+from hubclf.models._base import ConvClassifier
 from hubclf.publish import PublishError, commit_to_hub
 
 __all__ = ["save_pretrained", "push_to_hub", "from_pretrained", "verify_push", "render_model_card", "PushVerification"]
@@ -152,7 +153,12 @@ def _write_config(
     if label_names:
         model_config["label_names"] = label_names
     input_size = tuple(model.pretrained_cfg["input_size"])
-    model_args = {} if "img_size" in getattr(model, "_model_args", {}) else {"img_size": list(input_size[1:])}
+    # hubclf's architectures take `img_size` (it only sets the input size), so it is recorded for them. Other timm
+    # architectures keep what timm recorded: ResNet or ConvNeXt take no `img_size` (timm, transformers and hubclf
+    # would fail on it), their input size lives in pretrained_cfg.input_size only, and a ViT's is in its args.
+    model_args = {}
+    if isinstance(model, ConvClassifier) and "img_size" not in getattr(model, "_model_args", {}):
+        model_args["img_size"] = list(input_size[1:])
     save_config_for_hf(model, path, model_config=model_config, model_args=model_args)
 
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -218,6 +224,7 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
         model_id=model_id,
         is_hub_repo=is_hub_repo,
         architecture=config["architecture"],
+        needs_hubclf=_is_hubclf_architecture(config["architecture"]),
         head_description=_describe_head(config),
         num_classes=config["num_classes"],
         input_channels=pretrained_cfg["input_size"][0],
@@ -241,9 +248,18 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
 
 
 def _describe_head(config: dict[str, Any]) -> str:
+    if not _is_hubclf_architecture(config["architecture"]):
+        pool = config.get("global_pool")
+        pooled = f", global {pool} pool" if pool else ""
+        return f"timm's own architecture: {config.get('num_features', '?')}-channel features{pooled}, classifier"
     if config["architecture"].endswith("_slim"):
         return f"conv features, global {config.get('global_pool', 'avg')} pool and one linear classifier"
     return "conv features, torchvision's two 4096-wide hidden layers and a linear classifier"
+
+
+def _is_hubclf_architecture(architecture: str) -> bool:
+    """Registered by ``import hubclf`` (timm and transformers need that import), rather than shipped with timm."""
+    return architecture.startswith("hubclf_")
 
 
 def _describe_freeze(freeze: str | None) -> str:
@@ -566,18 +582,22 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _check_architecture(architecture: str, source: str) -> None:
-    hubclf_models = timm.list_models("hubclf_*")
-    if architecture in hubclf_models:
-        return
+    """Any architecture timm knows loads (hubclf's own once ``import hubclf`` has registered them, which loading
+    through hubclf always has); an unknown name gets an error that says why it may be unknown."""
     if timm.is_model(architecture):
-        raise ValueError(
-            f"{source} is a {architecture!r} model, which is a timm model but not a hubclf model; "
-            f"load it with timm.create_model('hf-hub:<repo>', pretrained=True) instead"
+        return
+    hubclf_models = timm.list_models("hubclf_*")
+    if architecture.startswith("hubclf_"):
+        why = (
+            f"it is not one of the architectures this hubclf ({_hubclf_version()}) registers with timm on "
+            f"`import hubclf` ({hubclf_models}): the model needs a newer hubclf"
         )
-    raise ValueError(
-        f"{source} names the architecture {architecture!r}, which is not registered with timm. A hubclf model needs "
-        f"`import hubclf` before loading (it registers {hubclf_models}); any other name is not a hubclf model."
-    )
+    else:
+        why = (
+            f"timm {timm.__version__} does not know it, and neither does `import hubclf` (which registers "
+            f"{hubclf_models}): it needs a newer timm, or the package that registers it imported first"
+        )
+    raise ValueError(f"{source} names the architecture {architecture!r}, which is not registered with timm: {why}")
 
 
 def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -221,8 +221,8 @@ def test_tampered_weights_give_an_error_listing_the_tensors(saved, tmp_path):
 @pytest.mark.parametrize(
     "architecture,message",
     [
-        ("mystery_net", r"not registered with timm.*`import hubclf`.*not a hubclf model"),
-        ("resnet18", "not a hubclf model"),
+        ("mystery_net", r"'mystery_net', which is not registered with timm: timm .* does not know it.*`import hubclf`"),
+        ("hubclf_alexnet_v2", r"not one of the architectures this hubclf .* registers.*needs a newer hubclf"),
     ],
 )
 def test_unknown_architecture_is_explained(saved, tmp_path, architecture, message):

@@ -6,6 +6,8 @@ changes, so it is computed once and the classifier trains on the stored features
 
 Training on these features is the uncached path with the backbone call memoised: the same pre-logits
 (``model.forward_head(model.forward_features(x), pre_logits=True)`` in eval mode) feed the same classifier.
+This is timm's generic model contract, so it holds for any timm model whose ``get_classifier()`` is what
+``forward_head`` applies last (ResNet, EfficientNet, ConvNeXt, ViT...); ``check_frozen_head`` verifies it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from hubclf.models.transfer import classifier_modules
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,6 +38,51 @@ def backbone_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
         model.get_classifier()(backbone_features(model, x))   # == model(x) in eval mode
     """
     return model.forward_head(model.forward_features(pixel_values), pre_logits=True)
+
+
+@torch.no_grad()
+def check_frozen_head(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> None:
+    """Raise a ``ValueError`` unless ``get_classifier()(backbone_features(model, x)) == model(x)`` in eval mode.
+
+    Training only the classifier on frozen (possibly cached) features relies on it. Most timm models satisfy it;
+    some do not, e.g. ResNetV2 (its classifier is a 1×1 conv that takes the pooled map, not the flat pre-logits)
+    or distilled DeiT/LeViT (two classifiers). One probe image of the model's input size, seeded.
+
+        check_frozen_head(timm.create_model("resnet18", num_classes=8))   # passes silently
+    """
+    name = model.pretrained_cfg.get("architecture") or type(model).__name__
+    modules = classifier_modules(model)
+    if len(modules) != 1:
+        raise ValueError(
+            f"{name} has {len(modules)} classifiers; --freeze backbone trains a single one on the frozen features. "
+            "Use --freeze none or --freeze <module name>"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        size = tuple(input_size or model.pretrained_cfg["input_size"])
+        device = next(model.parameters()).device
+        x = torch.randn((1, *size), generator=torch.Generator().manual_seed(0)).to(device)
+        features = model.forward_features(x)
+        expected = model.forward_head(features)
+        try:
+            actual = modules[0](model.forward_head(features, pre_logits=True))
+        except RuntimeError as e:
+            actual, failure = None, f"it fails on them ({str(e).splitlines()[0]})"
+        else:
+            failure = None
+            if actual.shape != expected.shape:
+                failure = f"it gives shape {tuple(actual.shape)} instead of {tuple(expected.shape)}"
+            elif not torch.allclose(actual, expected, rtol=1e-4, atol=1e-5 * max(1.0, expected.abs().max().item())):
+                failure = f"it gives other logits (max |diff| {(actual - expected).abs().max().item():.3g})"
+    finally:
+        model.train(was_training)
+    if failure is not None:
+        raise ValueError(
+            f"--freeze backbone trains only {name}'s classifier ({type(modules[0]).__name__}) on the frozen "
+            f"backbone's pre-logits (forward_head(..., pre_logits=True)), but {failure}. "
+            "Use --freeze none or --freeze <module name> for this architecture"
+        )
 
 
 @dataclass
@@ -69,11 +118,11 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 def weights_fingerprint(model: nn.Module) -> str:
     """A hash of every tensor of ``model`` except its classifier: what determines the frozen features."""
-    classifier = model.get_classifier()
-    prefix = next(name for name, module in model.named_modules() if module is classifier) + "."
+    classifiers = {id(module) for module in classifier_modules(model)}
+    prefixes = tuple(name + "." for name, module in model.named_modules() if id(module) in classifiers)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(prefix):
+        if name.startswith(prefixes):
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -10,13 +10,17 @@ The same code runs as ``python``/``hubclf train`` on one CPU or GPU and under ``
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,12 @@ from tqdm.auto import tqdm
 
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
-from hubclf.train.config import TrainConfig
+from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import (
     FeatureDataset,
     backbone_features,
+    check_frozen_head,
     feature_cache_key,
     load_or_extract_features,
     weights_fingerprint,
@@ -86,6 +91,7 @@ def train(config: TrainConfig) -> TrainResult:
         result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
     output_dir = Path(config.output_dir)
+    check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
     check_trackers(config.log_with)
     if config.resume is None and (list_checkpoints(output_dir) or (output_dir / METRICS_FILE).exists()):
         # Mixing two runs' checkpoints would make `--resume latest` pick the wrong one.
@@ -371,37 +377,85 @@ def check_trackers(names: list[str]) -> None:
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
+def check_model_name(name: str) -> None:
+    """Fail fast on a ``--model`` that is neither an architecture timm knows (after ``import hubclf``), nor an
+    ``hf-hub:`` / ``local-dir:`` name, nor an existing folder; suggest close timm names.
+
+        check_model_name("resnet18")   # fine; "resnet81" raises ValueError naming resnet18 among the suggestions
+    """
+    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir() or timm.is_model(name):
+        return
+    if "/" in name or os.sep in name:
+        raise ValueError(f"--model {name}: no such model folder (a Hub repo is spelled 'hf-hub:{name}')")
+    close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3, cutoff=0.75)
+    hint = f"; did you mean {', '.join(close)}?" if close else f" (timm.list_models('*{name[:4]}*') lists names)"
+    raise ValueError(
+        f"--model {name}: timm {timm.__version__} has no such architecture, with hubclf's registered "
+        f"(import hubclf adds {timm.list_models('hubclf_*')}){hint}"
+    )
+
+
 def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
     """The model to train, with a fresh ``len(label_names)``-class classifier unless a saved one already fits.
 
-    ``config.model`` is a timm/hubclf name (``pretrained`` / ``weights`` pick the starting weights), or a model
-    saved by ``hubclf.save_pretrained`` (``hf-hub:user/repo`` or a folder), whose backbone is kept.
+    ``config.model`` is any timm architecture name (``resnet18``, ``hubclf_alexnet``...; ``pretrained`` /
+    ``weights`` pick the starting weights), or a model saved by ``hubclf.save_pretrained`` (``hf-hub:user/repo``
+    or a folder), whose backbone is kept. ``config.img_size`` becomes the model's input size: an ``img_size``
+    argument for architectures that take one (hubclf's, ViTs), ``pretrained_cfg["input_size"]`` for the
+    convolutional ones that take any size and no such argument (ResNet, ConvNeXt...).
     """
     num_classes = len(label_names)
-    size = {"img_size": config.img_size} if config.img_size else {}
     name = config.model
+    check_model_name(name)
     if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
         if not config.pretrained or config.weights:
             raise ValueError(f"--no-pretrained/--weights apply to architecture names, not to the saved model {name}")
-        model = from_pretrained(name, num_classes=num_classes, **size)
+        model = _create_at_size(partial(from_pretrained, name, num_classes=num_classes), config.img_size)
         saved_names = getattr(model, "label_names", None)
         if saved_names and list(saved_names) != list(label_names):
             logger.info(f"{name} was trained on classes {saved_names}; starting a new classifier for these ones")
             model.reset_classifier(num_classes)
-        return model
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: not a timm/hubclf architecture, 'hf-hub:' repo or folder")
-    overlay = {"file": config.weights} if config.weights else None
-    if config.pretrained:
-        known = timm.models.get_pretrained_cfg(name)
-        sources = {**(known.to_dict() if known else {}), **(overlay or {})}
-        if not any(sources.get(key) for key in ("url", "file", "hf_hub_id", "state_dict")):
-            raise ValueError(f"timm knows no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
     else:
-        logger.warning(f"--no-pretrained: {name} starts from random weights")
-    return timm.create_model(
-        name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay, **size
-    )
+        overlay = {"file": config.weights} if config.weights else None
+        if config.pretrained:
+            known = timm.models.get_pretrained_cfg(name)
+            sources = {**(known.to_dict() if known else {}), **(overlay or {})}
+            if not any(sources.get(key) for key in ("url", "file", "hf_hub_id", "state_dict")):
+                raise ValueError(f"timm knows no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
+        else:
+            logger.warning(f"--no-pretrained: {name} starts from random weights")
+        create = partial(
+            timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes,
+            pretrained_cfg_overlay=overlay,
+        )  # fmt: skip
+        model = _create_at_size(create, config.img_size)
+    if config.freeze == FREEZE_BACKBONE:
+        check_frozen_head(model)  # the head-only stage and cached features rely on timm's classifier contract
+    return model
+
+
+# pretrained_cfg fields tied to the source input size (e.g. resnet18.a1_in1k: pool_size 7×7, tested at 288×288).
+_SOURCE_SIZE_FIELDS = ("pool_size", "test_input_size", "test_crop_pct", "test_pool_size")
+
+
+def _create_at_size(create: Callable[..., nn.Module], img_size: tuple[int, int] | None) -> nn.Module:
+    """``create(img_size=img_size)``, or for an architecture without that argument ``create()`` with the size
+    written into its ``pretrained_cfg`` (what timm's data config, the saved config and predict/eval read)."""
+    if img_size is None:
+        return create()
+    try:
+        return create(img_size=img_size)
+    except TypeError as e:
+        if "'img_size'" not in str(e):
+            raise
+    model = create()
+    cfg = dict(model.pretrained_cfg)
+    cfg["input_size"] = (cfg["input_size"][0], *img_size)
+    for key in _SOURCE_SIZE_FIELDS:  # they describe the source weights' sizes, not this model's
+        cfg.pop(key, None)
+    model.pretrained_cfg = model.default_cfg = cfg
+    logger.info(f"{type(model).__name__} takes no img_size argument: {tuple(img_size)} is its input size for data")
+    return model
 
 
 def batch_logits(

@@ -18,7 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from hubclf.models import freeze, unfreeze
-from hubclf.models.transfer import keep_frozen_batchnorm_in_eval
+from hubclf.models.transfer import classifier_parameter_ids, keep_frozen_batchnorm_in_eval
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
 
 HEAD, PARTIAL, FULL = "head", "partial", "full"
@@ -65,7 +65,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     no weight decay. Parameters frozen in the current stage simply have no gradient, so the optimizer skips them
     (no update, no weight decay, no state) until they unfreeze.
     """
-    classifier = {id(p) for p in model.get_classifier().parameters()}
+    classifier = classifier_parameter_ids(model)
     ever_trains_backbone = config.freeze != FREEZE_BACKBONE or config.unfreeze_after is not None
     no_decay_names = set(getattr(model, "no_weight_decay", lambda: set())())
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
