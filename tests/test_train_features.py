@@ -16,6 +16,7 @@ from hubclf.train import TrainConfig, train
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import (
     backbone_features,
+    check_frozen_head,
     feature_cache_key,
     load_or_extract_features,
     weights_fingerprint,
@@ -36,6 +37,32 @@ def test_classifier_on_backbone_features_is_the_model(model):
     x = torch.randn(2, 3, HEIGHT, WIDTH)
     with torch.no_grad():
         assert torch.allclose(model.get_classifier()(backbone_features(model, x)), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "convnext_atto"])
+def test_any_timm_models_classifier_takes_its_backbone_features(arch):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=3).eval()
+    x = torch.randn(2, 3, HEIGHT, WIDTH)
+    with torch.no_grad():
+        features = backbone_features(model, x)
+        assert features.shape == (2, model.num_features)  # pooled pre-logits, not the (N, C, h, w) map
+        assert torch.allclose(model.get_classifier()(features), model(x), atol=1e-5)
+    check_frozen_head(model, (3, HEIGHT, WIDTH))
+    assert weights_fingerprint(model) != weights_fingerprint(timm.create_model(arch, num_classes=3))
+
+
+@pytest.mark.parametrize(
+    "arch,message",
+    [
+        ("resnetv2_18", r"classifier \(Conv2d\).*fails on them"),  # a 1×1 conv head: needs the pooled map
+        ("deit_tiny_distilled_patch16_224", "has 2 classifiers"),
+    ],
+)
+def test_a_classifier_that_cannot_train_on_frozen_features_is_refused(arch, message):
+    model = timm.create_model(arch, num_classes=3, **({"img_size": 32} if "deit" in arch else {}))
+    with pytest.raises(ValueError, match=message + ".*--freeze none"):
+        check_frozen_head(model, (3, 32, 32))
 
 
 def test_cache_key_follows_weights_inputs_and_data_only(model):
