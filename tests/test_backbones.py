@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import hubclf
 from hubclf.cli import main
@@ -270,3 +270,14 @@ def test_frozen_head_needs_a_classifier_on_the_pre_logits(tmp_path, image_folder
     # ResNetV2's classifier is a 1×1 conv on the pooled map: training it alone on flat pre-logits cannot work.
     with pytest.raises(ValueError, match=r"resnetv2_18's classifier \(Conv2d\).*--freeze none"):
         train(make_config(tmp_path, image_folder, "resnetv2_18", freeze="backbone", epochs=1))
+
+
+def test_a_weights_file_missing_backbone_tensors_is_an_error(tmp_path, image_folder, stand_ins):
+    # timm loads non-strictly when it replaces the classifier; hubclf does not let the gap stay random silently.
+    tensors = load_file(stand_ins["resnet18"])
+    renamed = {(f"model.{k}" if k.startswith("layer4.") else k): v for k, v in tensors.items()}
+    save_file(renamed, tmp_path / "renamed.safetensors")
+    config = make_config(tmp_path / "out", image_folder, "resnet18", pretrained=True,
+                         weights=str(tmp_path / "renamed.safetensors"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"renamed.safetensors lacks 25 of resnet18's backbone tensors.*layer4\.0"):
+        train(config)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -428,10 +431,43 @@ def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
             timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes,
             pretrained_cfg_overlay=overlay,
         )  # fmt: skip
-        model = _create_at_size(create, config.img_size)
+        with _missing_pretrained_tensors() as missing:
+            model = _create_at_size(create, config.img_size)
+        classifier = model.pretrained_cfg.get("classifier") or ()
+        prefixes = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+        missing = [k for k in missing if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
+        if missing:
+            source = config.weights or "its pretrained weights"
+            raise ValueError(
+                f"{source} lacks {len(missing)} of {name}'s backbone tensors, which would silently stay random: "
+                f"{missing[:8]}{' ...' if len(missing) > 8 else ''}"
+            )
     if config.freeze == FREEZE_BACKBONE:
         check_frozen_head(model)  # the head-only stage and cached features rely on timm's classifier contract
     return model
+
+
+@contextmanager
+def _missing_pretrained_tensors() -> Iterator[list[str]]:
+    """The tensors timm reports missing while it loads pretrained weights. When it replaces the classifier it loads
+    non-strictly and only logs the others (at INFO level); hubclf's own models check this in their checkpoint filter.
+    """
+    missing: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = re.match(r"Missing keys \((.*)\) discovered", record.getMessage())
+            missing.extend(found.group(1).split(", ") if found else [])
+
+    timm_logger, handler = logging.getLogger("timm.models._builder"), Collect(logging.INFO)
+    level = timm_logger.level
+    timm_logger.addHandler(handler)
+    timm_logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield missing
+    finally:
+        timm_logger.removeHandler(handler)
+        timm_logger.setLevel(level)
 
 
 # pretrained_cfg fields tied to the source input size (e.g. resnet18.a1_in1k: pool_size 7×7, tested at 288×288).
