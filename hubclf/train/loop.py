@@ -393,8 +393,8 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3, cutoff=0.75)
     hint = f"; did you mean {', '.join(close)}?" if close else f" (timm.list_models('*{name[:4]}*') lists names)"
     raise ValueError(
-        f"--model {name}: timm {timm.__version__} has no such architecture, with hubclf's registered "
-        f"(import hubclf adds {timm.list_models('hubclf_*')}){hint}"
+        f"--model {name}: no such architecture in timm {timm.__version__} nor among hubclf's "
+        f"({', '.join(timm.list_models('hubclf_*'))}), and no such folder{hint}"
     )
 
 
