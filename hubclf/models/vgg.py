@@ -42,7 +42,10 @@ class VGG(ConvClassifier):
         head_type: str = "classic",
         global_pool: str = "avg",
         drop_rate: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd = dict(device=device, dtype=dtype)
         modules: list[nn.Module] = []
         feature_info = []
         chs, reduction = in_chans, 1
@@ -53,9 +56,9 @@ class VGG(ConvClassifier):
                 modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 reduction *= 2
                 continue
-            modules.append(nn.Conv2d(chs, int(spec), kernel_size=3, padding=1))
+            modules.append(nn.Conv2d(chs, int(spec), kernel_size=3, padding=1, **dd))
             if batch_norm:
-                modules.append(nn.BatchNorm2d(int(spec)))
+                modules.append(nn.BatchNorm2d(int(spec), **dd))
             modules.append(nn.ReLU(inplace=True))
             chs = int(spec)
         feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"features.{len(modules) - 1}"))
@@ -69,6 +72,7 @@ class VGG(ConvClassifier):
             global_pool=global_pool,
             drop_rate=drop_rate,
             dropout_first=False,
+            **dd,
         )
         self._init_weights()
 
