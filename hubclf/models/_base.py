@@ -379,7 +379,7 @@ def build_classifier(
     pretrained: bool,
     *,
     filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]],
-    out_indices: tuple[int, ...],
+    default_out_indices: tuple[int, ...],
     **kwargs: Any,
 ) -> nn.Module:
     """``build_model_with_cfg`` plus hubclf's ``img_size`` kwarg and error messages that name the weights.
@@ -393,7 +393,7 @@ def build_classifier(
         height, width = _check_img_size(img_size, model_cls)
         # The channel count stays 3: it describes the pretrained weights, which timm adapts to `in_chans`.
         overlay["input_size"] = (3, height, width)
-    feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", out_indices))
+    feature_cfg = dict(flatten_sequential=True, out_indices=kwargs.pop("out_indices", default_out_indices))
     try:
         return build_model_with_cfg(
             model_cls,

@@ -87,7 +87,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AlexNet:
     return build_classifier(
-        AlexNet, variant, pretrained, filter_fn=checkpoint_filter_fn, out_indices=(0, 1, 2, 3), **kwargs
+        AlexNet, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs
     )
 
 

@@ -102,7 +102,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> VGG:
     # Five stage outputs by default; index 5 (the final max pool) can be asked for through out_indices.
     return build_classifier(
-        VGG, variant, pretrained, filter_fn=checkpoint_filter_fn, out_indices=(0, 1, 2, 3, 4), **kwargs
+        VGG, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3, 4), **kwargs
     )
 
 
