@@ -119,7 +119,7 @@ def _grid_pool(pool_type: str, grid_size: tuple[int, int]) -> nn.Module:
     return nn.AdaptiveAvgPool2d(grid_size) if pool_type == "avg" else nn.AdaptiveMaxPool2d(grid_size)
 
 
-def feature_ends(feature_info: list[dict[str, Any]]) -> list[int]:
+def _feature_ends(feature_info: list[dict[str, Any]]) -> list[int]:
     """Index in ``features`` of each feature tap, from the ``features.N`` module names of ``feature_info``."""
     return [int(info["module"].split(".")[1]) for info in feature_info]
 
@@ -164,7 +164,7 @@ class ConvClassifier(nn.Module):
         self.feature_info = feature_info
         # Every tap ends right after an activation or a max pool, so no stage starts with an in-place ReLU and
         # checkpointing stage by stage never lets a ReLU overwrite the saved stage input it recomputes from.
-        self.feature_ends = feature_ends(feature_info)
+        self.feature_ends = _feature_ends(feature_info)
         self.num_features = feature_info[-1]["num_chs"]
         if head_type == "classic":
             self.head = GridMlpHead(
