@@ -144,3 +144,151 @@ def test_checkpoint_missing_backbone_tensors_is_refused(torchvision_checkpoint, 
     with pytest.raises(RuntimeError, match=r"partial.pth.*missing 1 tensor.*features\.3\.weight"):
         timm.create_model("hubclf_alexnet", pretrained=True, num_classes=8,
                           pretrained_cfg_overlay=dict(file=str(partial)))
+
+
+# ---- forward_intermediates / prune_intermediate_layers (timm's feature API) -----------------------------------
+@pytest.mark.parametrize("name", ["hubclf_alexnet_slim", "hubclf_vgg11_bn_slim"])
+def test_forward_intermediates_returns_every_tap(name):
+    h, w = _small(name)
+    model = timm.create_model(name, num_classes=3).eval()
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+    assert [m.shape[1] for m in maps] == [info["num_chs"] for info in model.feature_info]
+    for feature_map, info in zip(maps, model.feature_info, strict=True):
+        assert feature_map.shape[0] == 2
+        assert feature_map.shape[2] <= -(-h // info["reduction"]) and feature_map.shape[3] <= -(-w // info["reduction"])
+    assert torch.equal(maps[-1], final)  # the last tap is the end of the conv stack, for both families
+
+
+def test_forward_intermediates_indices_and_stop_early():
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=3).eval()
+    x = torch.randn(1, 3, 80, 72)
+    with torch.no_grad():
+        _, every = model.forward_intermediates(x)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        picked = model.forward_intermediates(x, indices=[0, -2], intermediates_only=True)
+        final, early = model.forward_intermediates(x, indices=[1], stop_early=True)
+    assert [t.shape for t in last_two] == [t.shape for t in every[-2:]]
+    assert torch.equal(picked[0], every[0]) and torch.equal(picked[1], every[2])
+    assert torch.equal(early[0], every[1]) and torch.equal(final, every[1])  # stopped right after tap 1
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+    with pytest.raises(ValueError, match="minimum 63×63"):
+        model.forward_intermediates(torch.randn(1, 3, 32, 32))
+
+
+def test_forward_intermediates_with_grad_checkpointing_matches():
+    torch.manual_seed(0)
+    model = timm.create_model("hubclf_vgg11_slim", num_classes=3, drop_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    final, maps = model.forward_intermediates(x, indices=[1, 3])
+    (final.sum() + sum(m.sum() for m in maps)).backward()
+    expected = model.features[0].weight.grad.clone()
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    final2, maps2 = model.forward_intermediates(x, indices=[1, 3])
+    (final2.sum() + sum(m.sum() for m in maps2)).backward()
+    assert torch.allclose(final2, final) and all(torch.allclose(a, b) for a, b in zip(maps2, maps, strict=True))
+    assert torch.allclose(model.features[0].weight.grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hubclf_alexnet", "hubclf_vgg11_slim"])
+def test_prune_intermediate_layers_keeps_the_taps_and_drops_the_rest(name):
+    h, w = _small(name)
+    model = timm.create_model(name, num_classes=4).eval()
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        expected = model(x)
+        taps = model.forward_intermediates(x, intermediates_only=True)
+    assert model.prune_intermediate_layers(len(model.feature_info), prune_head=False) == list(
+        range(len(model.feature_info)))
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)  # nothing after the last tap, and the head was kept
+
+    keep = model.prune_intermediate_layers([0, 1])
+    assert keep == [0, 1]
+    assert len(model.features) == model.feature_ends[1] + 1
+    assert sum(p.numel() for p in model.head.parameters()) == 0 and model.num_classes == 0
+    assert model.num_features == model.head_hidden_size == model.feature_info[1]["num_chs"]
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, indices=keep, intermediates_only=True)
+        assert torch.equal(maps[0], taps[0]) and torch.equal(maps[1], taps[1])
+        assert torch.equal(model(x), taps[1])  # no pooling, no classifier: the tap itself
+    model.reset_classifier(3, "avg")
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+
+
+def test_features_only_getter_prunes_and_scripts():
+    from timm.models._features import FeatureGetterNet
+
+    x = torch.randn(1, 3, 64, 64)
+    getter = timm.create_model("hubclf_vgg11_slim", features_only=True, feature_cls="getter", out_indices=(1, 2)).eval()
+    reference = timm.create_model("hubclf_vgg11_slim").eval()
+    reference.load_state_dict(getter.model.state_dict(), strict=False)
+    assert isinstance(getter, FeatureGetterNet) and len(getter.model.features) == reference.feature_ends[2] + 1
+    with torch.no_grad():
+        maps = getter(x)
+        assert [m.shape for m in maps] == [(1, 128, 32, 32), (1, 256, 16, 16)]
+        expected = reference.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(maps, expected, strict=True))
+        scripted = torch.jit.script(getter)(x)
+        assert all(torch.equal(a, b) for a, b in zip(scripted, maps, strict=True))
+
+
+# ---- TorchScript, torch.fx, no pooling -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["hubclf_alexnet", "hubclf_vgg11_bn_slim"])
+def test_torchscript_and_fx_give_the_eager_logits(name):
+    h, w = _small(name)
+    model = timm.create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        expected = model(x)
+        scripted = torch.jit.script(model)
+        assert torch.allclose(scripted(x), expected, atol=1e-5)
+        traced = torch.fx.symbolic_trace(model)
+        assert torch.allclose(traced(x), expected, atol=1e-5)
+        assert torch.allclose(torch.jit.script(traced)(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="expects 3 input channels"):  # eager checks stay for eager users
+        model(torch.randn(1, 1, h, w))
+
+
+@pytest.mark.parametrize("name", ["hubclf_alexnet", "hubclf_alexnet_slim"])
+def test_reset_classifier_without_pooling_returns_feature_maps(name):
+    model = timm.create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 80, 96)
+    model.reset_classifier(0, "")
+    assert model.global_pool == "" and model.num_classes == 0
+    assert model.num_features == model.head_hidden_size == 256
+    with torch.no_grad():
+        assert torch.equal(model(x), model.forward_features(x))
+        assert model(x).ndim == 4
+    model.reset_classifier(5, "avg")
+    assert model.head_hidden_size == (4096 if name == "hubclf_alexnet" else 256)
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    unpooled = timm.create_model(name, num_classes=0, global_pool="").eval()
+    with torch.no_grad():
+        assert unpooled(x).shape == (2, 256, 1, 2)  # 80×96 input, reduction 32 with unpadded pools
+
+
+def test_classic_head_refuses_to_classify_unpooled_features():
+    model = timm.create_model("hubclf_alexnet", num_classes=0, global_pool="").eval()
+    model.reset_classifier(3)  # keeps global_pool=''
+    with pytest.raises(ValueError, match="global_pool='' leaves the features unpooled"), torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="'avg' or 'max'"):
+        model.reset_classifier(3, "avgmax")
+
+
+@pytest.mark.parametrize("name", ["hubclf_alexnet", "hubclf_vgg11_bn_slim"])
+def test_factory_device_and_dtype_reach_every_tensor(name):
+    model = timm.create_model(name, num_classes=3, device="meta", dtype=torch.float64)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())
+    model.reset_classifier(7)
+    assert model.get_classifier().weight.device.type == "meta"
+    assert model.get_classifier().weight.dtype == torch.float64

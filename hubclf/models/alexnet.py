@@ -36,20 +36,23 @@ class AlexNet(ConvClassifier):
         head_type: str = "classic",
         global_pool: str = "avg",
         drop_rate: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd = dict(device=device, dtype=dtype)
         # Same indices as torchvision's `features`, so its state-dict keys map one to one.
         features = nn.Sequential(
-            nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2),
+            nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2, **dd),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2, **dd),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1, **dd),
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1, **dd),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1, **dd),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
@@ -69,6 +72,7 @@ class AlexNet(ConvClassifier):
             global_pool=global_pool,
             drop_rate=drop_rate,
             dropout_first=True,
+            **dd,
         )
 
 
@@ -83,7 +87,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AlexNet:
     return build_classifier(
-        AlexNet, variant, pretrained, filter_fn=checkpoint_filter_fn, out_indices=(0, 1, 2, 3), **kwargs
+        AlexNet, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), **kwargs
     )
 
 

@@ -42,7 +42,10 @@ class VGG(ConvClassifier):
         head_type: str = "classic",
         global_pool: str = "avg",
         drop_rate: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd = dict(device=device, dtype=dtype)
         modules: list[nn.Module] = []
         feature_info = []
         chs, reduction = in_chans, 1
@@ -53,9 +56,9 @@ class VGG(ConvClassifier):
                 modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 reduction *= 2
                 continue
-            modules.append(nn.Conv2d(chs, int(spec), kernel_size=3, padding=1))
+            modules.append(nn.Conv2d(chs, int(spec), kernel_size=3, padding=1, **dd))
             if batch_norm:
-                modules.append(nn.BatchNorm2d(int(spec)))
+                modules.append(nn.BatchNorm2d(int(spec), **dd))
             modules.append(nn.ReLU(inplace=True))
             chs = int(spec)
         feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"features.{len(modules) - 1}"))
@@ -69,6 +72,7 @@ class VGG(ConvClassifier):
             global_pool=global_pool,
             drop_rate=drop_rate,
             dropout_first=False,
+            **dd,
         )
         self._init_weights()
 
@@ -98,7 +102,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> VGG:
     # Five stage outputs by default; index 5 (the final max pool) can be asked for through out_indices.
     return build_classifier(
-        VGG, variant, pretrained, filter_fn=checkpoint_filter_fn, out_indices=(0, 1, 2, 3, 4), **kwargs
+        VGG, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3, 4), **kwargs
     )
 
 
