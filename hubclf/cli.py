@@ -276,6 +276,58 @@ def _run_app(args: argparse.Namespace) -> int:
             revision=args.revision,
         )
     launch_app(app, host=args.host, port=args.port, share=args.share)
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from hubclf.export import DEFAULT_ATOL, FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="Export a model to ONNX or TorchScript (labels and preprocessing inside), checked against PyTorch",
+        description="Writes OUT only after the exported file reproduces PyTorch's logits (max abs difference <= "
+        "--atol) with onnxruntime / torch.jit.load. Label names, input size, mean, std, interpolation and crop_pct "
+        "are stored in the file (ONNX metadata_props, TorchScript extra file config.json). ONNX needs "
+        "pip install 'hubclf[export]'. Exit status: 0 written, 2 error (nothing written). "
+        "Example: hubclf export me/flowers-alexnet flowers.onnx --img-size 448 224 --dynamic",
+    )
+    p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
+    p.add_argument("out", help="output file (.onnx or .pt), or a folder (gets model.onnx / model.pt)")
+    p.add_argument("--format", choices=sorted(FORMATS), default=None, help="default: from OUT's suffix")
+    p.add_argument(
+        "--img-size",
+        nargs=2,
+        type=int,
+        metavar=("HEIGHT", "WIDTH"),
+        default=None,
+        help="export input size, e.g. 448 224 (default: the model's saved input size)",
+    )
+    p.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="free batch/height/width axes (ONNX); also checks a second rectangular size (5/7 of each side)",
+    )
+    p.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help=f"max abs logit difference (default: {DEFAULT_ATOL})"
+    )
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from hubclf.export import export_model
+
+    with _messages_on_stderr("hubclf.export", "hubclf export: %(message)s", level="INFO"):
+        result = export_model(
+            args.model,
+            args.out,
+            format=args.format,
+            img_size=args.img_size,
+            dynamic=args.dynamic,
+            atol=args.atol,
+            revision=args.revision,
+        )
+    print(result.summary())
     return 0
 
 
@@ -301,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval, _add_app):
+    for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval, _add_app, _add_export):
         add(sub)
     return parser
 
