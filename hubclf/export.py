@@ -396,6 +396,9 @@ def _load(model: nn.Module | str | os.PathLike, revision: str | None) -> nn.Modu
         raise FileNotFoundError(f"model {model} not found on the Hub (or not readable with this token)") from e
     if not hasattr(loaded, "num_classes") or not hasattr(loaded, "pretrained_cfg"):
         raise ValueError(f"{type(loaded).__name__} is not a timm/hubclf classifier (no num_classes/pretrained_cfg)")
+    devices = {p.device.type for p in loaded.parameters()}
+    if devices - {"cpu"}:  # the check feeds CPU tensors, and exported files are meant to load anywhere
+        raise ValueError(f"export a model on the CPU (its parameters are on {sorted(devices)}): call model.cpu()")
     return loaded
 
 
