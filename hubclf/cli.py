@@ -280,8 +280,6 @@ def _run_app(args: argparse.Namespace) -> int:
 
 # ---- export ----------------------------------------------------------------------------------------------------
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from hubclf.export import DEFAULT_ATOL, FORMATS
-
     p = sub.add_parser(
         "export",
         help="Export a model to ONNX or TorchScript (labels and preprocessing inside), checked against PyTorch",
@@ -293,7 +291,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
     p.add_argument("out", help="output file (.onnx or .pt), or a folder (gets model.onnx / model.pt)")
-    p.add_argument("--format", choices=sorted(FORMATS), default=None, help="default: from OUT's suffix")
+    # Literals, not hubclf.export's constants: importing it (torch, timm) here would slow down every `hubclf --help`.
+    p.add_argument("--format", choices=("onnx", "torchscript"), default=None, help="default: from OUT's suffix")
     p.add_argument(
         "--img-size",
         nargs=2,
@@ -307,9 +306,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="free batch/height/width axes (ONNX); also checks a second rectangular size (5/7 of each side)",
     )
-    p.add_argument(
-        "--atol", type=float, default=DEFAULT_ATOL, help=f"max abs logit difference (default: {DEFAULT_ATOL})"
-    )
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default: 1e-4)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     p.set_defaults(func=_run_export)
 

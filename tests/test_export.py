@@ -272,3 +272,14 @@ def test_a_wrong_torchscript_graph_leaves_the_previous_file_untouched(small_mode
 
     assert out.read_text() == "the previous export"
     assert leftovers(tmp_path, {"m.pt"}) == []
+
+
+def test_cli_defaults_match_the_library():
+    from hubclf.cli import build_parser
+    from hubclf.export import DEFAULT_ATOL, FORMATS
+
+    args = build_parser().parse_args(["export", "m", "out.onnx"])
+    assert args.atol == DEFAULT_ATOL
+    export_parser = build_parser()._subparsers._group_actions[0].choices["export"]
+    format_action = next(a for a in export_parser._actions if a.dest == "format")
+    assert sorted(format_action.choices) == sorted(FORMATS)
