@@ -139,8 +139,9 @@ def export_model(
             _write_torchscript(model, tmp, inputs, metadata)
             actual = _run_torchscript(tmp, inputs, metadata)
         diffs = {_shape_name(x): _max_abs_diff(a, e) for x, a, e in zip(inputs, actual, expected, strict=True)}
-        worst_shape, worst = max(diffs.items(), key=lambda item: item[1])
-        if not worst <= atol:  # NaN fails too
+        failed = [(shape, diff) for shape, diff in diffs.items() if not diff <= atol]  # NaN fails too
+        if failed:
+            worst_shape, worst = failed[0] if math.isnan(failed[0][1]) else max(failed, key=lambda item: item[1])
             raise ExportCheckError(
                 f"the {FORMAT_NAMES[format]} export of {metadata['architecture']} does not match PyTorch: max abs "
                 f"diff of the logits {worst:.2e} at {worst_shape} exceeds {atol:.0e}; nothing was written to {out}"

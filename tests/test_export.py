@@ -283,3 +283,13 @@ def test_cli_defaults_match_the_library():
     export_parser = build_parser()._subparsers._group_actions[0].choices["export"]
     format_action = next(a for a in export_parser._actions if a.dest == "format")
     assert sorted(format_action.choices) == sorted(FORMATS)
+
+
+def test_nan_logits_fail_the_check_whichever_size_they_appear_at(small_model, tmp_path, monkeypatch):
+    from hubclf import export
+
+    real_run = export._run_torchscript
+    monkeypatch.setattr(export, "_run_torchscript", lambda *a: [real_run(*a)[0], torch.full((2, 3), float("nan"))])
+    with pytest.raises(ExportCheckError, match=r"nan at 2×3×92×82"):
+        export_model(small_model, tmp_path / "m.pt", dynamic=True)
+    assert leftovers(tmp_path, set()) == []
