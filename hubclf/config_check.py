@@ -330,11 +330,11 @@ def printable(text: Any) -> str:
 # ---- field checks ---------------------------------------------------------------------------------------------
 def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
     problems = []
+    if not _is_size(cfg.get("input_size"), 3):
+        problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {_short(cfg.get('input_size'))}")
     unknown = sorted(set(cfg) - PRETRAINED_CFG_FIELDS)
     if unknown:
         problems.append(f"pretrained_cfg has fields timm does not know: {_shorts(unknown[:10])}")
-    if not _is_size(cfg.get("input_size"), 3):
-        problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {_short(cfg.get('input_size'))}")
     for field in ("min_input_size", "test_input_size"):
         if cfg.get(field) is not None and not _is_size(cfg[field], 3):
             problems.append(f"pretrained_cfg.{field} must be [C, H, W], got {_short(cfg[field])}")
