@@ -523,7 +523,9 @@ def _locate(
             f"no Hub repo {hub_id} (or it is private: set HF_TOKEN), and no local folder {hub_id}"
         ) from e
     except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(f"{hub_id}/{CONFIG_NAME} is not in the Hub cache and the Hub cannot be reached") from e
+        raise FileNotFoundError(
+            f"{hub_id}/{CONFIG_NAME} is not in the Hub cache and the Hub cannot be reached (no local folder {hub_id})"
+        ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{hub_id} has no {CONFIG_NAME}, so it is not a hubclf/timm model repo") from e
     try:

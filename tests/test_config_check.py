@@ -34,6 +34,7 @@ from hubclf.config_check import (
 from hubclf.evaluate import format_report
 from hubclf.hub import from_pretrained, save_pretrained
 from hubclf.predict import ImagePrediction, format_predictions
+from tests.hub_fixtures import set_hub_offline
 
 ARCH = "hubclf_alexnet_slim"
 LABELS = ["daisy", "rose", "tulip"]
@@ -307,6 +308,16 @@ def test_missing_hub_repo_and_revision_are_one_line(use_hub, new_repo_id, good, 
         assert main(argv) == 2
         captured = capsys.readouterr()
         assert captured.err.count("\n") == 1 and expected in captured.err, captured.err
+
+
+def test_unreachable_hub_is_one_line(monkeypatch, tmp_path, capsys, image):
+    monkeypatch.chdir(tmp_path)
+    set_hub_offline(monkeypatch)
+    with pytest.raises(FileNotFoundError, match=r"^nobody/nothing/config.json is not in the Hub cache and the Hub "
+                       r"cannot be reached \(no local folder nobody/nothing\)"):  # fmt: skip
+        from_pretrained("nobody/nothing")
+    assert main(["predict", "nobody/nothing", str(image)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_hub_http_errors_are_one_line(monkeypatch, capsys, image):
