@@ -528,6 +528,7 @@ def _locate(
         ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{hub_id} has no {CONFIG_NAME}, so it is not a hubclf/timm model repo") from e
+    check_model_files(Path(config_file), None, hub_id)  # a hostile config.json: refused before the weights download
     try:
         hf_hub_download(hub_id, WEIGHTS_NAME, **download)
     except EntryNotFoundError as e:

@@ -310,6 +310,22 @@ def test_missing_hub_repo_and_revision_are_one_line(use_hub, new_repo_id, good, 
         assert captured.err.count("\n") == 1 and expected in captured.err, captured.err
 
 
+def test_hostile_config_on_the_hub_is_refused_before_the_weights_download(use_hub, new_repo_id, good):
+    repo_id = new_repo_id("hostile")
+    api = HfApi(token=use_hub.token)
+    api.create_repo(repo_id)
+    config = json.loads((good / "config.json").read_text())
+    config["model_args"]["img_size"] = [100000, 100000]
+    api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json", repo_id=repo_id)
+    api.upload_file(path_or_fileobj=str(good / "model.safetensors"), path_in_repo="model.safetensors", repo_id=repo_id)
+    since = len(use_hub.requests)
+    with pytest.raises(ConfigError, match=rf"^{repo_id}/config.json is not a valid hubclf config: model_args.img_size"):
+        from_pretrained(repo_id)
+    requested = [r.path for r in use_hub.requests[since:]]
+    assert any("config.json" in path for path in requested)
+    assert not any("model.safetensors" in path for path in requested)
+
+
 def test_unreachable_hub_is_one_line(monkeypatch, tmp_path, capsys, image):
     monkeypatch.chdir(tmp_path)
     set_hub_offline(monkeypatch)
