@@ -45,6 +45,7 @@ MAX_PIXELS = 4096 * 4096  # H × W
 MAX_CHANNELS = 64
 MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 256
+MAX_PIXEL_STAT = 1000  # |mean|, |std|: timm's are on the 0..1 scale, a few models' on 0..255
 MAX_NAME_CHARS = 256  # architecture and other identifier-like strings
 # timm's interpolation names (timm.data.transforms.str_to_interp_mode), its eval crop modes, and the pools
 # each hubclf head takes (the classic head pools to a fixed grid, the slim head is timm's ClassifierHead).
@@ -346,7 +347,8 @@ def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
         if _is_size(size, 3) and not 1 <= size[0] <= MAX_CHANNELS:
             problems.append(f"pretrained_cfg.{field} has {size[0]} channels; expected 1..{MAX_CHANNELS}")
     if _is_size(cfg.get("test_input_size"), 3):
-        test_crop = cfg.get("test_crop_pct") if _is_number(cfg.get("test_crop_pct")) else 1.0
+        test_crop = cfg.get("test_crop_pct")
+        test_crop = test_crop if _is_number(test_crop) and 0 < test_crop <= 1 else 1.0  # else reported below
         problems += _size_problems("pretrained_cfg.test_input_size", *cfg["test_input_size"][1:], test_crop, None)
     if cfg.get("interpolation", "bilinear") not in INTERPOLATIONS:
         problems.append(
@@ -362,6 +364,8 @@ def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
         value = cfg.get(field, [0.5])
         if not (isinstance(value, list) and 1 <= len(value) <= 4 and all(_is_number(v) for v in value)):
             problems.append(f"pretrained_cfg.{field} must be a list of 1 to 4 finite numbers, got {_short(value)}")
+        elif not all(abs(v) <= MAX_PIXEL_STAT for v in value):
+            problems.append(f"pretrained_cfg.{field} values must lie within ±{MAX_PIXEL_STAT}, got {_short(value)}")
         elif field == "std" and not all(v > 0 for v in value):
             problems.append(f"pretrained_cfg.std must be positive (images are divided by it), got {value}")
     mean, std = cfg.get("mean"), cfg.get("std")
@@ -479,7 +483,7 @@ def _hubclf_model_class(architecture: str) -> type[ConvClassifier] | None:
         return None
     try:
         model_class = typing.get_type_hints(timm.models.model_entrypoint(architecture)).get("return")
-    except (NameError, TypeError):
+    except (NameError, TypeError, AttributeError):  # an unannotated entrypoint: not a hubclf model
         return None
     return model_class if isinstance(model_class, type) and issubclass(model_class, ConvClassifier) else None
 
@@ -489,7 +493,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """A finite int or float (a JSON integer of 400 digits is finite, but too large for math.isfinite)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _is_size(value: Any, length: int) -> bool:
