@@ -25,7 +25,7 @@ import timm
 import torch.nn as nn
 from timm.models import PretrainedCfg
 
-from hubclf.models._base import CLASSIFIER, ConvClassifier
+from hubclf.models._base import ConvClassifier
 
 __all__ = [
     "ConfigError",
@@ -48,15 +48,16 @@ MAX_LABEL_CHARS = 256
 MAX_PIXEL_STAT = 1000  # |mean|, |std|: timm's are on the 0..1 scale, a few models' on 0..255
 MAX_NAME_CHARS = 256  # architecture and other identifier-like strings
 # timm's interpolation names (timm.data.transforms.str_to_interp_mode), its eval crop modes, and the pools
-# each hubclf head takes (the classic head pools to a fixed grid, the slim head is timm's ClassifierHead).
+# each head takes: hubclf's classic head pools to a fixed grid, its slim head is timm's ClassifierHead ("" = no
+# pooling); other timm models also have fast pools (timm.layers.SelectAdaptivePool2d) and ViT-style token/map pools.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
 POOLS_CLASSIC = ("avg", "max")
-POOLS_SLIM = ("avg", "max", "avgmax", "catavgmax")
-# model_args a config may pass to a hubclf model's constructor: only settings that keep the saved weights'
-# layout. Architecture switches (head_type, layers, batch_norm, num_classes) come from the architecture name.
+POOLS_SLIM = ("", "avg", "max", "avgmax", "catavgmax")
+POOLS_TIMM = (*POOLS_SLIM, "fast", "fastavg", "fastmax", "fastavgmax", "fastcatavgmax", "token", "map")
+# model_args a config may pass to a model's constructor, if its class takes them: only settings that keep the
+# saved weights' layout. Architecture switches (head_type, layers, depths...) come from the architecture name.
 CONFIG_MODEL_ARGS = ("img_size", "in_chans", "global_pool", "drop_rate")
-FIRST_CONV = "features.0"
 # safetensors dtypes and their sizes in bytes.
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -222,14 +223,14 @@ def validate_config(
     if not isinstance(architecture, str) or not architecture or len(architecture) > MAX_NAME_CHARS:
         problems.append("'architecture' (a timm model name) is missing")
         architecture = ""
-    model_class = _hubclf_model_class(architecture)
+    model_class = _model_class(architecture)
     num_classes = config.get("num_classes")
     if not _is_int(num_classes) or not 0 <= num_classes <= MAX_CLASSES:
         problems.append(f"num_classes must be an integer in 0..{MAX_CLASSES:,}, got {_short(num_classes)}")
         num_classes = None
     if "num_features" in config and not (_is_int(config["num_features"]) and 0 <= config["num_features"] <= 1 << 20):
         problems.append(f"num_features must be a non-negative integer, got {_short(config['num_features'])}")
-    pools = POOLS_SLIM if architecture.endswith("_slim") else POOLS_CLASSIC
+    pools = _pools(architecture, model_class)
     if "global_pool" in config and config["global_pool"] not in pools:
         problems.append(f"global_pool must be one of {pools}, got {_short(config['global_pool'])}")
 
@@ -278,8 +279,8 @@ def validate_config(
     if "hubclf" in config and not isinstance(config["hubclf"], dict):
         problems.append("'hubclf' (the model card metadata) must be an object")
 
-    if not problems and tensor_shapes is not None and model_class is not None:
-        problems += _shape_problems(tensor_shapes, num_classes, in_chans)
+    if not problems and tensor_shapes is not None and timm.is_model(architecture):
+        problems += _shape_problems(tensor_shapes, architecture, num_classes, in_chans)
     if problems:
         raise ConfigError(f"{source} is not a valid hubclf config: " + "; ".join(problems))
     return config
@@ -401,8 +402,9 @@ def _model_args_problems(
     defaults: dict[str, Any] = {}
     if model_class is not None:
         parameters = inspect.signature(model_class).parameters
-        # img_size is taken by hubclf's builder (it sets the input size), the rest by the model class itself.
-        accepted = {"img_size"} | {name for name in CONFIG_MODEL_ARGS if name in parameters}
+        accepted = {name for name in CONFIG_MODEL_ARGS if name in parameters}
+        if issubclass(model_class, ConvClassifier):
+            accepted.add("img_size")  # taken by hubclf's builder, which sets the input size from it
         defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
     unknown = sorted(set(model_args) - accepted - {"num_classes"})
     if unknown:
@@ -453,39 +455,65 @@ def _label_descriptions_problems(descriptions: Any) -> list[str]:
     return []
 
 
-def _shape_problems(shapes: dict[str, tuple[int, ...]], num_classes: int | None, in_chans: int | None) -> list[str]:
+def _shape_problems(
+    shapes: dict[str, tuple[int, ...]], architecture: str, num_classes: int | None, in_chans: int | None
+) -> list[str]:
+    """The classifier and first conv in the file against the config. Their names come from timm's registry for the
+    architecture (its default pretrained cfg), not from the untrusted config."""
+    registered = timm.models.get_pretrained_cfg(architecture)
+    classifiers = _names(getattr(registered, "classifier", None))
+    first_convs = _names(getattr(registered, "first_conv", None))
     problems = []
-    classifier = shapes.get(f"{CLASSIFIER}.weight")
-    if num_classes == 0 and classifier is not None:
-        problems.append(f"num_classes is 0, but model.safetensors has a classifier {CLASSIFIER}.weight {classifier}")
-    elif num_classes and classifier is None:
-        problems.append(f"num_classes is {num_classes}, but model.safetensors has no classifier {CLASSIFIER}.weight")
-    elif num_classes and (len(classifier) != 2 or classifier[0] != num_classes):
-        problems.append(
-            f"num_classes is {num_classes}, but the classifier {CLASSIFIER}.weight in model.safetensors has shape "
-            f"{list(classifier)} ({classifier[0]} classes)"
-        )
-    first_conv = shapes.get(f"{FIRST_CONV}.weight")
-    if first_conv is None:
-        problems.append(f"model.safetensors has no first conv {FIRST_CONV}.weight")
-    elif in_chans is not None and (len(first_conv) != 4 or first_conv[1] != in_chans):
-        problems.append(
-            f"model_args.in_chans is {in_chans} (3 if unset), but the first conv {FIRST_CONV}.weight in "
-            f"model.safetensors has shape {list(first_conv)}"
-        )
+    for classifier in classifiers[:1]:  # a distilled model's second head has the same rows
+        weight = shapes.get(f"{classifier}.weight")
+        if num_classes == 0 and weight is not None:
+            problems.append(
+                f"num_classes is 0, but model.safetensors has a classifier {classifier}.weight {list(weight)}"
+            )
+        elif num_classes and weight is None:
+            problems.append(
+                f"num_classes is {num_classes}, but model.safetensors has no classifier {classifier}.weight"
+            )
+        elif num_classes and (not weight or weight[0] != num_classes):
+            problems.append(
+                f"num_classes is {num_classes}, but the classifier {classifier}.weight in model.safetensors has shape "
+                f"{list(weight)} ({weight[0] if weight else 0} classes)"
+            )
+    for first_conv in first_convs[:1]:
+        weight = shapes.get(f"{first_conv}.weight")
+        if weight is None:
+            problems.append(f"model.safetensors has no first conv {first_conv}.weight")
+        elif in_chans is not None and len(weight) == 4 and weight[1] != in_chans:
+            problems.append(
+                f"model_args.in_chans is {in_chans} (3 if unset), but the first conv {first_conv}.weight in "
+                f"model.safetensors has shape {list(weight)}"
+            )
     return problems
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------------
-def _hubclf_model_class(architecture: str) -> type[ConvClassifier] | None:
-    """The class a registered hubclf architecture builds, from its entrypoint's return annotation."""
+def _model_class(architecture: str) -> type[nn.Module] | None:
+    """The class a registered timm/hubclf architecture builds, from its entrypoint's return annotation."""
     if not architecture or not timm.is_model(architecture):
         return None
     try:
         model_class = typing.get_type_hints(timm.models.model_entrypoint(architecture)).get("return")
-    except (NameError, TypeError, AttributeError):  # an unannotated entrypoint: not a hubclf model
+    except (NameError, TypeError, AttributeError):  # an entrypoint without a resolvable annotation
         return None
-    return model_class if isinstance(model_class, type) and issubclass(model_class, ConvClassifier) else None
+    return model_class if isinstance(model_class, type) and issubclass(model_class, nn.Module) else None
+
+
+def _pools(architecture: str, model_class: type[nn.Module] | None) -> tuple[str, ...]:
+    if model_class is not None and issubclass(model_class, ConvClassifier):
+        return POOLS_SLIM if architecture.endswith("_slim") else POOLS_CLASSIC
+    return POOLS_TIMM
+
+
+def _names(value: Any) -> list[str]:
+    """timm's ``classifier`` / ``first_conv``: a module name, a tuple of them, or None."""
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
 
 
 def _is_int(value: Any) -> bool:

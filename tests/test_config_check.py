@@ -162,7 +162,7 @@ CASES = [
     ("model_args_num_classes", edit_config(set_in("model_args.num_classes", 3)),
      "config.json", r"model_args must not hold num_classes"),
     ("model_args_global_pool_evil", edit_config(set_in("model_args.global_pool", "evil")),
-     "config.json", r"model_args.global_pool must be one of \('avg', 'max', 'avgmax', 'catavgmax'\), got 'evil'"),
+     "config.json", r"model_args.global_pool must be one of \('', 'avg', 'max', 'avgmax', 'catavgmax'\), got 'evil'"),
     ("global_pool_evil", edit_config(set_in("global_pool", "evil")),
      "config.json", r"global_pool must be one of .*, got 'evil'"),
     ("drop_rate_5", edit_config(set_in("model_args.drop_rate", 5)),
@@ -258,8 +258,37 @@ def test_hostile_folder_is_one_line_and_exit_2_on_the_cli(good, image, tmp_path,
     assert captured.err.startswith(f"hubclf predict: error: {folder}/{file}")
 
 
-def test_the_good_folder_loads(good):
+TIMM_CASES = [  # a plain timm architecture (any timm model loads): classifier and first conv named by timm's registry
+    ("num_classes_vs_fc", edit_config(lambda c: (c.update(num_classes=5), c.pop("label_names"))),
+     r"num_classes is 5, but the classifier fc.weight in model.safetensors has shape \[3, 96\]"),
+    ("in_chans_vs_conv1", edit_config(set_in("model_args.in_chans", 4)),
+     r"model_args.in_chans is 4 .*conv1.0.weight in model.safetensors has shape \[16, 3, 3, 3\]"),
+    ("architecture_switch", edit_config(set_in("model_args.layers", [9, 9, 9, 9])),
+     r"model_args \['layers'\] are not accepted \(allowed: \['drop_rate', 'global_pool', 'in_chans'\]\)"),
+    ("img_size_not_taken", edit_config(set_in("model_args.img_size", 64)),
+     r"model_args \['img_size'\] are not accepted"),
+    ("global_pool_evil", edit_config(set_in("model_args.global_pool", "evil")),
+     r"model_args.global_pool must be one of \(.*'token', 'map'\), got 'evil'"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def good_timm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = timm.create_model("test_resnet", num_classes=len(LABELS))
+    return save_pretrained(model, tmp_path_factory.mktemp("good-timm") / "model", label_names=LABELS)
+
+
+@pytest.mark.parametrize("break_it,message", [c[1:] for c in TIMM_CASES], ids=[c[0] for c in TIMM_CASES])
+def test_hostile_timm_folder_is_refused(good_timm, tmp_path, nothing_is_built, break_it, message):
+    folder = copy_folder(good_timm, tmp_path / "hostile")
+    break_it(folder)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(folder / 'config.json'))}.*{message}"):
+        from_pretrained(folder)
+
+
+def test_the_good_folders_load(good, good_timm):
     assert from_pretrained(good).label_names == LABELS
+    assert from_pretrained(good_timm).label_names == LABELS
 
 
 def test_oom_sized_config_is_refused_without_allocating(good, tmp_path, nothing_is_built):
