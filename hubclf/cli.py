@@ -356,20 +356,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hubclf.logs import redact, redacted_logs
+    """Run one sub-command; a user-facing error is ONE line on stderr and exit status 2, never a traceback.
+
+    HUBCLF_DEBUG=1 re-raises it with its traceback instead.
+
+        sys.exit(main(["predict", "me/flowers-alexnet", "rose.jpg"]))
+    """
+    from hubclf.logs import redacted_logs
 
     args = build_parser().parse_args(argv)
     try:
         with redacted_logs():  # no Hub token or signed storage URL in any log line of any command
             return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # User-facing errors get one clear line, not a traceback; HUBCLF_DEBUG=1 shows the traceback.
+    except _user_errors() as e:
         import os
 
         if os.environ.get("HUBCLF_DEBUG"):
             raise
-        print(f"hubclf {args.command}: error: {redact(str(e))}", file=sys.stderr)
+        print(f"hubclf {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: a missing file, folder, Hub repo or revision, an unreachable Hub, a broken or hostile
+    config.json / model.safetensors (ValueError, UnicodeDecodeError, RecursionError, SafetensorError), no memory.
+
+    Evaluated only when an exception reaches ``main``, so these imports cost nothing on the happy path.
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors import SafetensorError
+
+    return ValueError, OSError, RuntimeError, MemoryError, EntryNotFoundError, SafetensorError
+
+
+def _one_line(error: BaseException, limit: int = 2000) -> str:
+    """The error message on one line: tokens and signed URLs redacted, whitespace runs (Hub errors span several
+    lines) collapsed, control characters escaped (messages may quote an untrusted file), at most ``limit`` characters.
+    """
+    from hubclf.config_check import printable
+    from hubclf.logs import redact
+
+    message = " ".join(redact(str(error)).split()) or type(error).__name__
+    if not type(error).__module__.startswith(("builtins", "hubclf")):
+        message = f"{type(error).__name__}: {message}"
+    message = printable(message)
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, default_collate
 
+from hubclf.config_check import printable
 from hubclf.predict import label_names_of, load_model
 from hubclf.train.data import (
     BadImageError,
@@ -222,9 +223,12 @@ def _why_unreadable(images: ImageClassificationDataset, row: int) -> str:
 def format_report(result: dict[str, Any]) -> str:
     """The evaluation as text: headline numbers, per-class accuracy, and the confusion matrix with label names.
 
+    Label names (the model's, or a dataset's ClassLabel names) and sources are printed with control characters
+    and line breaks escaped.
+
         print(format_report(evaluate_model("out/flowers/best", "photos/")))
     """
-    names = result["label_names"]
+    names = [printable(name) for name in result["label_names"]]
     confusion = result["confusion_matrix"]
     skipped = f" ({result['num_skipped']} unreadable, skipped)" if result["num_skipped"] else ""
     scores = [f"top-1 {result['top1']:.1%}"]
@@ -232,14 +236,15 @@ def format_report(result: dict[str, Any]) -> str:
         scores.append(f"top-5 {result['top5']:.1%}")
     scores.append(f"loss {result['loss']:.4f}")
     lines = [
-        f"{result['model']} on {result['data']} [{result['split']}]: {result['num_samples']} images evaluated{skipped}",
+        printable(f"{result['model']} on {result['data']} [{result['split']}]: ")
+        + f"{result['num_samples']} images evaluated{skipped}",
         "   ".join(scores),
         "",
         "per-class accuracy",
     ]
     name_width = max(len(name) for name in names)
-    for name, row in zip(names, confusion, strict=True):
-        total, right = sum(row), row[names.index(name)]
+    for i, (name, row) in enumerate(zip(names, confusion, strict=True)):
+        total, right = sum(row), row[i]
         accuracy = f"{right / total:>6.1%}" if total else "   n/a"
         lines.append(f"  {name:<{name_width}}  {accuracy}  ({right}/{total})")
 

@@ -40,11 +40,19 @@ from huggingface_hub import (
     ModelCardData,
     hf_hub_download,
 )
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf
 
+from hubclf.config_check import check_model_files, label_name_problems
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
 from hubclf.models._base import ConvClassifier
@@ -113,8 +121,9 @@ def save_pretrained(
             f"{save_dir} already holds pickle weights {pickles}; a hubclf model folder has {WEIGHTS_NAME} as its "
             f"only weights file. Save into an empty folder."
         )
-    if label_names is None and len(model.pretrained_cfg.get("label_names") or ()) == model.num_classes:
-        label_names = model.pretrained_cfg["label_names"]  # a loaded model keeps its labels when saved again
+    saved_names = model.pretrained_cfg.get("label_names")
+    if label_names is None and saved_names and len(saved_names) == model.num_classes:
+        label_names = saved_names  # a loaded model keeps its labels when saved again
     label_names = _check_label_names(label_names, model.num_classes)
     trainable, total = param_counts(model)
     metadata = {
@@ -449,7 +458,7 @@ def from_pretrained(
     cache_dir, token = overrides.pop("cache_dir", None), overrides.pop("token", None)
     folder, hub_id = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
     source = hub_id or str(folder)
-    config = _read_config(folder / CONFIG_NAME)
+    config = _read_config(folder / CONFIG_NAME, source)
     _check_architecture(config["architecture"], source)
 
     # timm parses config.json (model_args, pretrained_cfg, label names) exactly as for its own "local-dir:" models;
@@ -482,8 +491,10 @@ def _locate(
         folder, hub_id = Path(name.removeprefix("local-dir:")), None
     elif name.startswith("hf-hub:"):
         folder, hub_id = None, name.removeprefix("hf-hub:")
-    elif Path(name).is_dir():
-        folder, hub_id = Path(name), None
+    elif Path(name).expanduser().exists() or _looks_like_a_path(name):
+        folder, hub_id = Path(name).expanduser(), None
+        if not folder.exists() and _is_hub_id(name):
+            raise FileNotFoundError(f"model folder {name} does not exist (for the Hub repo, write hf-hub:{name})")
     elif _is_hub_id(name):
         folder, hub_id = None, name
     else:
@@ -505,8 +516,19 @@ def _locate(
                     library_version=_hubclf_version())  # fmt: skip
     try:
         config_file = hf_hub_download(hub_id, CONFIG_NAME, **download)
+    except RevisionNotFoundError as e:
+        raise FileNotFoundError(f"Hub repo {hub_id} has no revision {revision!r}") from e
+    except RepositoryNotFoundError as e:  # also what the Hub answers for a private repo without a token
+        raise FileNotFoundError(
+            f"no Hub repo {hub_id} (or it is private: set HF_TOKEN), and no local folder {hub_id}"
+        ) from e
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{hub_id}/{CONFIG_NAME} is not in the Hub cache and the Hub cannot be reached (no local folder {hub_id})"
+        ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{hub_id} has no {CONFIG_NAME}, so it is not a hubclf/timm model repo") from e
+    check_model_files(Path(config_file), None, hub_id)  # a hostile config.json: refused before the weights download
     try:
         hf_hub_download(hub_id, WEIGHTS_NAME, **download)
     except EntryNotFoundError as e:
@@ -515,9 +537,26 @@ def _locate(
     return Path(config_file).parent, hub_id
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A name that can only mean a local folder: never looked up on the Hub, even when the folder is missing.
+
+    Hub ids are ``owner/name``; ``./x``, ``../x``, ``/x``, ``~/x``, ``x/``, ``a/b/c``, a backslash, or ``owner/name``
+    whose ``owner`` is a local folder (``out/best`` next to ``out/``) are paths. ``hf-hub:owner/name`` forces the Hub.
+    """
+    parts = name.replace("\\", "/").split("/")
+    return (
+        name.startswith(("/", "./", "../", "~", "."))
+        or name.endswith(("/", "\\"))
+        or "\\" in name
+        or len(parts) >= 3
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
+
+
 def _check_model_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
+        what = "is a file, not a model folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"model folder {folder} {what}")
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; write the folder with hubclf.save_pretrained()")
     if not (folder / WEIGHTS_NAME).is_file():
@@ -545,40 +584,13 @@ def _pickle_files_on_hub(repo_id: str, revision: str | None, token: str | None) 
     return sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """Parse and validate config.json, with an error that names the file and the problem."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    problems = []
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    if not isinstance(config.get("architecture"), str):
-        problems.append("'architecture' (a timm model name) is missing")
-    num_classes = config.get("num_classes")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-        problems.append(f"'num_classes' must be a non-negative integer, got {num_classes!r}")
-    pretrained_cfg = config.get("pretrained_cfg")
-    if not isinstance(pretrained_cfg, dict):
-        problems.append("'pretrained_cfg' (timm's preprocessing config) is missing")
-    else:
-        input_size = pretrained_cfg.get("input_size")
-        if not (isinstance(input_size, list) and len(input_size) == 3 and all(isinstance(s, int) for s in input_size)):
-            problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {input_size!r}")
-        unknown = sorted(set(pretrained_cfg) - PRETRAINED_CFG_FIELDS)
-        if unknown:
-            problems.append(f"pretrained_cfg has fields timm does not know: {unknown}")
-    if not isinstance(config.get("model_args", {}), dict):
-        problems.append("'model_args' must be an object")
-    elif "num_classes" in config.get("model_args", {}):
-        problems.append("'model_args' must not hold num_classes (it belongs at the top level)")
-    label_names = config.get("label_names")
-    if label_names is not None and (not isinstance(label_names, list) or len(label_names) != num_classes):
-        problems.append(f"'label_names' must be a list of num_classes={num_classes} names")
-    if problems:
-        raise ValueError(f"{path} is not a valid hubclf config: " + "; ".join(problems))
-    return config
+def _read_config(path: Path, source: str | None = None) -> dict[str, Any]:
+    """Read and validate config.json against the model.safetensors header next to it, before anything is built.
+
+    ``source`` (a folder or Hub repo id) names the file in errors; every check is in ``hubclf.config_check``.
+    """
+    weights = path.parent / WEIGHTS_NAME
+    return check_model_files(path, weights if weights.is_file() else None, source or str(path.parent))
 
 
 def _check_architecture(architecture: str, source: str) -> None:
@@ -635,18 +647,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _check_label_names(label_names: list[str] | None, num_classes: int) -> list[str] | None:
+    """The rules from_pretrained applies to a loaded config, so a saved folder always loads back."""
     if label_names is None:
-        logger.warning("no label_names given: the model card and pipelines will show class indices")
+        if num_classes:
+            logger.warning("no label_names given: the model card and pipelines will show class indices")
         return None
     label_names = list(label_names)
-    if len(label_names) != num_classes:
-        raise ValueError(f"{len(label_names)} label_names for a model with num_classes={num_classes}")
-    bad = [name for name in label_names if not isinstance(name, str) or not name.strip()]
-    if bad:
-        raise ValueError(f"label_names must be non-empty strings, got {bad}")
-    duplicates = sorted({name for name in label_names if label_names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"label_names must be unique, repeated: {duplicates}")
+    problems = label_name_problems(label_names, num_classes)
+    if problems:
+        raise ValueError("label_names: " + "; ".join(problems))
     return label_names
 
 

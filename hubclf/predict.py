@@ -24,6 +24,7 @@ from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from hubclf.config_check import printable
 from hubclf.hub import from_pretrained
 from hubclf.train.data import BadImageError, build_transforms, decode_image
 
@@ -173,6 +174,8 @@ def predict(
 def format_predictions(results: Sequence[ImagePrediction]) -> str:
     """One block per image: its path, then ``score  label`` lines, best first (unreadable images are left out).
 
+    Control characters and line breaks in paths and label names are escaped, so each stays on its line.
+
         photos/rose1.jpg
            91.2%  rose
             6.1%  daisy
@@ -180,6 +183,6 @@ def format_predictions(results: Sequence[ImagePrediction]) -> str:
     blocks = []
     for result in results:
         if result.error is None:
-            lines = [f"  {p['score']:>6.1%}  {p['label']}" for p in result.predictions]
-            blocks.append("\n".join([result.path, *lines]))
+            lines = [f"  {p['score']:>6.1%}  {printable(p['label'])}" for p in result.predictions]
+            blocks.append("\n".join([printable(result.path), *lines]))
     return "\n".join(blocks)

@@ -186,7 +186,7 @@ def _config_is_invalid(folder: Path) -> None:
 @pytest.mark.parametrize(
     "breakage, error, message",
     [
-        (_weights_do_not_fit, RuntimeError, r"does not fit .* mis-shaped"),
+        (_weights_do_not_fit, ValueError, r"num_classes is 5, but the classifier head.fc.weight .* shape \[3, 256\]"),
         (_card_does_not_parse, ValueError, "not a model card huggingface_hub can parse"),
         (_card_is_missing, FileNotFoundError, "has no README.md"),
         (_config_is_invalid, ValueError, "not a valid hubclf config"),
