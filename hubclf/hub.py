@@ -1,7 +1,8 @@
 """Publish and load fine-tuned hubclf models: ``save_pretrained``, ``push_to_hub``, ``from_pretrained``.
 
-A saved model is a folder (and a Hub repo) with exactly three files, in the layout timm itself uses, so hubclf,
-``timm.create_model("hf-hub:...")`` and 🤗 transformers' ``pipeline`` all load it:
+A saved model is a folder (and a Hub repo) with three files, in the layout timm itself uses, so hubclf,
+``timm.create_model("hf-hub:...")`` and 🤗 transformers' ``pipeline`` all load it (plus the PNG pictures the card
+shows, when there are some: ``confusion_matrix.png`` and ``training_curves.png`` for a trained model):
 
 - ``model.safetensors``: the state dict with bare timm keys, the only weights file (never a pickle);
 - ``config.json``: timm's Hub config (architecture, num_classes, label_names, model_args, pretrained_cfg) plus a
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The template lives in model_cards/ at the repository root; a wheel ships it as hubclf/model_cards/
 # (see pyproject.toml). A source checkout or editable install reads it in place.
 _CARD_LOCATIONS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
@@ -102,11 +104,15 @@ def save_pretrained(
     eval_results: dict | None = None,
     epoch_metrics: list[dict] | None = None,
     extra_config: dict | None = None,
+    images: dict[str, bytes] | None = None,
+    images_skipped: str | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card into ``save_dir``.
 
     ``eval_results`` holds validation metrics such as ``{"accuracy": 0.91}``; ``freeze`` is ``"none"``,
-    ``"backbone"`` or the last frozen module (e.g. ``"features.5"``). Returns ``save_dir`` as a ``Path``.
+    ``"backbone"`` or the last frozen module (e.g. ``"features.5"``). ``images`` are PNG pictures by file name
+    (``hubclf.plots.model_pictures``), written next to the weights, listed in config.json, shown in the card and
+    pushed with the model; ``images_skipped`` says in the card why there are none. Returns ``save_dir`` as a ``Path``.
 
         save_pretrained(model, "out/flowers", label_names=["daisy", "rose"], freeze="backbone",
                         eval_results={"accuracy": 0.91})
@@ -136,6 +142,8 @@ def save_pretrained(
         "hyperparameters": hyperparameters or {},
         "eval_results": eval_results or {},
         "epoch_metrics": epoch_metrics or [],
+        "images": _check_images(images or {}),
+        "images_skipped": images_skipped,
     }
     _check_json("hyperparameters/eval_results/epoch_metrics", metadata)
     extra_config = dict(extra_config or {})
@@ -148,6 +156,8 @@ def save_pretrained(
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # transformers refuses safetensors files without format metadata.
     safetensors.torch.save_file(state_dict, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+    for name, png in (images or {}).items():
+        (save_dir / name).write_bytes(png)
     config = _write_config(model, save_dir / CONFIG_NAME, label_names, metadata, extra_config)
     render_model_card(config, str(save_dir.resolve())).save(save_dir / CARD_NAME)
     logger.info("saved %s (%d classes) to %s", config["architecture"], config["num_classes"], save_dir)
@@ -215,7 +225,9 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
                 dataset_type=dataset if dataset and _is_hub_id(dataset) else "imagefolder",
                 dataset_name=dataset or "image folder",
                 dataset_split="validation",
-                metric_type=name,
+                # The Hub's metric type for F1 is "f1"; hubclf reports its macro average over the classes.
+                metric_type="f1" if name == "macro_f1" else name,
+                metric_name="macro F1" if name == "macro_f1" else None,
                 metric_value=value,
             )
             for name, value in eval_results.items()
@@ -253,6 +265,8 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
         epoch_columns=[_md_cell(c) for c in epoch_columns],
         epoch_rows=[[_md_cell(_fmt(row.get(c, ""))) for c in epoch_columns] for row in epoch_metrics],
         eval_rows=[(_md_cell(k), _fmt(v)) for k, v in eval_results.items()],
+        images=meta.get("images") or [],
+        images_skipped=meta.get("images_skipped"),
     )
 
 
@@ -358,12 +372,14 @@ def _push(
         reloaded = _check_folder_for_push(folder)
         config = _read_config(folder / CONFIG_NAME)
         card = str(render_model_card(config, repo_id)).encode("utf-8")
+        images = config.get("hubclf", {}).get("images") or []
 
         def operations() -> list[CommitOperationAdd]:  # fresh for every attempt: an operation is single-use
             return [
                 CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
                 CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
                 CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card),
+                *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in images),
             ]
 
         message = commit_message or f"Upload {config['architecture']} ({config['num_classes']} classes) with hubclf"
@@ -395,7 +411,8 @@ def _check_folder_for_push(folder: Path) -> nn.Module:
     """Everything a push can check without the network; returns the model as loaded from ``folder``.
 
     The three files must be there, ``config.json`` valid, ``model.safetensors`` must load strictly into the
-    architecture config.json describes, and ``README.md`` must parse as a model card.
+    architecture config.json describes, ``README.md`` must parse as a model card, and every picture config.json
+    lists (the card links to them) must be a PNG in the folder.
     """
     _check_model_folder(folder)
     card_path = folder / CARD_NAME
@@ -405,6 +422,10 @@ def _check_folder_for_push(folder: Path) -> nn.Module:
         ModelCard.load(card_path)
     except (ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{card_path} is not a model card huggingface_hub can parse: {e}") from e
+    for name in _read_config(folder / CONFIG_NAME).get("hubclf", {}).get("images") or []:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}, which config.json lists and the model card shows")
+        _check_images({name: (folder / name).read_bytes()[: len(PNG_SIGNATURE)]}, where=str(folder / name))
     return from_pretrained(folder)
 
 
@@ -657,6 +678,16 @@ def _check_label_names(label_names: list[str] | None, num_classes: int) -> list[
     if problems:
         raise ValueError("label_names: " + "; ".join(problems))
     return label_names
+
+
+def _check_images(images: dict[str, bytes], where: str = "images") -> list[str]:
+    """Pictures are PNGs with plain file names that are not one of the model's own files; returns the names."""
+    for name, png in images.items():
+        if Path(name).name != name or not name.endswith(".png") or name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+            raise ValueError(f"{where}: picture names are plain .png file names, got {name!r}")
+        if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
+            raise ValueError(f"{where}: {name!r} is not PNG data")
+    return sorted(images)
 
 
 def _check_json(what: str, value: Any) -> None:

@@ -171,6 +171,77 @@ def test_save_rejects_bad_input(model, tmp_path, kwargs, message):
     assert not (tmp_path / "model.safetensors").exists()
 
 
+# ---- pictures in the folder, the card and the push ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pictured(model, tmp_path_factory) -> Path:
+    """A folder saved with both pictures (drawn by hubclf.plots) and a macro-F1 result."""
+    from hubclf.plots import model_pictures
+
+    history = [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.4, "val_top1": 0.5},
+        {"epoch": 2, "train_loss": 0.6, "val_loss": 0.8, "train_top1": 0.7, "val_top1": 0.75},
+    ]
+    images, skipped = model_pictures([[3, 1, 0], [0, 2, 0], [1, 0, 1]], LABELS, history)
+    assert skipped is None and sorted(images) == ["confusion_matrix.png", "training_curves.png"]
+    kwargs = {**CARD_KWARGS, "eval_results": {**CARD_KWARGS["eval_results"], "macro_f1": 0.7}}
+    return save_pretrained(model, tmp_path_factory.mktemp("pictured") / "flowers", images=images, **kwargs)
+
+
+def test_pictures_are_saved_listed_and_shown_in_the_card(pictured):
+    assert sorted(p.name for p in pictured.iterdir()) == [
+        "README.md", "config.json", "confusion_matrix.png", "model.safetensors", "training_curves.png",
+    ]  # fmt: skip
+    assert json.loads((pictured / "config.json").read_text())["hubclf"]["images"] == [
+        "confusion_matrix.png", "training_curves.png",
+    ]  # fmt: skip
+    card = ModelCard.load(pictured / "README.md")
+    assert "![Confusion matrix](confusion_matrix.png)" in card.text
+    assert "![Training curves](training_curves.png)" in card.text
+    assert "skipped" not in card.text
+    metrics = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
+    assert {"type": "f1", "value": 0.7, "name": "macro F1"} in metrics
+
+
+def test_card_says_why_pictures_were_skipped(model, tmp_path):
+    save_pretrained(model, tmp_path, label_names=LABELS, images_skipped="matplotlib is not installed")
+    text = (tmp_path / "README.md").read_text()
+    assert "plots were skipped: matplotlib is not installed" in text and "](confusion_matrix.png)" not in text
+
+
+@pytest.mark.parametrize(
+    "images,message",
+    [({"../x.png": b"\x89PNG\r\n\x1a\n"}, "plain .png file names"), ({"a.png": b"GIF89a"}, "not PNG data")],
+)
+def test_save_rejects_bad_pictures(model, tmp_path, images, message):
+    with pytest.raises(ValueError, match=message):
+        save_pretrained(model, tmp_path, label_names=LABELS, images=images)
+
+
+def test_push_uploads_the_pictures_the_card_shows(use_hub, new_repo_id, pictured, tmp_path):
+    repo_id = new_repo_id("pictures")
+    push_to_hub(pictured, repo_id, token=use_hub.token)
+    api = HfApi(token=use_hub.token)
+    assert {"confusion_matrix.png", "training_curves.png", "README.md"} <= set(api.list_repo_files(repo_id))
+    for name in ("confusion_matrix.png", "training_curves.png"):
+        downloaded = Path(api.hf_hub_download(repo_id, name, cache_dir=tmp_path))
+        assert downloaded.read_bytes() == (pictured / name).read_bytes()
+    card = ModelCard.load(repo_id)
+    assert "![Confusion matrix](confusion_matrix.png)" in card.text
+    assert "![Training curves](training_curves.png)" in card.text
+
+
+def test_push_refuses_a_folder_missing_a_listed_picture(use_hub, new_repo_id, pictured, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in pictured.iterdir():
+        if p.name != "training_curves.png":
+            (broken / p.name).write_bytes(p.read_bytes())
+    requests_before = len(use_hub.requests)
+    with pytest.raises(FileNotFoundError, match="no training_curves.png, which config.json lists"):
+        push_to_hub(broken, new_repo_id("broken"), token=use_hub.token)
+    assert len(use_hub.requests) == requests_before  # checked before any request
+
+
 # ---- from_pretrained from a folder -----------------------------------------------------------------------------
 @pytest.mark.parametrize("spelling", ["path", "str", "local-dir:"])
 def test_load_folder_restores_weights_labels_and_input_size(model, saved, spelling):

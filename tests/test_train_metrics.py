@@ -64,3 +64,28 @@ def test_evaluate_masks_unreadable_rows_and_reports_them():
 def test_format_metrics_is_one_short_line():
     line = format_metrics({"loss": 0.41234, "top1": 0.875, "top5": 0.99}, prefix="val_")
     assert line == "val_loss 0.4123 val_top1 87.5% val_top5 99.0%"
+
+
+def test_precision_recall_f1_per_class_and_macro_f1():
+    # Predictions a, b, a for labels a, b, e (5 classes): c and d never occur, e is never predicted.
+    logits = torch.tensor([[5.0, 1, 0, 0, 0], [0, 4.0, 1, 0, 0], [3.0, 2, 1, 0.5, 0.1]])
+    metrics = ClassificationMetrics(5, label_names=list("abcde"))
+    metrics.update(logits, torch.tensor([0, 1, 4]))
+    result = metrics.compute()
+    assert result["per_class_precision"] == {"a": 0.5, "b": 1.0, "c": None, "d": None, "e": None}
+    assert result["per_class_recall"] == {"a": 1.0, "b": 1.0, "c": None, "d": None, "e": 0.0}
+    assert result["per_class_recall"] == result["per_class_accuracy"]
+    assert result["per_class_f1"] == {"a": pytest.approx(2 / 3), "b": 1.0, "c": None, "d": None, "e": 0.0}
+    # The missed class e counts as 0; c and d (neither labelled nor predicted) are left out of the mean.
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_f1_is_the_harmonic_mean_of_precision_and_recall_when_both_exist():
+    torch.manual_seed(1)
+    metrics = ClassificationMetrics(4)
+    metrics.update(torch.randn(200, 4), torch.randint(0, 4, (200,)))
+    result = metrics.compute()
+    for name, f1 in result["per_class_f1"].items():
+        p, r = result["per_class_precision"][name], result["per_class_recall"][name]
+        assert f1 == pytest.approx(2 * p * r / (p + r) if p + r else 0.0)
+    assert result["macro_f1"] == pytest.approx(sum(result["per_class_f1"].values()) / 4)

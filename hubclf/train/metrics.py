@@ -62,12 +62,22 @@ class ClassificationMetrics:
 
     def compute(self) -> dict[str, Any]:
         """``loss``, ``top1``, ``top5`` (≥ 5 classes), ``per_class_accuracy`` (``None`` for absent classes),
-        ``confusion_matrix`` (rows: true class, columns: prediction) and ``num_samples``."""
+        ``per_class_precision`` / ``per_class_recall`` / ``per_class_f1`` and ``macro_f1``,
+        ``confusion_matrix`` (rows: true class, columns: prediction) and ``num_samples``.
+
+        Per-class values are keyed by label name. Precision is ``None`` for a class nothing was predicted as,
+        recall (= per-class accuracy) ``None`` for a class without samples. F1 is ``2·TP / (2·TP + FP + FN)``:
+        0 for a class that has samples but is never predicted (or is predicted but has no samples), ``None``
+        only when the class neither occurs nor is predicted. ``macro_f1`` is the unweighted mean of the
+        non-``None`` F1 values, so a class the model misses entirely pulls it down, and a class absent from
+        both the labels and the predictions is left out rather than counted as 0 or 1.
+        """
         count = self.num_samples
         if count == 0:
             raise ValueError("no samples were evaluated (was every image unreadable?)")
         per_class_total = self.confusion.sum(dim=1)
         per_class_correct = self.confusion.diagonal()
+        per_class_predicted = self.confusion.sum(dim=0)
         result: dict[str, Any] = {
             "loss": self.loss_sum / count,
             "top1": per_class_correct.sum().item() / count,
@@ -76,6 +86,20 @@ class ClassificationMetrics:
             result["top5"] = self.top5_correct / count
         per_class = zip(self.label_names, per_class_correct.tolist(), per_class_total.tolist(), strict=True)
         result["per_class_accuracy"] = {name: (right / total if total else None) for name, right, total in per_class}
+        precision, recall, f1 = {}, {}, {}
+        for name, right, total, predicted in zip(
+            self.label_names,
+            per_class_correct.tolist(),
+            per_class_total.tolist(),
+            per_class_predicted.tolist(),
+            strict=True,
+        ):
+            precision[name] = right / predicted if predicted else None
+            recall[name] = right / total if total else None
+            f1[name] = 2 * right / (total + predicted) if total + predicted else None
+        result["per_class_precision"], result["per_class_recall"], result["per_class_f1"] = precision, recall, f1
+        scored = [value for value in f1.values() if value is not None]
+        result["macro_f1"] = sum(scored) / len(scored)  # never empty: count > 0 means some class occurs
         result["confusion_matrix"] = self.confusion.tolist()
         result["num_samples"] = count
         return result
