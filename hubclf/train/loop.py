@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
+from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
@@ -583,6 +584,11 @@ def _save_model(
     eval_results = {"accuracy": best["val_top1"], "loss": best["val_loss"]}
     if "val_top5" in best:
         eval_results["top5_accuracy"] = best["val_top5"]
+    if "val_macro_f1" in best:
+        eval_results["macro_f1"] = best["val_macro_f1"]
+    # The confusion matrix of the epoch whose weights these are: the best one, or the last one for final/.
+    shown = history[-1] if directory.name == FINAL_DIR else best
+    images, images_skipped = model_pictures(shown.get("val_confusion_matrix"), data.label_names, history)
     save_pretrained(
         model,
         directory,
@@ -593,6 +599,8 @@ def _save_model(
         hyperparameters=_hyperparameters(config, num_processes),
         eval_results=eval_results,
         epoch_metrics=[{k: row[k] for k in CARD_COLUMNS if k in row} for row in history],
+        images=images,
+        images_skipped=images_skipped,
     )
 
 
