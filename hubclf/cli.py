@@ -111,6 +111,72 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- lr-find -------------------------------------------------------------------------------------------------
+_LR_FIND_FLAGS = ("start_lr", "end_lr", "steps", "smoothing", "diverge_factor", "repeat_data", "json")
+
+
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    from hubclf.train.config import add_train_arguments
+
+    p = sub.add_parser(
+        "lr-find",
+        help="LR range test: sweep the learning rate exponentially, plot the loss, suggest an LR for `hubclf train`",
+        description="Takes hubclf train's flags (model, data, --freeze, --opt, --batch-size...) and trains for at most "
+        "--steps batches (never more than one pass over the training images unless --repeat-data) while the LR grows "
+        "from --start-lr to --end-lr; stops early when the smoothed loss passes --diverge-factor x its best. Writes "
+        "OUTPUT_DIR/lr_find.png and lr_find.json. The suggestion is where the smoothed loss falls fastest (else the "
+        "minimum's LR / 10). Example: hubclf lr-find --model hubclf_alexnet --data photos/ --freeze backbone "
+        "--output-dir out/",
+    )
+    add_train_arguments(p)
+    group = p.add_argument_group("LR range test")
+    group.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    group.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
+    group.add_argument("--steps", type=int, default=100, help="training steps of the sweep (default: 100)")
+    group.add_argument(
+        "--smoothing", type=float, default=0.9, help="beta of the loss's moving average, in [0, 1) (default: 0.9)"
+    )
+    group.add_argument(
+        "--diverge-factor", type=float, default=4.0, help="stop once the smoothed loss is this x its best (default: 4)"
+    )
+    group.add_argument(
+        "--repeat-data", action="store_true", help="allow more steps than one pass over the training images"
+    )
+    group.add_argument("--json", action="store_true", help="print the whole result (curve included) as JSON")
+    p.set_defaults(func=_run_lr_find)
+
+
+def _run_lr_find(args: argparse.Namespace) -> int:
+    import json
+
+    from hubclf.train.config import config_from_args
+    from hubclf.train.lr_find import lr_find
+
+    train_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _LR_FIND_FLAGS})
+    config = config_from_args(train_flags)
+    with _messages_on_stderr("hubclf.train.lr_find", "hubclf lr-find: %(message)s", level="INFO"):
+        result = lr_find(
+            config,
+            start_lr=args.start_lr,
+            end_lr=args.end_lr,
+            steps=args.steps,
+            smoothing=args.smoothing,
+            diverge_factor=args.diverge_factor,
+            allow_repeat=args.repeat_data,
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"suggested lr {result.suggested_lr:.3g} ({result.method} of the smoothed loss)")
+    print(
+        f"lowest smoothed loss {min(result.smoothed_losses):.4f} at lr {result.min_loss_lr:.3g}; "
+        f"{len(result.lrs)} steps, {result.stop_reason}"
+    )
+    plot = result.plot_path or f"no plot ({result.plot_skipped})"
+    print(f"curve: {result.curve_path}; plot: {plot}")
+    return 0
+
+
 # ---- predict / eval -------------------------------------------------------------------------------------------
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -133,6 +199,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print a JSON list of {path, predictions: [{label, score}], error} (error is null for a readable image)",
     )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of each image and its horizontal mirror",
+    )
     p.set_defaults(func=_run_predict)
 
 
@@ -150,6 +221,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             device=args.device,
             revision=args.revision,
+            tta=args.tta,
         )
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
@@ -186,6 +258,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding (default: 0)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: score the mean softmax of each image and its horizontal mirror",
+    )
+    p.add_argument(
+        "--show-errors",
+        type=int,
+        default=0,
+        metavar="K",
+        help="list the K most confidently wrong images (path, true and predicted label, probability)",
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="PATH", help="draw the confusion matrix (normalised by row) as a PNG at PATH"
+    )
     p.set_defaults(func=_run_eval)
 
 
@@ -196,6 +283,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from hubclf.evaluate import evaluate_model, format_report
 
+    if args.plot:  # before the evaluation, not after it
+        from hubclf.plots import matplotlib_missing
+
+        if matplotlib_missing():
+            raise RuntimeError(f"--plot: {matplotlib_missing()}")
     accelerator = Accelerator()
     with _messages_on_stderr("hubclf.evaluate", "hubclf eval: %(message)s"):
         result = evaluate_model(
@@ -210,8 +302,15 @@ def _run_eval(args: argparse.Namespace) -> int:
             labels=args.labels,
             path_column=args.path_column,
             accelerator=accelerator,
+            tta=args.tta,
+            show_errors=args.show_errors,
         )
     if accelerator.is_main_process:
+        if args.plot:
+            from hubclf.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(result["confusion_matrix"], result["label_names"], args.plot)
+            print(f"hubclf eval: confusion matrix drawn in {args.plot}", file=sys.stderr)
         print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -350,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_push, _add_train, _add_predict, _add_eval, _add_app, _add_export):
+    for add in (_add_convert, _add_push, _add_train, _add_lr_find, _add_predict, _add_eval, _add_app, _add_export):
         add(sub)
     return parser
 

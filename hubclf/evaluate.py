@@ -1,6 +1,7 @@
 """Score a saved or published hubclf model on a labelled dataset: ``hubclf eval`` and ``evaluate_model()``.
 
-Top-1, top-5 (with at least 5 classes), loss, per-class accuracy and the confusion matrix, computed with the training
+Top-1, top-5 (with at least 5 classes), loss, per-class accuracy, precision, recall and F1, macro-F1, the confusion
+matrix and (on request) the most confidently wrong images, computed with the training
 loop's own data path and metrics, so the numbers match ``hubclf train``'s validation and add up correctly under
 ``accelerate launch`` (every image counted once). The dataset's classes are matched to the model's by name.
 
@@ -22,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, default_collate
 
 from hubclf.config_check import printable
-from hubclf.predict import label_names_of, load_model
+from hubclf.predict import class_probabilities, label_names_of, load_model
 from hubclf.train.data import (
     BadImageError,
     ImageClassificationDataset,
@@ -53,6 +54,8 @@ def evaluate_model(
     labels: str | None = None,
     path_column: str | None = None,
     accelerator: Any = None,
+    tta: bool = False,
+    show_errors: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a loaded model, or anything ``hubclf.from_pretrained`` takes) on ``data``'s ``split``.
 
@@ -64,11 +67,18 @@ def evaluate_model(
     class indices. Unreadable images are skipped, listed in ``skipped_images`` and left out of the metrics. Pass an
     ``accelerate.Accelerator`` to share one; every process gets the same result.
 
+    ``tta=True`` scores the mean softmax of each image and its horizontal mirror (``predict.class_probabilities``);
+    the loss is then the cross-entropy of those averaged probabilities. ``show_errors=K`` adds ``errors``: the K
+    wrong predictions made with the highest probability, most confident first, each with ``path``, ``true_label``,
+    ``predicted_label``, ``probability`` (of the predicted label) and ``true_probability``.
+
         result = evaluate_model("out/flowers/best", "photos/", split="validation")
         result["top1"], result["confusion_matrix"][true_index][predicted_index]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if show_errors < 0:
+        raise ValueError(f"show_errors is a number of images, at least 0; got {show_errors}")
     if accelerator is None:
         from accelerate import Accelerator
 
@@ -104,9 +114,20 @@ def evaluate_model(
     was_training = model.training
     model.eval().to(accelerator.device)
 
+    mistakes: list[tuple[int, int, int, float, float]] = []  # (row, true, predicted, p(predicted), p(true))
+
     def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with accelerator.autocast():
-            return model(batch["pixel_values"])
+            if tta:
+                probabilities = class_probabilities(model, batch["pixel_values"], tta=True)
+                # Log-probabilities are logits whose softmax is `probabilities`: metrics and loss stay consistent.
+                scores = probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+            else:
+                scores = model(batch["pixel_values"])
+                probabilities = None
+        if show_errors:
+            mistakes.extend(_mistakes(probabilities if tta else scores.float().softmax(dim=1), batch))
+        return scores
 
     try:
         metrics = evaluate(
@@ -116,6 +137,7 @@ def evaluate_model(
         model.train(was_training)
     # evaluate() gathered the skipped rows of every process, so each process holds the full list.
     skipped = [{"path": images.describe(r), "error": _why_unreadable(images, r)} for r in metrics.pop("skipped_rows")]
+    errors = _most_confident(mistakes, show_errors, images, label_names) if show_errors else None
     if accelerator.is_main_process:
         for bad in skipped:
             logger.warning("%s (skipped)", bad["error"])
@@ -129,7 +151,49 @@ def evaluate_model(
         **metrics,
         "num_skipped": len(skipped),
         "skipped_images": skipped,
+        "tta": tta,
+        **({"errors": errors} if errors is not None else {}),
     }
+
+
+def _mistakes(probabilities: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[tuple[int, int, int, float, float]]:
+    """This process's wrong predictions in a batch, as (row, true class, predicted class, p(predicted), p(true))."""
+    probabilities = probabilities.cpu()
+    labels, rows = batch["labels"].cpu(), batch["index"].cpu()
+    valid = batch["valid"].bool().cpu() if "valid" in batch else torch.ones_like(labels, dtype=torch.bool)
+    best, predicted = probabilities.max(dim=1)
+    wrong = (predicted != labels) & valid
+    true_probability = probabilities.gather(1, labels[:, None])[:, 0]
+    return list(
+        zip(
+            rows[wrong].tolist(),
+            labels[wrong].tolist(),
+            predicted[wrong].tolist(),
+            best[wrong].tolist(),
+            true_probability[wrong].tolist(),
+            strict=True,
+        )
+    )
+
+
+def _most_confident(
+    mistakes: list[tuple[int, int, int, float, float]], k: int, images: ImageClassificationDataset, names: list[str]
+) -> list[dict[str, Any]]:
+    """The ``k`` most confident mistakes over every process (rows that distributed padding repeated count once)."""
+    from accelerate.utils import gather_object
+
+    unique = {mistake[0]: mistake for mistake in gather_object(mistakes)}
+    ranked = sorted(unique.values(), key=lambda m: (-m[3], m[0]))[:k]
+    return [
+        {
+            "path": images.describe(row),
+            "true_label": names[true],
+            "predicted_label": names[predicted],
+            "probability": probability,
+            "true_probability": true_probability,
+        }
+        for row, true, predicted, probability, true_probability in ranked
+    ]
 
 
 def _describe(model: nn.Module) -> str:
@@ -235,6 +299,10 @@ def format_report(result: dict[str, Any]) -> str:
     if "top5" in result:
         scores.append(f"top-5 {result['top5']:.1%}")
     scores.append(f"loss {result['loss']:.4f}")
+    if result.get("macro_f1") is not None:
+        scores.append(f"macro-F1 {result['macro_f1']:.3f}")
+    if result.get("tta"):
+        scores.append("(TTA: mean of the image and its mirror)")
     lines = [
         printable(f"{result['model']} on {result['data']} [{result['split']}]: ")
         + f"{result['num_samples']} images evaluated{skipped}",
@@ -247,6 +315,16 @@ def format_report(result: dict[str, Any]) -> str:
         total, right = sum(row), row[i]
         accuracy = f"{right / total:>6.1%}" if total else "   n/a"
         lines.append(f"  {name:<{name_width}}  {accuracy}  ({right}/{total})")
+    if "per_class_f1" in result:
+        lines += ["", "per-class precision, recall and F1 (n/a: nothing predicted / no images of the class)"]
+        lines.append(f"  {'':<{name_width}}  precision  recall     F1")
+        for name, key in zip(names, result["label_names"], strict=True):  # the JSON keys are the unescaped names
+            precision, recall = result["per_class_precision"][key], result["per_class_recall"][key]
+            f1 = result["per_class_f1"][key]
+            lines.append(
+                f"  {name:<{name_width}}  {_percent(precision):>9}  {_percent(recall):>6}  "
+                f"{'n/a' if f1 is None else f'{f1:.3f}':>5}"
+            )
 
     # Columns are numbered (names may be long); each row starts with its number and name.
     width = max(len(str(len(names) - 1)), *(len(str(count)) for row in confusion for count in row)) + 2
@@ -256,4 +334,19 @@ def format_report(result: dict[str, Any]) -> str:
     for i, (name, row) in enumerate(zip(names, confusion, strict=True)):
         label = f"{i:>{len(str(len(names) - 1))}} {name:<{name_width}}"
         lines.append(f"  {label}" + "".join(f"{count:>{width}}" for count in row))
+    if result.get("errors") is not None:
+        lines += ["", f"most confident mistakes ({len(result['errors'])})"]
+        if not result["errors"]:
+            lines.append("  none: every image was classified correctly")
+        for error in result["errors"]:
+            lines.append(
+                f"  {error['probability']:>6.1%}  "
+                + printable(f"{error['predicted_label']} (true: {error['true_label']}, ")
+                + f"{error['true_probability']:.1%})  "
+                + printable(error["path"])
+            )
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -154,7 +154,8 @@ def plot_lr_find(
     axes.set_xscale("log")
     finite = [v for v in smoothed if math.isfinite(v)]
     if finite:  # the last steps of a diverging run would squash the interesting part of the curve
-        low, high = min(finite), max(finite[: max(1, len(finite) // 2)] + [min(finite) * 1.5])
+        low = min(finite + [v for v in losses if math.isfinite(v)])
+        high = max(finite[: max(1, len(finite) // 2)] + [min(finite) * 1.5])
         axes.set_ylim(low - 0.1 * (high - low + 1e-8), max(high, low) + 0.25 * (high - low + 1e-8))
     axes.set_xlabel("learning rate (log scale)")
     axes.set_ylabel("training loss")

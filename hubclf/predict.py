@@ -28,7 +28,15 @@ from hubclf.config_check import printable
 from hubclf.hub import from_pretrained
 from hubclf.train.data import BadImageError, build_transforms, decode_image
 
-__all__ = ["ImagePrediction", "find_images", "format_predictions", "label_names_of", "load_model", "predict"]
+__all__ = [
+    "ImagePrediction",
+    "class_probabilities",
+    "find_images",
+    "format_predictions",
+    "label_names_of",
+    "load_model",
+    "predict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +102,22 @@ def label_names_of(model: nn.Module) -> list[str] | None:
     return list(names)
 
 
+def class_probabilities(model: nn.Module, pixel_values: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
+    """Softmax over the classes for a batch, in float32; ``tta=True`` averages it with that of the mirror image.
+
+    Test-time augmentation here is the horizontal flip only: the mean of the softmax of each image and of its
+    left-right mirror (one forward pass over both). It suits subjects whose mirror image is still the same class
+    (animals, flowers, most objects), not text or left/right-specific classes.
+
+        probabilities = class_probabilities(model, batch, tta=True)  # (N, num_classes), rows sum to 1
+    """
+    if not tta:
+        return model(pixel_values).float().softmax(dim=1)
+    both = model(torch.cat([pixel_values, pixel_values.flip(-1)])).float().softmax(dim=1)
+    original, mirrored = both.chunk(2)
+    return (original + mirrored) / 2
+
+
 class _ImageFiles(Dataset):
     """Decoded, transformed images; an unreadable file yields a zero tensor and its error message."""
 
@@ -121,12 +145,14 @@ def predict(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     revision: str | None = None,
+    tta: bool = False,
 ) -> list[ImagePrediction]:
     """Top-``top_k`` label names and probabilities for every image in ``paths`` (files and/or folders), in order.
 
     ``model`` is a loaded model or anything ``hubclf.from_pretrained`` takes. ``top_k`` larger than the number of
     classes gives all classes. A file PIL cannot decode (empty, not an image, truncated) comes back with ``error``
-    set and no predictions, and is logged; the other images are still classified.
+    set and no predictions, and is logged; the other images are still classified. ``tta=True`` averages the
+    probabilities of each image and its horizontal mirror (see ``class_probabilities``).
 
         results = predict("out/flowers/best", ["photos/"], top_k=3)
         results[0].predictions   # [{"label": "rose", "score": 0.91}, {"label": "daisy", "score": 0.06}, ...]
@@ -154,7 +180,7 @@ def predict(
     results: list[ImagePrediction] = []
     try:
         for batch in tqdm(loader, desc="predict", unit="batch", leave=False, disable=len(loader) < 2):
-            probabilities = model(batch["pixel_values"].to(device)).float().softmax(dim=1).cpu()
+            probabilities = class_probabilities(model, batch["pixel_values"].to(device), tta=tta).cpu()
             scores, classes = probabilities.topk(k, dim=1)
             for index, error, row_scores, row_classes in zip(
                 batch["index"].tolist(), batch["error"], scores.tolist(), classes.tolist(), strict=True
