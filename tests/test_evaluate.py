@@ -140,6 +140,82 @@ def test_format_report_shows_absent_classes_and_top5():
     assert "  c     n/a  (0/0)" in report
 
 
+# ---- precision/recall/F1, most confident mistakes, TTA, plot -----------------------------------------------------
+def test_precision_recall_f1_in_json_and_report(model_dir, image_folder, capsys):
+    assert main(["eval", str(model_dir), "--data", str(image_folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # Everything is predicted zebra: zebra precision 3/6, recall 1; ant and cat are never predicted.
+    assert result["per_class_precision"] == {"zebra": 0.5, "ant": None, "cat": None}
+    assert result["per_class_recall"] == {"zebra": 1.0, "ant": 0.0, "cat": 0.0}
+    assert result["per_class_f1"] == {"zebra": pytest.approx(2 / 3), "ant": 0.0, "cat": 0.0}
+    assert result["macro_f1"] == pytest.approx(2 / 9) and result["tta"] is False and "errors" not in result
+
+    assert main(["eval", str(model_dir), "--data", str(image_folder)]) == 0
+    report = capsys.readouterr().out
+    assert "macro-F1 0.222" in report
+    assert "  zebra      50.0%  100.0%  0.667" in report and "  ant          n/a    0.0%  0.000" in report
+
+
+def test_show_errors_lists_the_most_confident_mistakes(model_dir, image_folder, capsys):
+    result = evaluate_model(str(model_dir), str(image_folder), show_errors=2, batch_size=2)
+    p_zebra, p_ant, p_cat = (math.exp(b) / sum(math.exp(c) for c in BIAS) for b in BIAS)
+    # Three mistakes (2 ants, 1 cat), all "zebra" with the same probability: ties go in dataset order.
+    assert [(e["true_label"], e["predicted_label"]) for e in result["errors"]] == [("ant", "zebra")] * 2
+    for error in result["errors"]:
+        assert error["probability"] == pytest.approx(p_zebra, abs=1e-5)
+        assert error["true_probability"] == pytest.approx(p_ant, abs=1e-5)
+        assert "/validation/ant/" in error["path"]
+    everything = evaluate_model(str(model_dir), str(image_folder), show_errors=10)["errors"]
+    assert len(everything) == 3 and everything[-1]["true_label"] == "cat"
+    assert everything[-1]["true_probability"] == pytest.approx(p_cat, abs=1e-5)
+
+    assert main(["eval", str(model_dir), "--data", str(image_folder), "--show-errors", "1"]) == 0
+    report = capsys.readouterr().out
+    assert "most confident mistakes (1)" in report
+    assert f"{p_zebra:>6.1%}  zebra (true: ant, {p_ant:.1%})" in report and "validation/ant/0.png" in report
+    assert main(["eval", str(model_dir), "--data", str(image_folder), "--show-errors", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["errors"]) == 3
+    assert main(["eval", str(model_dir), "--data", str(image_folder), "--show-errors", "-1"]) == 2
+    assert "show_errors is a number of images" in capsys.readouterr().err
+
+
+def test_tta_scores_the_mean_of_the_image_and_its_mirror(tmp_path):
+    import timm
+    import torch
+
+    from tests.test_predict import HEIGHT, WIDTH
+
+    torch.manual_seed(3)
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=3, img_size=(HEIGHT, WIDTH)).eval()
+    model_path = save_pretrained(model, tmp_path / "varied", label_names=LABELS)
+    data = make_folder(tmp_path / "data", COUNTS)
+    result = evaluate_model(str(model_path), str(data), tta=True, batch_size=4)
+
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    names, loss, right = [], 0.0, 0
+    for path in sorted((data / "validation").rglob("*.png")):
+        pixels = transform(Image.open(path).convert("RGB")).unsqueeze(0)
+        with torch.inference_mode():
+            probabilities = ((model(pixels).softmax(1) + model(pixels.flip(-1)).softmax(1)) / 2)[0]
+        true = LABELS.index(path.parent.name)
+        loss -= math.log(probabilities[true].item())
+        right += int(probabilities.argmax().item() == true)
+        names.append(path)
+    assert result["tta"] is True
+    assert result["loss"] == pytest.approx(loss / len(names), rel=1e-4)
+    assert result["top1"] == pytest.approx(right / len(names))
+    plain = evaluate_model(str(model_path), str(data), batch_size=4)
+    assert plain["loss"] != pytest.approx(result["loss"], rel=1e-4)
+
+
+def test_plot_draws_the_confusion_matrix(model_dir, image_folder, tmp_path, capsys):
+    plot = tmp_path / "plots" / "cm.png"
+    assert main(["eval", str(model_dir), "--data", str(image_folder), "--plot", str(plot)]) == 0
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert f"confusion matrix drawn in {plot}" in capsys.readouterr().err
+
+
 # ---- accelerate launch: 2 processes ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_processes_under_accelerate_launch_give_the_single_process_json(tmp_path):
@@ -152,7 +228,8 @@ def test_two_processes_under_accelerate_launch_give_the_single_process_json(tmp_
     save_pretrained(model, model_dir)
     data = make_folder(tmp_path / "data", dict.fromkeys(names, 3))
     add_bad_images(data / "validation" / "cat")[0].unlink()  # keep two: text named .jpg, a truncated PNG
-    eval_args = ["-m", "hubclf.cli", "eval", str(model_dir), "--data", str(data), "--json"]
+    # --show-errors: the mistakes of both processes are gathered, and padded rows do not show up twice.
+    eval_args = ["-m", "hubclf.cli", "eval", str(model_dir), "--data", str(data), "--json", "--show-errors", "20"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     single = subprocess.run(
@@ -171,5 +248,10 @@ def test_two_processes_under_accelerate_launch_give_the_single_process_json(tmp_
     assert one["num_samples"] == 15 and one["num_skipped"] == 2 and "top5" in one
     assert (one.pop("num_processes"), two.pop("num_processes")) == (1, 2)
     assert two.pop("loss") == pytest.approx(one.pop("loss"), rel=1e-5)  # summed in another order
+    assert len(one["errors"]) == one["num_samples"] - round(one["top1"] * one["num_samples"])
+    for a, b in zip(one.pop("errors"), two.pop("errors"), strict=True):
+        assert a.pop("probability") == pytest.approx(b.pop("probability"), abs=1e-5)
+        assert a.pop("true_probability") == pytest.approx(b.pop("true_probability"), abs=1e-5)
+        assert a == b
     assert two == one
     assert double.stderr.count("hubclf eval: cannot read image") == 2  # each bad image reported once

@@ -18,7 +18,7 @@ from PIL import Image
 
 import hubclf
 from hubclf.cli import main
-from hubclf.predict import find_images, predict
+from hubclf.predict import class_probabilities, find_images, predict
 from tests.test_train_data import add_bad_images
 
 LABELS = ["zebra", "ant", "cat"]  # deliberately not alphabetical: an imagefolder would sort them differently
@@ -166,3 +166,42 @@ def test_predict_a_model_pushed_to_the_hub(model_dir, photos, use_hub, new_repo_
     output = json.loads(capsys.readouterr().out)
     assert code == 0
     assert [p["label"] for p in output[0]["predictions"]] == ["zebra", "ant", "cat"]
+
+
+# ---- test-time augmentation ------------------------------------------------------------------------------------------
+def varied_model(seed: int = 0) -> torch.nn.Module:
+    """A model whose predictions depend on the pixels and their left-right layout (random weights, head included)."""
+    torch.manual_seed(seed)
+    return timm.create_model("hubclf_alexnet_slim", num_classes=len(LABELS), img_size=(HEIGHT, WIDTH)).eval()
+
+
+def test_tta_is_the_mean_of_the_softmax_of_the_image_and_its_mirror():
+    model = varied_model()
+    pixels = torch.randn(3, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = model(pixels).softmax(dim=1)
+        mirrored = model(pixels.flip(-1)).softmax(dim=1)
+        tta = class_probabilities(model, pixels, tta=True)
+    torch.testing.assert_close(tta, (plain + mirrored) / 2)
+    assert not torch.allclose(plain, mirrored)  # the two views really differ, so the mean is not trivially either
+    torch.testing.assert_close(class_probabilities(model, pixels), plain)
+
+
+def test_predict_and_cli_tta_average_the_two_views(tmp_path, photos, capsys):
+    model = varied_model()
+    folder = hubclf.save_pretrained(model, tmp_path / "varied", label_names=LABELS)
+    image = photos["single"]
+    data_config = timm.data.resolve_data_config({}, model=model)
+    pixels = timm.data.create_transform(**data_config)(Image.open(image).convert("RGB")).unsqueeze(0)
+    with torch.inference_mode():
+        expected = ((model(pixels).softmax(1) + model(pixels.flip(-1)).softmax(1)) / 2)[0]
+
+    [result] = predict(folder, [image], tta=True, top_k=3)
+    scores = {p["label"]: p["score"] for p in result.predictions}
+    assert [scores[name] for name in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+    [plain] = predict(folder, [image], top_k=3)
+    assert plain.predictions != result.predictions
+
+    assert main(["predict", str(folder), str(image), "--tta", "--json", "--top-k", "3"]) == 0
+    printed = {p["label"]: p["score"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
+    assert printed == pytest.approx(scores)
