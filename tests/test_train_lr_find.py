@@ -119,5 +119,11 @@ def test_cli_prints_the_suggestion_and_writes_the_files(tmp_path, colours, capsy
     result = json.loads(capsys.readouterr().out)
     assert result["suggested_lr"] > 0 and len(result["lrs"]) == len(result["smoothed_losses"]) <= 6
 
+    assert main([*args, "--json", "--repeat-data", "--steps", "8", "--smoothing", "0", "--diverge-factor", "1e9"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["lrs"]) == 8 and not result["stopped_early"]  # 8 steps > one pass of 6 batches: repeated
+    assert result["smoothed_losses"] == result["losses"]  # beta 0: no smoothing
+    assert (result["settings"]["smoothing"], result["settings"]["diverge_factor"]) == (0.0, 1e9)
+
     assert main([*args, "--steps", "1"]) == 2
     assert "steps must be at least 2" in capsys.readouterr().err
