@@ -65,6 +65,7 @@ def test_smoke_run_pushed_three_repos_with_model_cards(smoke_run):
         assert _git(repo, "rev-parse", "main").strip() == summary[run]["commit"]  # the commit the trainer reported
         assert set(_git(repo, "ls-tree", "--name-only", "main").split()) == {
             ".gitattributes", "README.md", "config.json", "model.safetensors",
+            "confusion_matrix.png", "training_curves.png",  # hubclf train's pictures, shown in the card
         }  # fmt: skip
     # The lineage is on the Hub: each model card names the repo it started from.
     finetuned_card = _git(workdir / "hub" / "models" / summary["finetune"]["repo_id"], "show", "main:README.md")
