@@ -422,7 +422,10 @@ def _check_folder_for_push(folder: Path) -> nn.Module:
         ModelCard.load(card_path)
     except (ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{card_path} is not a model card huggingface_hub can parse: {e}") from e
-    for name in _read_config(folder / CONFIG_NAME).get("hubclf", {}).get("images") or []:
+    images = _read_config(folder / CONFIG_NAME).get("hubclf", {}).get("images") or []
+    if not isinstance(images, list) or not all(isinstance(name, str) for name in images):
+        raise ValueError(f"{folder / CONFIG_NAME}: hubclf.images must be a list of file names, got {images!r:.200}")
+    for name in images:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} has no {name}, which config.json lists and the model card shows")
         _check_images({name: (folder / name).read_bytes()[: len(PNG_SIGNATURE)]}, where=str(folder / name))
