@@ -147,8 +147,7 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_lr_find(args: argparse.Namespace) -> int:
-    import json
-
+    from hubclf.atomic import strict_json_dumps
     from hubclf.train.config import config_from_args
     from hubclf.train.lr_find import lr_find
 
@@ -165,7 +164,7 @@ def _run_lr_find(args: argparse.Namespace) -> int:
             allow_repeat=args.repeat_data,
         )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(strict_json_dumps(result.to_dict(), indent=2))  # a diverged loss (NaN/inf) -> null
         return 0
     print(f"suggested lr {result.suggested_lr:.3g} ({result.method} of the smoothed loss)")
     print(
@@ -208,8 +207,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    import json
-
+    from hubclf.atomic import strict_json_dumps
     from hubclf.predict import format_predictions, predict
 
     with _messages_on_stderr("hubclf.predict", "hubclf predict: %(message)s"):
@@ -224,7 +222,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             tta=args.tta,
         )
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(strict_json_dumps([result.to_dict() for result in results], indent=2))  # NaN/inf scores -> null
     else:
         print(format_predictions(results))
     failed = sum(result.error is not None for result in results)
@@ -277,10 +275,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    import json
-
     from accelerate import Accelerator
 
+    from hubclf.atomic import strict_json_dumps
     from hubclf.evaluate import evaluate_model, format_report
 
     if args.plot:  # before the evaluation, not after it
@@ -311,7 +308,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
             plot_confusion_matrix(result["confusion_matrix"], result["label_names"], args.plot)
             print(f"hubclf eval: confusion matrix drawn in {args.plot}", file=sys.stderr)
-        print(json.dumps(result, indent=2) if args.json else format_report(result))
+        print(strict_json_dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 

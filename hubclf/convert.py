@@ -16,6 +16,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from hubclf.atomic import atomic_write_file
 from hubclf.models import alexnet, vgg
 
 WEIGHTS_NAME = "model.safetensors"
@@ -78,7 +79,7 @@ def convert_torchvision_checkpoint(src: str | Path, dst: str | Path, model_name:
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         dst = dst / WEIGHTS_NAME
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dst), metadata={"format": "pt"})
-    return dst
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    # Atomic: an interrupted conversion never leaves a truncated model.safetensors behind.
+    return atomic_write_file(dst, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 

@@ -53,6 +53,8 @@ from huggingface_hub.utils import validate_repo_id
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf
 
+from hubclf._faults import fault_point
+from hubclf.atomic import atomic_write_text, staged_dir, strict_json_dumps, to_strict_json
 from hubclf.config_check import check_model_files, label_name_problems
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
@@ -121,11 +123,20 @@ def save_pretrained(
     save_dir = Path(save_dir)
     if save_dir.exists() and not save_dir.is_dir():
         raise NotADirectoryError(f"save_dir {save_dir} exists and is not a directory")
-    pickles = sorted(p.name for p in save_dir.glob("*") if p.suffix in PICKLE_SUFFIXES) if save_dir.is_dir() else []
+    existing = sorted(p.name for p in save_dir.iterdir()) if save_dir.is_dir() else []
+    pickles = [name for name in existing if Path(name).suffix in PICKLE_SUFFIXES]
     if pickles:
         raise ValueError(
             f"{save_dir} already holds pickle weights {pickles}; a hubclf model folder has {WEIGHTS_NAME} as its "
             f"only weights file. Save into an empty folder."
+        )
+    # A model folder: its three files and its pictures (PNG, see ``images``); nothing else would survive the swap.
+    model_files = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+    others = [name for name in existing if name not in model_files and not name.endswith(".png")]
+    if others:
+        raise ValueError(
+            f"{save_dir} also holds {others[:5]}; save_pretrained replaces the whole folder at once (a crash leaves "
+            "the old model or the new one), so save into an empty folder or an existing model folder"
         )
     saved_names = model.pretrained_cfg.get("label_names")
     if label_names is None and saved_names and len(saved_names) == model.num_classes:
@@ -145,6 +156,7 @@ def save_pretrained(
         "images": _check_images(images or {}),
         "images_skipped": images_skipped,
     }
+    metadata = to_strict_json(metadata)  # a diverged run's NaN/inf metrics are stored as null
     _check_json("hyperparameters/eval_results/epoch_metrics", metadata)
     extra_config = dict(extra_config or {})
     clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
@@ -152,14 +164,18 @@ def save_pretrained(
         raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
     _check_json("extra_config", extra_config)
 
-    save_dir.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # transformers refuses safetensors files without format metadata.
-    safetensors.torch.save_file(state_dict, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
-    for name, png in (images or {}).items():
-        (save_dir / name).write_bytes(png)
-    config = _write_config(model, save_dir / CONFIG_NAME, label_names, metadata, extra_config)
-    render_model_card(config, str(save_dir.resolve())).save(save_dir / CARD_NAME)
+    # The files go into a temporary sibling folder that replaces save_dir whole, once all are on disk.
+    with staged_dir(save_dir) as tmp:
+        # transformers refuses safetensors files without format metadata.
+        safetensors.torch.save_file(state_dict, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        fault_point("save_pretrained.after_weights")
+        for name, png in (images or {}).items():
+            (tmp / name).write_bytes(png)
+        config = _write_config(model, tmp / CONFIG_NAME, label_names, metadata, extra_config)
+        fault_point("save_pretrained.after_config")
+        render_model_card(config, str(save_dir.resolve())).save(tmp / CARD_NAME)
+        fault_point("save_pretrained.after_card")
     logger.info("saved %s (%d classes) to %s", config["architecture"], config["num_classes"], save_dir)
     return save_dir
 
@@ -167,7 +183,8 @@ def save_pretrained(
 def _write_config(
     model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict
 ) -> dict[str, Any]:
-    """timm's own config export, then the two fixes that keep the file loadable everywhere."""
+    """timm's own config export, then the two fixes that keep the file loadable everywhere. ``path`` is inside the
+    folder that ``save_pretrained`` stages, so rewriting it in place is safe."""
     model_config: dict[str, Any] = {"hubclf": metadata, **extra_config}
     if label_names:
         model_config["label_names"] = label_names
@@ -192,7 +209,8 @@ def _write_config(
             del pretrained_cfg[key]
     if list(pretrained_cfg["input_size"]) != list(input_size):
         raise RuntimeError(f"timm exported input_size {pretrained_cfg['input_size']}, the model says {input_size}")
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    config = to_strict_json(config)
+    atomic_write_text(path, strict_json_dumps(config, indent=2) + "\n")
     return config
 
 
@@ -231,6 +249,7 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
                 metric_value=value,
             )
             for name, value in eval_results.items()
+            if value is not None  # a metric that was NaN/inf, stored as null
         ]
         or None,
     )

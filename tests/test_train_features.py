@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 
 import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from hubclf.train import TrainConfig, train
@@ -18,6 +19,7 @@ from hubclf.train.features import (
     backbone_features,
     check_frozen_head,
     feature_cache_key,
+    load_feature_cache,
     load_or_extract_features,
     weights_fingerprint,
 )
@@ -65,11 +67,15 @@ def test_a_classifier_that_cannot_train_on_frozen_features_is_refused(arch, mess
         check_frozen_head(model, (3, 32, 32))
 
 
-def test_cache_key_follows_weights_inputs_and_data_only(model):
+def test_cache_key_follows_weights_inputs_data_precision_pooling_and_format(model, monkeypatch):
     weights = weights_fingerprint(model)
     base = dict(weights=weights, transform="resize 96x64", data_fingerprint="abc", rows=10)
     assert feature_cache_key(**base) == feature_cache_key(**base)
-    for change in ({"transform": "resize 48x32"}, {"data_fingerprint": "abd"}, {"rows": 11}):
+    changes = (
+        {"transform": "resize 48x32"}, {"data_fingerprint": "abd"}, {"rows": 11}, {"autocast": "bf16"},
+        {"pooling": "max"},
+    )  # fmt: skip
+    for change in changes:
         assert feature_cache_key(**{**base, **change}) != feature_cache_key(**base)
 
     retrained_head = copy.deepcopy(model)
@@ -79,6 +85,11 @@ def test_cache_key_follows_weights_inputs_and_data_only(model):
     with torch.no_grad():
         other_backbone.features[0].weight.add_(1e-3)
     assert weights_fingerprint(other_backbone) != weights  # ...every backbone weight does
+
+    # A new cache format or hubclf version never reads old files.
+    key = feature_cache_key(**base)
+    monkeypatch.setattr(features_module, "FEATURE_CACHE_FORMAT", features_module.FEATURE_CACHE_FORMAT + 1)
+    assert feature_cache_key(**base) != key
 
 
 def test_disk_cache_is_written_once_then_reused(tmp_path, model, monkeypatch):
@@ -141,3 +152,32 @@ def test_cached_and_uncached_frozen_training_give_the_same_classifier(tmp_path):
             assert torch.allclose(trained[key], reference[key], atol=1e-5), key
         assert result.final_metrics["top1"] == uncached.final_metrics["top1"]
         assert result.final_metrics["loss"] == pytest.approx(uncached.final_metrics["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "no checksum"])
+def test_a_damaged_cache_file_is_reported_deleted_and_recomputed(tmp_path, model, caplog, damage):
+    make_image_folder(tmp_path / "data", num_classes=3, per_class=2)
+    data = load_image_dataset(str(tmp_path / "data"), val_split=0.5, seed=0)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    images = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(images, batch_size=4))
+    key = "k" * 32
+    first = load_or_extract_features(accelerator, model, loader, key=key, cache_dir=tmp_path / "cache", desc="t")
+    path = tmp_path / "cache" / f"{key}.safetensors"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) - 10])
+    elif damage == "flipped byte":  # inside the tensor data, where safetensors itself notices nothing
+        path.write_bytes(raw[:-5] + bytes([raw[-5] ^ 0x01]) + raw[-4:])
+    else:
+        fields = ("features", "labels", "rows", "bad_rows")
+        save_file({name: getattr(first, name).contiguous() for name in fields}, path)  # valid, but unverifiable
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_feature_cache(path)
+
+    caplog.set_level("WARNING", logger="hubclf.train.features")
+    again = load_or_extract_features(accelerator, model, loader, key=key, cache_dir=tmp_path / "cache", desc="t")
+    assert "ignoring the damaged feature cache" in caplog.text and str(path) in caplog.text
+    assert torch.equal(again.features, first.features)
+    assert torch.equal(load_feature_cache(path).features, first.features)  # recomputed and stored again

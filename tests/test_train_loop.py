@@ -349,3 +349,80 @@ def test_constant_learning_rate_with_sched_none(tmp_path: Path, image_folder: Pa
     """timm's create_scheduler_v2 returns no scheduler for --sched none: the LR then stays at --lr."""
     result = train(make_config(tmp_path, image_folder, backbone_weights, "constant", sched="none", epochs=1))
     assert [record["lr"] for record in result.history] == [3e-3]
+
+
+# ---- diverging runs, strict JSON, lock, signals ---------------------------------------------------------------------
+def strict_json_loads(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverging_run_skips_non_finite_steps_stops_clearly_and_keeps_best_loadable(
+    tmp_path, image_folder, backbone_weights
+):
+    # lr 1e9: the first update blows the weights up, every later loss is NaN/inf. 5 steps per epoch: epoch 1
+    # finishes (best/ is written), the 6th non-finite step in a row, in epoch 2, stops the run.
+    config = make_config(tmp_path, image_folder, backbone_weights, "diverging", lr=1e9, epochs=3, max_nonfinite_steps=6)
+    with pytest.raises(loop.TrainingDiverged, match=r"training diverged: 6 optimizer steps in a row .*NaN/inf") as e:
+        train(config)
+    assert "holds the model of epoch 1" in str(e.value) and "--lr" in str(e.value)
+    output_dir = Path(config.output_dir)
+    rows = [strict_json_loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["nonfinite_steps"] >= 4
+    assert rows[0]["val_loss"] is None  # NaN, stored as null
+    best = hubclf.from_pretrained(output_dir / "best")  # loadable, metrics and all
+    assert best.num_classes == NUM_CLASSES
+    config_json = strict_json_loads((output_dir / "best" / "config.json").read_text())
+    assert config_json["hubclf"]["eval_results"]["loss"] is None
+    for checkpoint in list_checkpoints(output_dir):
+        strict_json_loads((checkpoint / "trainer_state.json").read_text())
+    # Skipped steps were not applied: the weights are finite.
+    assert all(torch.isfinite(t).all() for t in weights_of(output_dir / "best").values())
+
+
+def test_a_second_run_on_a_locked_output_folder_is_refused_and_a_stale_lock_taken_over(
+    tmp_path, image_folder, backbone_weights, caplog
+):
+    import fcntl
+
+    from hubclf.train.safety import OutputDirLocked
+
+    config = make_config(tmp_path, image_folder, backbone_weights, "locked", epochs=1, max_nonfinite_steps=1)
+    lock_file = Path(config.output_dir) / ".lock"
+    lock_file.parent.mkdir(parents=True)
+    lock_file.write_text('{"pid": 999999, "host": "elsewhere", "started": "earlier"}\n')
+    with open(lock_file) as held:  # a live run holds the flock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputDirLocked, match="in use by another hubclf train .*pid 999999 on elsewhere"):
+            train(config)
+    assert not list(Path(config.output_dir).glob("checkpoints"))
+    # The holder is gone (the kernel dropped its flock): the lock file it left is stale, taken over and logged.
+    caplog.set_level("WARNING", logger="hubclf.train.safety")
+    train(config)
+    assert "taking over the stale lock" in caplog.text and "pid 999999" in caplog.text
+    assert lock_file.read_text() == ""  # released at the end
+
+
+@pytest.mark.parametrize("phase", ["data", "final"])
+def test_a_signal_outside_the_epoch_loop_stops_at_the_next_safe_point(
+    tmp_path, image_folder, backbone_weights, monkeypatch, phase
+):
+    config = make_config(tmp_path, image_folder, backbone_weights, f"signal_{phase}", epochs=1, push_to_hub="me/x")
+    real = {"data": loop.load_image_dataset, "final": loop._refresh_best_card}[phase]
+
+    def send_sigterm_then(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, in the middle of this phase
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, {"data": "load_image_dataset", "final": "_refresh_best_card"}[phase], send_sigterm_then)
+    monkeypatch.setattr(loop, "push_to_hub", lambda *a, **k: pytest.fail("pushed after SIGTERM"))
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config)
+    if phase == "data":
+        assert stopped.value.checkpoint is None and "before its first checkpoint" in str(stopped.value)
+    else:  # the final save completed, the push did not start; --resume latest pushes
+        assert stopped.value.checkpoint == list_checkpoints(config.output_dir)[-1]
+        assert hubclf.from_pretrained(Path(config.output_dir) / "final").num_classes == NUM_CLASSES
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

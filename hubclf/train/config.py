@@ -70,6 +70,7 @@ class TrainConfig:
     clip_grad: float | None = None
     seed: int = 42
     mixed_precision: str | None = None
+    max_nonfinite_steps: int = 10
 
     # Checkpoints, logging, publishing.
     save_every_steps: int | None = None
@@ -108,7 +109,7 @@ class TrainConfig:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
         if not 0.0 < self.val_split < 1.0:
             raise ValueError(f"val_split is a fraction of the train split, between 0 and 1; got {self.val_split}")
-        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_classes is not None and self.num_classes < 2:
@@ -248,6 +249,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--clip-grad", type=float, help="clip the gradient norm to this value")
     add("--seed", type=int, help="random seed (data order, augmentation, init)")
     add("--mixed-precision", choices=("no", "fp16", "bf16", "fp8"), help="override Accelerate's mixed precision")
+    add(
+        "--max-nonfinite-steps",
+        type=int,
+        help="stop the run after this many optimizer steps in a row with a NaN/inf loss or gradient (each skipped)",
+    )
 
     add = adder("checkpoints, logging, publishing")
     add("--save-every-steps", type=int, help="also checkpoint every N optimizer steps")

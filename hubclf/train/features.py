@@ -15,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from hubclf.atomic import atomic_write_file
 from hubclf.models.transfer import classifier_modules
 
 logger = logging.getLogger(__name__)
@@ -129,14 +130,73 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(*, weights: str, transform: Any, data_fingerprint: str, rows: int) -> str:
+# Bump when what a cache file holds, or how features are computed, changes: old files then stop matching.
+FEATURE_CACHE_FORMAT = 2
+_CHECKSUM_KEY = "hubclf_sha256"
+
+
+def feature_cache_key(
+    *,
+    weights: str,
+    transform: Any,
+    data_fingerprint: str,
+    rows: int,
+    autocast: str = "no",
+    pooling: str | None = None,
+) -> str:
     """Key of a cache entry: backbone weights (``weights_fingerprint(model)``), input pipeline (size, resize,
-    normalisation) and the data itself, so that a cache is never reused after any of them changes.
+    normalisation), the data itself, the autocast dtype (``accelerator.mixed_precision``), the model's pooling
+    (``model.global_pool``) and the cache format/hubclf version, so that a cache is never reused after any of them
+    changes.
 
     ``data_fingerprint`` is the 🤗 ``Dataset._fingerprint`` of the split (it changes when files change).
     """
-    parts = {"weights": weights, "transform": repr(transform), "data": data_fingerprint, "rows": rows}
+    from hubclf import __version__
+
+    parts = {
+        "weights": weights,
+        "transform": repr(transform),
+        "data": data_fingerprint,
+        "rows": rows,
+        "autocast": autocast,
+        "pooling": pooling,
+        "format": FEATURE_CACHE_FORMAT,
+        "hubclf": __version__,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_feature_cache(path: str | Path, feature_set: FeatureSet) -> Path:
+    """Write ``feature_set`` atomically, with the sha256 of its tensors in the safetensors metadata."""
+    tensors = {name: getattr(feature_set, name).contiguous() for name in FeatureSet.__dataclass_fields__}
+    metadata = {_CHECKSUM_KEY: _tensors_checksum(tensors), "format": str(FEATURE_CACHE_FORMAT)}
+    return atomic_write_file(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_feature_cache(path: str | Path) -> FeatureSet:
+    """Read a cache file and verify its checksum; a truncated, altered or foreign file raises ``ValueError``."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for a bad header or short data
+        raise ValueError(f"cannot read {path}: {e}") from e
+    expected = metadata.get(_CHECKSUM_KEY)
+    if expected is None:
+        raise ValueError(f"{path} has no checksum (written by an older hubclf)")
+    if set(tensors) != set(FeatureSet.__dataclass_fields__) or _tensors_checksum(tensors) != expected:
+        raise ValueError(f"{path} does not match its checksum: the file was altered or damaged")
+    return FeatureSet(**tensors)
 
 
 @torch.no_grad()
@@ -165,20 +225,24 @@ def extract_features(accelerator: Any, model: nn.Module, dataloader: Any, *, des
 def load_or_extract_features(
     accelerator: Any, model: nn.Module, dataloader: Any, *, key: str, cache_dir: str | Path | None, desc: str
 ) -> FeatureSet:
-    """Features from ``cache_dir/<key>.safetensors`` if present, else extracted (and stored there by the main
-    process). ``cache_dir=None`` keeps them in memory only."""
+    """Features from ``cache_dir/<key>.safetensors`` if present and intact, else extracted (and stored there by the
+    main process). A damaged cache file is reported, deleted and recomputed. ``cache_dir=None`` keeps them in
+    memory only."""
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
-        logger.info("%s: reusing cached features %s", desc, path)
-        return FeatureSet(**load_file(path))
+        try:
+            feature_set = load_feature_cache(path)
+        except ValueError as e:
+            logger.warning("%s: ignoring the damaged feature cache (%s); recomputing", desc, e)
+            if accelerator.is_main_process:
+                path.unlink(missing_ok=True)
+        else:
+            logger.info("%s: reusing cached features %s", desc, path)
+            return feature_set
     feature_set = extract_features(accelerator, model, dataloader, desc=desc)
     if path is not None:
         if accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".tmp{os.getpid()}")
-            tensors = {name: getattr(feature_set, name).contiguous() for name in FeatureSet.__dataclass_fields__}
-            save_file(tensors, partial)
-            partial.replace(path)  # atomic: a crash never leaves a half-written cache behind under the real key
+            save_feature_cache(path, feature_set)
             logger.info("%s: cached %d features in %s", desc, len(feature_set), path)
         accelerator.wait_for_everyone()
     return feature_set

@@ -11,14 +11,10 @@ The same code runs as ``python``/``hubclf train`` on one CPU or GPU and under ``
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import os
 import re
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +36,8 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hubclf._faults import fault_point
+from hubclf.atomic import atomic_write_text, restore_dir, strict_json_dumps, to_strict_json
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
@@ -54,6 +52,7 @@ from hubclf.train.features import (
     weights_fingerprint,
 )
 from hubclf.train.metrics import evaluate, format_metrics
+from hubclf.train.safety import RunLock, StopOnSignal, ignore_interrupts_in_worker, main_process_work
 from hubclf.train.stages import HEAD, apply_stage, param_groups, prepare_stage, set_stage_modes, stage_for_epoch
 
 logger = get_logger(__name__)  # Accelerate's logger: one line per message, from the main process
@@ -80,15 +79,31 @@ class TrainResult:
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after SIGINT/SIGTERM once the run's state is safely checkpointed."""
+    """Raised after SIGINT/SIGTERM once the run stopped at a safe point; ``checkpoint`` is the newest complete
+    checkpoint (``None`` when the run was stopped before its first one)."""
 
-    def __init__(self, checkpoint: Path) -> None:
-        super().__init__(f"training interrupted; state saved in {checkpoint}. Continue with --resume latest")
+    def __init__(self, checkpoint: Path | None, phase: str = "training") -> None:
+        if checkpoint is None:
+            message = (
+                f"training interrupted during {phase}, before its first checkpoint: nothing to keep. "
+                "Rerun the same command (or add --resume latest, which starts over)"
+            )
+        else:
+            message = f"training interrupted during {phase}; state saved in {checkpoint}. Continue with --resume latest"
+        super().__init__(message)
         self.checkpoint = checkpoint
+        self.phase = phase
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``config.max_nonfinite_steps`` optimizer steps in a row had a NaN/inf loss or gradient."""
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.model`` on ``config.data``; write checkpoints, ``metrics.jsonl`` and best/final models.
+
+    The output folder is locked for the run (``OUTPUT_DIR/.lock``); SIGINT/SIGTERM in any phase stop it at the next
+    safe point (``TrainingInterrupted``), a second signal aborts.
 
     Example::
 
@@ -97,17 +112,51 @@ def train(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
     check_trackers(config.log_with)
-    if config.resume is None and (list_checkpoints(output_dir) or (output_dir / METRICS_FILE).exists()):
-        # Mixing two runs' checkpoints would make `--resume latest` pick the wrong one.
-        raise ValueError(
-            f"{output_dir} already holds a training run: continue it with --resume latest, or use a new --output-dir"
+    with StopOnSignal() as stop:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=config.grad_accum_steps,
+            mixed_precision=config.mixed_precision,
+            log_with=config.log_with or None,
+            project_dir=str(output_dir),
         )
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=config.log_with or None,
-        project_dir=str(output_dir),
-    )
+        lock = RunLock(output_dir)
+        try:
+            with main_process_work(accelerator, "locking the output folder") as is_main:
+                if is_main:
+                    lock.acquire()
+                    for folder in (BEST_DIR, FINAL_DIR):  # undo a folder swap that a kill interrupted
+                        restore_dir(output_dir / folder)
+                    _refuse_to_mix_runs(config, output_dir)
+            fault_point("train.locked")
+            return _train(config, accelerator, stop, output_dir)
+        finally:
+            lock.release()
+
+
+def _refuse_to_mix_runs(config: TrainConfig, output_dir: Path) -> None:
+    """A new run (no --resume) may not start over a run that left something worth keeping."""
+    if config.resume is not None:
+        return
+    complete = list_checkpoints(output_dir)
+    finished = (output_dir / FINAL_DIR / "model.safetensors").is_file()
+    if complete or finished:
+        # Mixing two runs' checkpoints would make `--resume latest` pick the wrong one.
+        what = f"checkpoint {complete[-1].name}" if complete else f"a finished model in {FINAL_DIR}/"
+        raise ValueError(
+            f"{output_dir} already holds a training run ({what}): continue it with --resume latest, "
+            "or use a new --output-dir"
+        )
+
+
+def _stop_if_requested(accelerator: Accelerator, stop: StopOnSignal, output_dir: Path, phase: str) -> None:
+    """At a safe point outside the step loop: end the run if a signal arrived (on any process)."""
+    if stop.requested_on_any_process(accelerator):
+        accelerator.end_training()
+        complete = list_checkpoints(output_dir)
+        raise TrainingInterrupted(complete[-1] if complete else None, phase)
+
+
+def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, output_dir: Path) -> TrainResult:
     # The same seed on every process: identical initial weights and identical shuffling decisions.
     set_seed(config.seed)
 
@@ -130,6 +179,8 @@ def train(config: TrainConfig) -> TrainResult:
         f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
         f"{data.num_classes} classes: {data.label_names}"
     )
+    fault_point("train.data_loaded")
+    _stop_if_requested(accelerator, stop, output_dir, "data loading")
 
     # ---- model and transforms ---------------------------------------------------------------------------------
     model = create_model(config, data.label_names).to(accelerator.device)
@@ -152,17 +203,25 @@ def train(config: TrainConfig) -> TrainResult:
     )
     stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]
     frozen_fingerprint = weights_fingerprint(model) if HEAD in stages else None
+    fault_point("train.model_created")
+    _stop_if_requested(accelerator, stop, output_dir, "model creation")
 
     # ---- cached frozen features (--freeze backbone --no-augment) -----------------------------------------------
     state = TrainerState()
     if config.feature_cache_mode != "off":
         train_set, eval_set = _feature_sets(accelerator, model, config, train_images, eval_images, frozen_fingerprint)
         state.bad_images = sorted(set(train_set.bad_images + eval_set.bad_images))
+        _stop_if_requested(accelerator, stop, output_dir, "feature extraction")
     else:
         train_set, eval_set = train_images, eval_images
     workers = 0 if isinstance(train_set, FeatureDataset) else config.num_workers
     shuffle_generator = torch.Generator()  # re-seeded every epoch: the data order depends on (seed, epoch) only
-    loader_args = dict(batch_size=config.batch_size, num_workers=workers, pin_memory=accelerator.device.type == "cuda")
+    loader_args = dict(
+        batch_size=config.batch_size,
+        num_workers=workers,
+        pin_memory=accelerator.device.type == "cuda",
+        worker_init_fn=ignore_interrupts_in_worker if workers else None,
+    )
     train_loader = DataLoader(train_set, shuffle=True, generator=shuffle_generator, **loader_args)
     eval_loader = DataLoader(eval_set, shuffle=False, **loader_args)
 
@@ -186,6 +245,8 @@ def train(config: TrainConfig) -> TrainResult:
                 "(head-stage checkpoints store the classifier only); resume with the original weights"
             )
         saved.bad_images = sorted(set(saved.bad_images + state.bad_images))
+        if checkpoint.name not in saved.lineage[-1:]:  # checkpoints from before lineage was recorded
+            saved.lineage.append(checkpoint.name)
         state = saved
     stage = state.stage or stages[min(state.epoch, config.epochs - 1)]
     trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
@@ -209,134 +270,165 @@ def train(config: TrainConfig) -> TrainResult:
             scheduler.step_update(state.global_step)
         logger.info(f"resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
     state.stage = stage
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
+    with main_process_work(accelerator, "writing the metrics file") as is_main:
+        if is_main:
+            _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
     if config.log_with:
         accelerator.init_trackers("hubclf", config=_tracker_config(config))
 
     # ---- epochs -----------------------------------------------------------------------------------------------
-    stop = _StopOnSignal()
-    with stop:
-        for epoch in range(state.epoch, config.epochs):
-            if stages[epoch] != stage:
-                stage = stages[epoch]
-                trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
-                    accelerator, model, stage, config, optimizer, train_loader, eval_loader
-                )
-                logger.info(f"epoch {epoch + 1}: unfreezing the backbone (its lr = lr x {config.backbone_lr_scale})")
-            state.stage = stage
-            state.backbone_fingerprint = frozen_fingerprint if stage == HEAD else None
-            started = time.perf_counter()
-
-            # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
-            shuffle_generator.manual_seed(config.seed + epoch)
-            if isinstance(train_set, ImageClassificationDataset) and config.augment:
-                train_set.seed_augmentation(config.seed, epoch)
-            batches = prepared_train_loader
-            if state.batches_done:
-                batches = accelerator.skip_first_batches(prepared_train_loader, state.batches_done)
-            totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, count, correct
-            lr = optimizer.param_groups[0]["lr"]  # the classifier's; reported as the epoch's last step used it
-            bad_rows: list[int] = []
-
-            set_stage_modes(model, stage)
-            progress = tqdm(
-                batches,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                initial=state.batches_done,
-                total=len(prepared_train_loader),
-                disable=not accelerator.is_local_main_process,
+    for epoch in range(state.epoch, config.epochs):
+        if stages[epoch] != stage:
+            stage = stages[epoch]
+            trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
+                accelerator, model, stage, config, optimizer, train_loader, eval_loader
             )
-            for batch in progress:
-                with accelerator.accumulate(trainable):
-                    logits = batch_logits(accelerator, model, trainable, stage, batch)
-                    loss, correct, count = _masked_loss(logits, batch["labels"], batch["valid"])
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.clip_grad:
-                        accelerator.clip_grad_norm_(trainable.parameters(), config.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                totals += torch.stack([loss.detach() * count, count, correct]).double()
-                bad_rows += batch["index"][~batch["valid"].bool()].tolist()
-                state.batches_done += 1
-                if not accelerator.sync_gradients:
-                    continue
-                state.global_step += 1
-                lr = optimizer.param_groups[0]["lr"]
-                if scheduler is not None:  # --sched none: a constant learning rate
-                    scheduler.step_update(state.global_step)
-                progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            logger.info(f"epoch {epoch + 1}: unfreezing the backbone (its lr = lr x {config.backbone_lr_scale})")
+        state.stage = stage
+        state.backbone_fingerprint = frozen_fingerprint if stage == HEAD else None
+        started = time.perf_counter()
 
-                every = config.save_every_steps
-                interrupted = stop.requested_on_any_process(accelerator)
-                if interrupted or (every and state.global_step % every == 0):
-                    state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
-                    totals.zero_()
-                    path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
-                    if interrupted:
-                        accelerator.end_training()
-                        raise TrainingInterrupted(path)
-            progress.close()
+        # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
+        shuffle_generator.manual_seed(config.seed + epoch)
+        if isinstance(train_set, ImageClassificationDataset) and config.augment:
+            train_set.seed_augmentation(config.seed, epoch)
+        batches = prepared_train_loader
+        if state.batches_done:
+            batches = accelerator.skip_first_batches(prepared_train_loader, state.batches_done)
+        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, count, correct
+        lr = optimizer.param_groups[0]["lr"]  # the classifier's; reported as the epoch's last step used it
+        bad_rows: list[int] = []
+        nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)  # in this optimizer step
 
-            # ---- evaluate, record, save --------------------------------------------------------------------------
-            train_totals = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
-            model.eval()
-            predictor = accelerator.unwrap_model(trainable)  # no DDP hooks needed without backward
-            metrics = evaluate(
-                accelerator,
-                lambda batch, net=predictor, stage=stage: batch_logits(accelerator, model, net, stage, batch),
-                prepared_eval_loader,
-                num_classes=data.num_classes,
-                label_names=data.label_names,
-                desc="eval",
-            )
-            new_bad = _collect_bad_images(
-                train_images, bad_rows, eval_images, metrics.pop("skipped_rows"), state.bad_images
-            )
-            state.bad_images = sorted(set(state.bad_images) | set(new_bad))
-            record = {
-                "epoch": epoch + 1,
-                "step": state.global_step,
-                "stage": stage,
-                "lr": lr,
-                "train_loss": train_totals["loss_sum"] / max(train_totals["count"], 1),
-                "train_top1": train_totals["correct"] / max(train_totals["count"], 1),
-                **{f"val_{name}": value for name, value in metrics.items()},
-                "bad_images": len(state.bad_images),
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-            state.history.append(record)
-            state.epoch, state.batches_done, state.partial_epoch = epoch + 1, 0, {}
-            is_best = state.best_top1 is None or metrics["top1"] > state.best_top1
-            if is_best:
-                state.best_top1, state.best_epoch = metrics["top1"], epoch + 1
+        set_stage_modes(model, stage)
+        progress = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            initial=state.batches_done,
+            total=len(prepared_train_loader),
+            disable=not accelerator.is_local_main_process,
+        )
+        for batch in progress:
+            with accelerator.accumulate(trainable):
+                logits = batch_logits(accelerator, model, trainable, stage, batch)
+                loss, correct, count = _masked_loss(logits, batch["labels"], batch["valid"])
+                accelerator.backward(loss)
+                finite_loss = loss.detach().isfinite()
+                nonfinite |= ~finite_loss
+                applied = True
+                if accelerator.sync_gradients:
+                    # A NaN/inf loss or gradient is skipped, not applied: one bad batch cannot poison the weights.
+                    applied = _all_finite(accelerator, trainable, nonfinite)
+                    nonfinite.zero_()
+                    if applied:
+                        if config.clip_grad:
+                            accelerator.clip_grad_norm_(trainable.parameters(), config.clip_grad)
+                        optimizer.step()
+                optimizer.zero_grad()
+            # Non-finite batches stay out of the train loss/top-1 (they were not trained on).
+            totals += torch.stack([loss.detach() * count, count, correct]).double() * finite_loss
+            totals.nan_to_num_(0.0)
+            bad_rows += batch["index"][~batch["valid"].bool()].tolist()
+            state.batches_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:  # --sched none: a constant learning rate
+                scheduler.step_update(state.global_step)
+            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            fault_point("train.step")
+            if applied:
+                state.nonfinite_in_a_row = 0
+            else:
+                _count_nonfinite_step(accelerator, config, state, epoch, output_dir)
 
-            if accelerator.is_main_process:
-                with open(output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+            every = config.save_every_steps
+            interrupted = stop.requested_on_any_process(accelerator)
+            if interrupted or (every and state.global_step % every == 0):
+                state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
+                totals.zero_()
+                path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+                if interrupted:
+                    accelerator.end_training()
+                    raise TrainingInterrupted(path)
+        progress.close()
+
+        # ---- evaluate, record, save --------------------------------------------------------------------------
+        train_totals = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
+        train_loss = train_totals["loss_sum"] / max(train_totals["count"], 1)
+        model.eval()
+        predictor = accelerator.unwrap_model(trainable)  # no DDP hooks needed without backward
+
+        def eval_logits(batch: dict[str, Any], net: nn.Module = predictor, stage: str = stage) -> torch.Tensor:
+            fault_point("eval.batch")
+            return batch_logits(accelerator, model, net, stage, batch)
+
+        metrics = evaluate(
+            accelerator,
+            eval_logits,
+            prepared_eval_loader,
+            num_classes=data.num_classes,
+            label_names=data.label_names,
+            desc="eval",
+        )
+        new_bad = _collect_bad_images(
+            train_images, bad_rows, eval_images, metrics.pop("skipped_rows"), state.bad_images
+        )
+        state.bad_images = sorted(set(state.bad_images) | set(new_bad))
+        record = to_strict_json({
+            "epoch": epoch + 1,
+            "step": state.global_step,
+            "stage": stage,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_top1": train_totals["correct"] / max(train_totals["count"], 1),
+            **{f"val_{name}": value for name, value in metrics.items()},
+            "bad_images": len(state.bad_images),
+            "nonfinite_steps": state.nonfinite_total,
+            "seconds": round(time.perf_counter() - started, 2),
+        })  # fmt: skip
+        state.history.append(record)
+        state.epoch, state.batches_done, state.partial_epoch = epoch + 1, 0, {}
+        is_best = state.best_top1 is None or metrics["top1"] > state.best_top1
+        if is_best:
+            state.best_top1, state.best_epoch = metrics["top1"], epoch + 1
+
+        # The checkpoint below marks this epoch done: a kill before it replays the epoch, which rewrites these.
+        with main_process_work(accelerator, "writing the metrics and the best model") as is_main:
+            if is_main:
+                _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)
+                fault_point("epoch.metrics_written")
                 if is_best:
                     _save_model(model, output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
-            if config.log_with:
-                accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch + 1)
-            accelerator.print(
-                f"epoch {epoch + 1}/{config.epochs} [{stage}] train_loss {record['train_loss']:.4f} "
-                f"{format_metrics(metrics, prefix='val_')}"
-                + (f" bad_images {len(state.bad_images)}" if state.bad_images else "")
-                + f" ({record['seconds']:.1f}s){' *best*' if is_best else ''}"
-            )
-            path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
-            if stop.requested_on_any_process(accelerator):
-                accelerator.end_training()
-                raise TrainingInterrupted(path)
+                    fault_point("epoch.best_saved")
+        if config.log_with:
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch + 1)
+        accelerator.print(
+            f"epoch {epoch + 1}/{config.epochs} [{stage}] train_loss {train_loss:.4f} "
+            f"{format_metrics(metrics, prefix='val_')}"
+            + (f" bad_images {len(state.bad_images)}" if state.bad_images else "")
+            + (f" non-finite steps skipped {state.nonfinite_total}" if state.nonfinite_total else "")
+            + f" ({record['seconds']:.1f}s){' *best*' if is_best else ''}"
+        )
+        path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
+        fault_point("epoch.checkpointed")
+        if stop.requested_on_any_process(accelerator):
+            accelerator.end_training()
+            raise TrainingInterrupted(path)
 
-    # ---- final model, push (main process only) ---------------------------------------------------------------
-    hub_url, failure = None, None
-    if accelerator.is_main_process:
-        try:
+    # ---- final model, push (main process only; a failure there fails every process) ----------------------------
+    with main_process_work(accelerator, "saving the final model") as is_main:
+        if is_main:
             _save_model(model, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes)
+            fault_point("final.saved")
             _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
-            if config.push_to_hub:
+            fault_point("final.best_card_saved")
+    hub_url = None
+    if config.push_to_hub:
+        _stop_if_requested(accelerator, stop, output_dir, "the final save (best/ and final/ are saved; not pushed)")
+        with main_process_work(accelerator, "pushing to the Hub") as is_main:
+            if is_main:
                 hub_url = push_to_hub(
                     output_dir / BEST_DIR,
                     config.push_to_hub,
@@ -346,13 +438,8 @@ def train(config: TrainConfig) -> TrainResult:
                     ),
                 )
                 logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
-        except Exception as e:  # re-raised below, once the other processes are no longer waiting for this one
-            failure = e
-    accelerator.wait_for_everyone()
-    if failure is not None:
-        accelerator.end_training()
-        raise failure
     accelerator.end_training()
+    fault_point("train.done")
     best = state.history[state.best_epoch - 1]
     return TrainResult(
         output_dir=output_dir,
@@ -364,6 +451,48 @@ def train(config: TrainConfig) -> TrainResult:
         history=state.history,
         bad_images=state.bad_images,
         hub_url=hub_url,
+    )
+
+
+def _all_finite(accelerator: Accelerator, trainable: nn.Module, nonfinite_loss: torch.Tensor) -> bool:
+    """Whether this optimizer step's loss and (already all-reduced) gradients are finite on every process.
+
+    Under fp16 the gradient scaler handles overflowing gradients itself (skipping and rescaling), so only the loss
+    is checked there.
+    """
+    bad = nonfinite_loss.clone()
+    if accelerator.scaler is None:
+        grads = [p.grad for p in trainable.parameters() if p.grad is not None]
+        if grads:
+            bad |= ~torch.stack([g.isfinite().all() for g in grads]).all()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.long(), "sum") > 0
+    return not bool(bad)
+
+
+def _count_nonfinite_step(
+    accelerator: Accelerator, config: TrainConfig, state: TrainerState, epoch: int, output_dir: Path
+) -> None:
+    state.nonfinite_in_a_row += 1
+    state.nonfinite_total += 1
+    logger.warning(
+        f"step {state.global_step}: non-finite (NaN/inf) loss or gradient, update skipped "
+        f"({state.nonfinite_in_a_row} in a row, limit --max-nonfinite-steps {config.max_nonfinite_steps})"
+    )
+    if state.nonfinite_in_a_row < config.max_nonfinite_steps:
+        return
+    accelerator.end_training()
+    if state.best_epoch:
+        best = (
+            f"{output_dir / BEST_DIR} holds the model of epoch {state.best_epoch} "
+            f"(val top-1 {state.best_top1:.1%}), still loadable"
+        )
+    else:
+        best = "No epoch finished, so there is no best model"
+    raise TrainingDiverged(
+        f"training diverged: {state.nonfinite_in_a_row} optimizer steps in a row had a NaN/inf loss or gradient "
+        f"(the last at step {state.global_step}, epoch {epoch + 1}); they were skipped, not applied. {best}. "
+        "Lower --lr, add --clip-grad, or raise --max-nonfinite-steps"
     )
 
 
@@ -549,15 +678,27 @@ def _feature_sets(
     feature_sets = []
     for name, images in (("train", train_images), ("eval", eval_images)):
         key = feature_cache_key(
-            weights=weights, transform=images.transform, data_fingerprint=images.dataset._fingerprint, rows=len(images)
+            weights=weights,
+            transform=images.transform,
+            data_fingerprint=images.dataset._fingerprint,
+            rows=len(images),
+            autocast=str(accelerator.mixed_precision),
+            pooling=str(getattr(model, "global_pool", None)),
         )
         loader = accelerator.prepare_data_loader(
-            DataLoader(images, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+            DataLoader(
+                images,
+                batch_size=config.batch_size,
+                shuffle=False,
+                num_workers=config.num_workers,
+                worker_init_fn=ignore_interrupts_in_worker if config.num_workers else None,
+            )
         )
         feature_set = load_or_extract_features(
             accelerator, model, loader, key=key, cache_dir=cache_dir, desc=f"{name} features"
         )
         feature_sets.append(FeatureDataset(feature_set, bad_images=[images.describe(r) for r in feature_set.bad_rows]))
+        fault_point("train.features_ready")
     accelerator.free_memory()  # forget the extraction loaders
     return feature_sets[0], feature_sets[1]
 
@@ -661,34 +802,5 @@ def _val_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rewrite_metrics_file(path: Path, history: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(record) + "\n" for record in history), encoding="utf-8")
-
-
-class _StopOnSignal:
-    """SIGINT/SIGTERM ask the run to checkpoint and stop after the current optimizer step; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\n{signal.Signals(signum).name}: checkpointing after this step (repeat to abort)", file=sys.stderr)
-
-    def requested_on_any_process(self, accelerator: Accelerator) -> bool:
-        """True on every process as soon as one of them got a signal, so that all of them save and stop together."""
-        if self.requested:
-            accelerator.set_trigger()
-        return accelerator.check_trigger()
+    """The whole file, atomically: a kill mid-write never leaves half a line (NaN/inf are written as null)."""
+    atomic_write_text(path, "".join(strict_json_dumps(record) + "\n" for record in history))

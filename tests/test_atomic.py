@@ -1,0 +1,93 @@
+"""hubclf.atomic: strict JSON, atomic file writes, whole-folder replacement that a kill cannot leave half done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import hubclf.atomic as atomic
+from hubclf.atomic import (
+    atomic_write_file,
+    atomic_write_json,
+    atomic_write_text,
+    pid_alive,
+    replace_dir,
+    restore_dir,
+    staged_dir,
+    strict_json_dumps,
+    to_strict_json,
+)
+
+
+def test_non_finite_numbers_become_null_and_the_rest_is_refused():
+    value = {"loss": float("nan"), "top1": [0.5, float("inf"), -float("inf")], "ok": (1, "a")}
+    assert to_strict_json(value) == {"loss": None, "top1": [0.5, None, None], "ok": [1, "a"]}
+    assert json.loads(strict_json_dumps(value)) == {"loss": None, "top1": [0.5, None, None], "ok": [1, "a"]}
+    with pytest.raises(TypeError):
+        strict_json_dumps({"tensor": object()})
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
+    path = atomic_write_json(tmp_path / "sub" / "state.json", {"epoch": 1, "loss": float("inf")})
+    assert path.read_text() == '{\n  "epoch": 1,\n  "loss": null\n}\n'
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+
+    def failing_writer(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_file(path, failing_writer)
+    assert path.read_text() == "new\n"  # the old content survives a failed write
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replace_dir_swaps_whole_folders(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    final = tmp_path / "best"
+    for version in ("old", "new"):
+        tmp = tmp_path / f".best.tmp-{version}"
+        tmp.mkdir()
+        (tmp / "weights").write_text(version)
+        (tmp / f"only-{version}").write_text("")
+        replace_dir(tmp, final)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert sorted(p.name for p in final.iterdir()) == ["only-new", "weights"]
+    assert (final / "weights").read_text() == "new"
+
+
+def test_restore_dir_undoes_a_swap_killed_between_its_two_renames(tmp_path):
+    old = tmp_path / ".best.old"  # the fallback's first rename done, the second not
+    old.mkdir()
+    (old / "weights").write_text("old")
+    assert restore_dir(tmp_path / "best") is True
+    assert (tmp_path / "best" / "weights").read_text() == "old"
+    assert restore_dir(tmp_path / "best") is False
+
+
+def test_staged_dir_keeps_the_old_folder_on_error_and_cleans_up_dead_writers(tmp_path):
+    final = tmp_path / "final"
+    with staged_dir(final) as tmp:
+        (tmp / "a").write_text("1")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".final.tmp-{int(dead.stdout)}-xyz"  # a writer that was killed
+    leftover.mkdir()
+    with pytest.raises(RuntimeError, match="boom"), staged_dir(final) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("boom")
+    assert (final / "a").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_pid_alive():
+    assert pid_alive(os.getpid())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not pid_alive(int(dead.stdout))
+    assert not pid_alive(0)

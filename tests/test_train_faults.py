@@ -1,0 +1,169 @@
+"""Crash tests for ``hubclf train``: SIGKILL at many points of a small run (inside checkpoint and model-folder
+writes included), then ``--resume latest``; the resumed run must end bit-identical to an uninterrupted one.
+
+The kill points are the test-only ``fault_point(...)`` hooks of ``hubclf._faults``: an uninterrupted run lists
+every point it reaches (``HUBCLF_FAULT_LOG``), and each chosen ``NAME:N`` then kills a fresh run there
+(``HUBCLF_FAULT_POINT``). Also: a main-process failure in a 2-process run stops both processes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hubclf.cli import build_parser
+from hubclf.train import train
+from hubclf.train.config import config_from_args
+from tests.launch import cpu_launch_command
+from tests.test_train_data import make_image_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The tiniest run that still has every phase: 3 classes x 3 train images at 64x64 (AlexNet's minimum is 63),
+# batch 2 -> 5 steps per epoch, 2 epochs, a checkpoint every 2 steps and at each epoch end, keep 2.
+TRAIN_ARGS = [
+    "train", "--model", "hubclf_alexnet_slim", "--no-pretrained", "--img-size", "64", "64", "--epochs", "2",
+    "--batch-size", "2", "--save-every-steps", "2", "--keep-checkpoints", "2", "--num-workers", "0",
+    "--warmup-epochs", "0", "--lr", "1e-3", "--seed", "0",
+]  # fmt: skip
+# Points that must be among the kills: the inside of every kind of write.
+MUST_KILL_AT = {
+    "checkpoint.after_save_state", "checkpoint.after_state", "checkpoint.after_rename", "checkpoint.prune",
+    "replace_dir.before_rename", "replace_dir.after_rename", "atomic.before_rename",
+    "save_pretrained.after_weights", "save_pretrained.after_config", "save_pretrained.after_card",
+    "epoch.metrics_written", "epoch.best_saved", "final.saved", "eval.batch", "train.step", "train.data_loaded",
+}  # fmt: skip
+LAST_HIT_TOO = ("train.step", "checkpoint.after_state", "replace_dir.before_rename", "save_pretrained.after_card")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_image_folder(root, 3, per_class=3, split="train")
+    make_image_folder(root, 3, per_class=1, split="validation", seed=1)
+    return root
+
+
+def hubclf_train(output_dir: Path, data: Path, *extra: str, env: dict | None = None, processes: int = 1):
+    launcher = [sys.executable] if processes == 1 else cpu_launch_command(processes)
+    command = [*launcher, "-m", "hubclf.cli"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if processes > 1:
+        environment["ACCELERATE_USE_CPU"] = "1"
+    return subprocess.run(
+        [*command, *TRAIN_ARGS, "--data", str(data), "--output-dir", str(output_dir), *extra],
+        env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "final" / "model.safetensors")
+
+
+def assert_bit_identical(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor], where: str) -> None:
+    assert expected.keys() == actual.keys(), where
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), f"{where}: {key} differs"
+
+
+def reached_points(log: Path) -> list[tuple[str, int]]:
+    """(point, n-th hit) for every hit an uninterrupted run logged, in order."""
+    seen: Counter = Counter()
+    hits = []
+    for line in log.read_text().splitlines():
+        name = line.split()[0]
+        seen[name] += 1
+        hits.append((name, seen[name]))
+    return hits
+
+
+def choose_kill_points(hits: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The first hit of every point, and the last hit of those that also run in the final phase or at the end of
+    training (the refresh of best/, the last step and checkpoint), in run order."""
+    last = {name: n for name, n in hits}
+    chosen = {(name, 1) for name, _ in hits}
+    chosen |= {(name, last[name]) for name in LAST_HIT_TOO}
+    return [hit for hit in hits if hit in chosen]
+
+
+def resume_in_process(output_dir: Path, data: Path) -> None:
+    """``hubclf train ... --resume latest`` in this process (saves a Python start-up per kill point)."""
+    args = build_parser().parse_args(
+        [*TRAIN_ARGS, "--data", str(data), "--output-dir", str(output_dir), "--resume", "latest"]
+    )
+    train(config_from_args(args))
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, tiny_data, caplog):
+    log = tmp_path / "points.log"
+    reference = hubclf_train(tmp_path / "reference", tiny_data, env={"HUBCLF_FAULT_LOG": str(log)})
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = final_weights(tmp_path / "reference")
+    hits = reached_points(log)
+    kill_points = choose_kill_points(hits)
+    assert MUST_KILL_AT <= {name for name, _ in kill_points}
+    assert len(kill_points) >= 20
+    print(f"{len(hits)} fault-point hits in an uninterrupted run; killing at {len(kill_points)} of them")
+
+    for i, (name, n) in enumerate(kill_points):
+        output_dir = tmp_path / f"kill{i:02d}"
+        killed = hubclf_train(output_dir, tiny_data, env={"HUBCLF_FAULT_POINT": f"{name}:{n}"})
+        assert killed.returncode == -signal.SIGKILL, f"{name}:{n} was not reached: {killed.stderr[-2000:]}"
+        # Even a kill before any checkpoint leaves a folder that `--resume latest` continues (or starts over).
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            resume_in_process(output_dir, tiny_data)
+        assert "taking over the stale lock" in caplog.text, name
+        assert_bit_identical(expected, final_weights(output_dir), f"killed at {name}:{n}")
+        assert (output_dir / "metrics.jsonl").read_text().count("\n") == 2
+        assert not list(output_dir.glob(".*.tmp-*")) and not list((output_dir / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_first_checkpoint_can_simply_be_rerun(tmp_path, tiny_data):
+    output_dir = tmp_path / "rerun"
+    killed = hubclf_train(output_dir, tiny_data, env={"HUBCLF_FAULT_POINT": "train.step:1"})
+    assert killed.returncode == -signal.SIGKILL
+    again = hubclf_train(output_dir, tiny_data)  # no --resume: nothing complete to protect, so no refusal
+    assert again.returncode == 0, again.stderr[-3000:]
+    refused = hubclf_train(output_dir, tiny_data)  # now a finished run is there
+    assert refused.returncode == 2 and "already holds a training run" in refused.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_sigkill_then_resume_is_bit_identical(tmp_path, tiny_data):
+    reference = hubclf_train(tmp_path / "reference", tiny_data, processes=2)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = final_weights(tmp_path / "reference")
+    # Symmetric points kill both processes; main-process-only ones kill the main process, and torchrun the other.
+    kill_points = [
+        ("train.step", 3), ("checkpoint.after_save_state", 2), ("checkpoint.after_state", 3),
+        ("save_pretrained.after_config", 1), ("epoch.checkpointed", 1), ("final.saved", 1),
+    ]  # fmt: skip
+    for i, (name, n) in enumerate(kill_points):
+        output_dir = tmp_path / f"kill{i}"
+        killed = hubclf_train(output_dir, tiny_data, env={"HUBCLF_FAULT_POINT": f"{name}:{n}"}, processes=2)
+        assert killed.returncode != 0, f"{name}:{n} was not reached"
+        resumed = hubclf_train(output_dir, tiny_data, "--resume", "latest", processes=2)
+        assert resumed.returncode == 0, f"after a kill at {name}:{n}: {resumed.stderr[-3000:]}"
+        assert_bit_identical(expected, final_weights(output_dir), f"2 processes, killed at {name}:{n}")
+
+
+@pytest.mark.slow
+def test_a_main_process_failure_stops_every_process_promptly(tmp_path, tiny_data):
+    # Without the broadcast the second process would wait in its next collective for the distributed timeout
+    # (30 minutes); the subprocess timeout below would catch such a hang.
+    env = {"HUBCLF_FAULT_POINT": "epoch.metrics_written:1:raise", "HUBCLF_FAULT_RANK": "0"}
+    run = hubclf_train(tmp_path / "failing", tiny_data, env=env, processes=2)
+    assert run.returncode != 0
+    assert "injected fault at epoch.metrics_written" in run.stderr
+    assert "the main process failed while writing the metrics and the best model" in run.stderr
