@@ -12,9 +12,9 @@ import sys
 import types
 
 from hubclf.train.config import TrainConfig
-from hubclf.train.loop import TrainingInterrupted, TrainResult, create_model, train
+from hubclf.train.loop import TrainingDiverged, TrainingInterrupted, TrainResult, create_model, train
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "create_model", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "create_model", "train"]
 
 
 class _CallablePackage(types.ModuleType):
