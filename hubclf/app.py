@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from hubclf.atomic import staged_dir
 from hubclf.predict import find_images, label_names_of, load_model
 from hubclf.train.data import build_transforms, decode_image
 
@@ -256,9 +256,7 @@ def write_space(
     gradio_version = import_gradio().__version__
     title = title or f"{repo_id.split('/')[-1]} classifier"
 
-    space_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{space_dir.name}.", dir=space_dir.parent))
-    try:
+    with staged_dir(space_dir) as staging:  # written next to space_dir, swapped in once complete
         card = SpaceCard.from_template(
             SpaceCardData(
                 title=title,
@@ -291,10 +289,6 @@ def write_space(
             for index, source in enumerate(example_files):
                 shutil.copyfile(source, staging / SPACE_EXAMPLES_DIR / f"{index:02d}-{source.name}")
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a written folder should look like any other
-        _replace_dir(staging, space_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return space_dir
 
 
@@ -304,16 +298,3 @@ def _hubclf_version() -> str:
     return __version__
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and deleted after."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
-    target.rename(aside)
-    try:
-        staging.rename(target)
-    except BaseException:
-        aside.rename(target)
-        raise
-    shutil.rmtree(aside) if aside.is_dir() else aside.unlink()

@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from hubclf.atomic import atomic_write_bytes
 
 __all__ = [
     "CONFUSION_MATRIX_PNG",
@@ -207,18 +207,5 @@ def _save(figure: Any, path: str | os.PathLike | None) -> bytes:
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     data = buffer.getvalue()
     if path is not None:
-        write_atomic(Path(path), data)
+        atomic_write_bytes(path, data)
     return data
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

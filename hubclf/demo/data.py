@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import colorsys
 import hashlib
-import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
+
+from hubclf.atomic import atomic_write_json
 
 DEMO_DATA_VERSION = "1"
 SPLITS = ("train", "validation")
@@ -173,7 +174,7 @@ def generate(
         "sha256": dataset_sha256(root),
         "object_size": list(spec.object_size),  # min/max object diameter in pixels
     }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(root / "manifest.json", manifest)
     return manifest
 
 

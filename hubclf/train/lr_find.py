@@ -20,7 +20,6 @@ only rises), it is the LR of the minimum divided by 10 instead; ``method`` says 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,8 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hubclf.plots import matplotlib_missing, plot_lr_find, write_atomic
+from hubclf.atomic import atomic_write_json
+from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import backbone_features
@@ -318,4 +318,4 @@ def _save(result: LRFindResult, output_dir: Path) -> None:
         note = " (steepest descent)" if result.method == STEEPEST else " (minimum / 10)"
         plot_lr_find(result.lrs, result.losses, result.smoothed_losses, result.suggested_lr, result.plot_path,
                      note=note)  # fmt: skip
-    write_atomic(result.curve_path, (json.dumps(result.to_dict(), indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(result.curve_path, result.to_dict())  # strict: a diverged (NaN) loss is stored as null
