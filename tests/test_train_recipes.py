@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -37,17 +36,31 @@ from hubclf.train.recipes import (
     should_stop_early,
 )
 from tests.launch import cpu_launch_command
-from tests.test_train_data import HEIGHT, WIDTH
-from tests.test_train_loop import (  # noqa: F401  (pytest fixtures)
+from tests.test_train_data import HEIGHT, WIDTH, make_image_folder
+from tests.test_train_loop import (
+    NUM_CLASSES,
     REPO_ROOT,
     SYNC_CHECK,
-    backbone_weights,
-    image_folder,
     interrupt_after_checkpoint,
     make_config,
+    pretrained_stand_in,
     read_jsonl,
     weights_of,
 )
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    make_image_folder(root, NUM_CLASSES, per_class=8, split="train")
+    make_image_folder(root, NUM_CLASSES, per_class=3, split="validation", seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory):
+    return pretrained_stand_in("hubclf_alexnet_slim", tmp_path_factory.mktemp("weights") / "alexnet_slim.safetensors")
+
 
 BALANCED_COLOUR = DataProfile(class_counts=[30, 30, 30], greyscale=False, mirror_asymmetry=0.0)
 
@@ -157,6 +170,10 @@ def test_defaults_follow_the_data_and_say_why():
     assert small.config.augment == "light" and small.config.smoothing == 0.1 and small.class_weights is None
     assert any(d.startswith("augment light: 30 train images per class") for d in small.decisions)
     assert recipe_for(DataProfile([900, 800], False, 0.0)).config.augment == "default"
+    frozen = recipe_for(freeze="backbone")
+    assert frozen.config.augment == "none" and frozen.config.feature_cache_mode == "memory"
+    assert any(d.startswith("augment none: frozen backbone") for d in frozen.decisions)
+    assert recipe_for(freeze="backbone", unfreeze_after=1, epochs=2).config.augment == "light"
 
     digits = recipe_for(DataProfile([40] * 10, greyscale=True, mirror_asymmetry=0.5), augment="default")
     assert digits.transform_options["hflip"] == 0.0 and digits.transform_options["color_jitter"] is None

@@ -226,6 +226,13 @@ def choose_recipe(config: TrainConfig, data: ImageClassificationData, profile: D
     if preset == "auto":
         if config.cache_features in ("memory", "disk"):
             preset, why = "none", f"--cache-features {config.cache_features} needs the same pixels every epoch"
+        elif frozen_throughout and not (config.mixup or config.cutmix) and config.cache_features == "auto":
+            preset = "none"
+            why = (
+                "frozen backbone: fixed inputs let its features be computed once and reused, so an epoch takes "
+                "seconds instead of a pass through the backbone (measured: as accurate on small data, README "
+                "'Recipes'); pass --augment light to augment anyway"
+            )
         elif profile.median_per_class < SMALL_DATA_IMAGES_PER_CLASS:
             preset = "light"
             why = (
