@@ -303,6 +303,22 @@ def test_early_stopping_ends_the_run_and_keeps_best_and_last(tmp_path, image_fol
     assert recipe["settings"]["patience"] == 1 and any("early stopping" in d for d in recipe["decisions"])
 
 
+def test_ema_weights_are_evaluated_and_saved_with_a_frozen_backbone_on_cached_features(
+    tmp_path, image_folder, backbone_weights
+):
+    settings = dict(freeze="backbone", augment="none", epochs=2, lr=1e-2)
+    plain = train(make_config(tmp_path, image_folder, backbone_weights, "plain", **settings))
+    averaged = train(make_config(tmp_path, image_folder, backbone_weights, "ema", model_ema=True, **settings))
+    plain_weights, ema_weights = weights_of(plain.final_model_dir), weights_of(averaged.final_model_dir)
+    classifier = [key for key in plain_weights if key.startswith("head.")]
+    assert classifier and not all(torch.equal(plain_weights[k], ema_weights[k]) for k in classifier)
+    backbone = [key for key in plain_weights if key not in classifier]
+    assert all(torch.equal(plain_weights[k], ema_weights[k]) for k in backbone)  # frozen: its average is itself
+    assert read_jsonl(plain.metrics_file)[-1]["val_top1"] != read_jsonl(averaged.metrics_file)[-1]["val_top1"] or (
+        read_jsonl(plain.metrics_file)[-1]["val_loss"] != read_jsonl(averaged.metrics_file)[-1]["val_loss"]
+    )  # the EMA, not the raw weights, was evaluated
+
+
 @pytest.mark.parametrize("where", ["mid_epoch"])
 def test_resume_with_every_recipe_on_is_bit_identical(
     tmp_path, image_folder, backbone_weights, monkeypatch, caplog, where
