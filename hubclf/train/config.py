@@ -229,14 +229,18 @@ class TrainConfig:
 
 
 # ---- command line -------------------------------------------------------------------------------------------
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``hubclf train``'s flags. Defaults stay out of the namespace so that a ``--config`` file can supply them."""
+def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add ``hubclf train``'s flags, except the ``exclude``d ones (a command that gives them another meaning).
+
+    Defaults stay out of the namespace so that a ``--config`` file can supply them."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
     def adder(title: str):
         group = parser.add_argument_group(title)
 
         def add(*flags: str, help: str, **kwargs: Any) -> None:
+            if set(flags) & set(exclude):
+                return
             dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
             default = defaults.get(dest)
             if default not in (dataclasses.MISSING, None) and kwargs.get("action") is None:
