@@ -236,6 +236,8 @@ def test_profile_data_sees_greyscale_and_class_counts(tmp_path):
         Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(tmp_path / "validation" / label / "0.png")
     profile = profile_data(load_image_dataset(str(tmp_path)))
     assert profile.class_counts == [6, 3] and profile.greyscale and profile.imbalance == 2.0
+    counted = profile_data(load_image_dataset(str(tmp_path)), max_images=0)  # what a run without augmentation needs
+    assert counted.class_counts == [6, 3] and counted.mirror_asymmetry is None
 
 
 # ---- loss, mixup, sampler, early stopping ------------------------------------------------------------------------

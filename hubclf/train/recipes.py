@@ -96,6 +96,8 @@ def profile_data(data: ImageClassificationData, max_images: int = PROFILE_IMAGES
     """
     labels = split_labels(data.train, data.label_column)
     counts = np.bincount(labels, minlength=data.num_classes)
+    if max_images <= 0:  # counts only: nothing decoded, nothing measured
+        return DataProfile(counts.tolist(), greyscale=False, mirror_asymmetry=None)
     per_class = max(4, max_images // max(data.num_classes, 1))
     rows_by_class = [np.flatnonzero(labels == c)[:per_class] for c in range(data.num_classes)]
     rows_by_class = [rows for rows in rows_by_class if len(rows)][: max(1, max_images // per_class)]
@@ -219,8 +221,14 @@ def choose_recipe(config: TrainConfig, data: ImageClassificationData, profile: D
     check_auto_augment(config.aa)
     decisions: list[str] = []
     frozen_throughout = config.freeze == FREEZE_BACKBONE and config.unfreeze_after is None
-    needs_profile = profile is None and (config.augment != "none" or config.class_weights == "auto")
-    profile = profile_data(data) if needs_profile else profile
+    if profile is None and (config.augment != "none" or config.class_weights == "auto"):
+        # Images are decoded only when an augmentation may follow from them (flips, colour jitter).
+        fixed = config.augment == "none" or (
+            config.augment == "auto"
+            and (config.cache_features in ("memory", "disk") or frozen_throughout)
+            and not (config.mixup or config.cutmix)
+        )
+        profile = profile_data(data, max_images=0 if fixed else PROFILE_IMAGES)
 
     preset = config.augment
     if preset == "auto":
