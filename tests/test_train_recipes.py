@@ -319,6 +319,8 @@ def test_ema_weights_are_evaluated_and_saved_with_a_frozen_backbone_on_cached_fe
     assert read_jsonl(plain.metrics_file)[-1]["val_top1"] != read_jsonl(averaged.metrics_file)[-1]["val_top1"] or (
         read_jsonl(plain.metrics_file)[-1]["val_loss"] != read_jsonl(averaged.metrics_file)[-1]["val_loss"]
     )  # the EMA, not the raw weights, was evaluated
+    counts = [json.loads((r.final_model_dir / "config.json").read_text())["hubclf"] for r in (plain, averaged)]
+    assert counts[0]["trainable_params"] == counts[1]["trainable_params"] > 0  # the card counts the head
 
 
 @pytest.mark.parametrize("where", ["mid_epoch"])

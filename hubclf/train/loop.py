@@ -54,7 +54,7 @@ from hubclf.train.features import (
     weights_fingerprint,
 )
 from hubclf.train.metrics import evaluate, format_metrics
-from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, should_stop_early
+from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
 from hubclf.train.stages import HEAD, apply_stage, param_groups, prepare_stage, set_stage_modes, stage_for_epoch
 
 logger = get_logger(__name__)  # Accelerate's logger: one line per message, from the main process
@@ -313,7 +313,7 @@ def train(config: TrainConfig) -> TrainResult:
             train_totals = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
             model.eval()
             predictor = accelerator.unwrap_model(trainable)  # no DDP hooks needed without backward
-            evaluated = model if ema is None else ema.module  # the model that is saved
+            evaluated = model if ema is None else ema_model(ema, model)  # the model that is saved
             if ema is not None:
                 predictor = ema.module.get_classifier() if stage == HEAD else ema.module
             metrics = evaluate(
@@ -371,7 +371,7 @@ def train(config: TrainConfig) -> TrainResult:
     hub_url, failure = None, None
     if accelerator.is_main_process:
         try:
-            final = model if ema is None else ema.module
+            final = model if ema is None else ema_model(ema, model)
             _save_model(final, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes, recipe)
             _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe)
             if config.push_to_hub:

@@ -464,6 +464,14 @@ def dataset_labels(dataset: Any) -> np.ndarray:
     return split_labels(dataset.dataset, dataset.label_column)
 
 
+def ema_model(ema: ModelEmaV3, model: nn.Module) -> nn.Module:
+    """The EMA weights as the model to evaluate and save, with ``model``'s ``requires_grad`` flags (timm turns them
+    all off), so that the card counts the trainable parameters of the run, not zero."""
+    for averaged, trained in zip(ema.module.parameters(), model.parameters(), strict=True):
+        averaged.requires_grad_(trained.requires_grad)
+    return ema.module
+
+
 # ---- early stopping ----------------------------------------------------------------------------------------------
 def should_stop_early(history: list[dict[str, Any]], best_epoch: int | None, patience: int | None) -> bool:
     """True once ``patience`` epochs in a row have not beaten the best val top-1 (``best_epoch`` is 1-based).
