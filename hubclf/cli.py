@@ -128,7 +128,7 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
         "minimum's LR / 10). Example: hubclf lr-find --model hubclf_alexnet --data photos/ --freeze backbone "
         "--output-dir out/",
     )
-    add_train_arguments(p)
+    add_train_arguments(p, exclude=("--smoothing",))  # here --smoothing is the loss curve's, not label smoothing
     group = p.add_argument_group("LR range test")
     group.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     group.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")

@@ -32,7 +32,7 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
         ({"model": "x"}, "missing required setting.*data, output_dir"),
         ({**REQUIRED, "unfreeze_after": 2}, "needs a frozen start"),
         ({**REQUIRED, "freeze": "backbone", "unfreeze_after": 5, "epochs": 5}, "between 1 and epochs-1"),
-        ({**REQUIRED, "freeze": "backbone", "cache_features": "memory"}, "--no-augment"),
+        ({**REQUIRED, "freeze": "backbone", "cache_features": "memory", "augment": "light"}, "--no-augment"),
         ({**REQUIRED, "img_size": [448]}, "two positive integers"),
         ({**REQUIRED, "num_classes": 1}, "at least 2"),
         ({**REQUIRED, "on_bad_image": "ignore"}, "skip.*error"),
@@ -57,7 +57,7 @@ def test_cli_flags_override_the_config_file(tmp_path):
         ["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "2", "--img-size", "448", "224", "--no-augment"]
     )
     config = config_from_args(args)
-    assert (config.epochs, config.lr, config.img_size, config.augment) == (2, 0.1, (448, 224), False)
+    assert (config.epochs, config.lr, config.img_size, config.augment) == (2, 0.1, (448, 224), "none")
 
     args = build_parser().parse_args(["train", "--model", "hubclf_alexnet", "--data", "photos"])
     with pytest.raises(ValueError, match="missing required setting.*output_dir"):

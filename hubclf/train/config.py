@@ -17,6 +17,8 @@ FREEZE_NONE = "none"
 FREEZE_BACKBONE = "backbone"
 CACHE_MODES = ("auto", "off", "memory", "disk")
 BAD_IMAGE_POLICIES = ("skip", "error")
+AUGMENT_CHOICES = ("auto", "none", "light", "default", "strong")  # presets: hubclf.train.recipes.AUGMENT_PRESETS
+CLASS_WEIGHT_CHOICES = ("auto", "none", "balanced")
 
 
 @dataclass
@@ -45,7 +47,6 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str | None = None
     val_split: float = 0.1
-    augment: bool = True
     crop_pct: float | None = None
     on_bad_image: str = "skip"
     num_workers: int = 4
@@ -72,6 +73,23 @@ class TrainConfig:
     mixed_precision: str | None = None
     max_nonfinite_steps: int = 10
 
+    # Recipes (hubclf.train.recipes). "auto" and None are chosen from the data when the run starts.
+    augment: str = "auto"  # a preset of AUGMENT_CHOICES; True/False (older configs) mean "default"/"none"
+    hflip: float | None = None
+    vflip: float | None = None
+    color_jitter: float | None = None
+    crop_scale: tuple[float, float] | None = None
+    aa: str | None = None
+    reprob: float | None = None
+    smoothing: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    class_weights: str = "auto"
+    balanced_sampler: bool = False
+    patience: int | None = None
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+
     # Checkpoints, logging, publishing.
     save_every_steps: int | None = None
     keep_checkpoints: int = 2
@@ -85,6 +103,7 @@ class TrainConfig:
             self.img_size = tuple(int(v) for v in self.img_size)  # YAML/JSON give lists
             if len(self.img_size) != 2 or min(self.img_size) < 1:
                 raise ValueError(f"img_size must be two positive integers (height, width), got {self.img_size}")
+        self._check_recipe()
         if isinstance(self.log_with, str):
             self.log_with = [self.log_with]
         if self.freeze.strip() == "":
@@ -98,10 +117,12 @@ class TrainConfig:
                 )
         if self.cache_features not in CACHE_MODES:
             raise ValueError(f"cache_features must be one of {CACHE_MODES}, got {self.cache_features!r}")
-        if self.cache_features in ("memory", "disk") and not self.can_cache_features:
+        # augment "auto" becomes "none" when features are cached on request (hubclf.train.recipes.choose_recipe).
+        cacheable = dataclasses.replace(self, augment="none") if self.augment == "auto" else self
+        if self.cache_features in ("memory", "disk") and not cacheable.can_cache_features:
             raise ValueError(
                 f"--cache-features {self.cache_features} needs a backbone that never changes and fixed inputs: "
-                "--freeze backbone, --no-augment and no --unfreeze-after"
+                "--freeze backbone, --no-augment, no --mixup/--cutmix and no --unfreeze-after"
             )
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct is the centre-cropped fraction of the image, in (0, 1]; got {self.crop_pct}")
@@ -125,7 +146,39 @@ class TrainConfig:
     @property
     def can_cache_features(self) -> bool:
         """Cached features are only exact when the backbone never changes and every epoch sees the same pixels."""
-        return self.freeze == FREEZE_BACKBONE and not self.augment and self.unfreeze_after is None
+        fixed_inputs = self.augment == "none" and not self.mixup and not self.cutmix
+        return self.freeze == FREEZE_BACKBONE and fixed_inputs and self.unfreeze_after is None
+
+    def _check_recipe(self) -> None:
+        if isinstance(self.augment, bool):
+            self.augment = "default" if self.augment else "none"
+        if self.augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}")
+        for name in ("hflip", "vflip", "reprob"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability, between 0 and 1; got {value}")
+        if self.color_jitter is not None and self.color_jitter < 0:
+            raise ValueError(f"color_jitter must be >= 0 (0 turns it off), got {self.color_jitter}")
+        if self.crop_scale is not None:
+            self.crop_scale = tuple(float(v) for v in self.crop_scale)
+            if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+                raise ValueError(
+                    f"crop_scale is MIN MAX image fractions with 0 < MIN <= MAX <= 1, got {self.crop_scale}"
+                )
+        if self.smoothing is not None and not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"{name} is a Beta-distribution alpha, >= 0 (0 turns it off); got {getattr(self, name)}"
+                )
+        if self.class_weights not in CLASS_WEIGHT_CHOICES:
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHT_CHOICES}, got {self.class_weights!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 epoch, got {self.patience}")
+        if not 0.0 < self.model_ema_decay < 1.0:
+            raise ValueError(f"model_ema_decay must be between 0 and 1, got {self.model_ema_decay}")
 
     @property
     def feature_cache_mode(self) -> str:
@@ -177,14 +230,18 @@ class TrainConfig:
 
 
 # ---- command line -------------------------------------------------------------------------------------------
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``hubclf train``'s flags. Defaults stay out of the namespace so that a ``--config`` file can supply them."""
+def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add ``hubclf train``'s flags, except the ``exclude``d ones (a command that gives them another meaning).
+
+    Defaults stay out of the namespace so that a ``--config`` file can supply them."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
     def adder(title: str):
         group = parser.add_argument_group(title)
 
         def add(*flags: str, help: str, **kwargs: Any) -> None:
+            if set(flags) & set(exclude):
+                return
             dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
             default = defaults.get(dest)
             if default not in (dataclasses.MISSING, None) and kwargs.get("action") is None:
@@ -215,7 +272,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--train-split", help="split to train on")
     add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")
     add("--val-split", type=float, help="fraction of the train split held out, stratified, when there is no eval split")
-    add("--no-augment", dest="augment", action="store_false", help="train on eval transforms (enables cached features)")
     add(
         "--crop-pct",
         type=float,
@@ -254,6 +310,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="stop the run after this many optimizer steps in a row with a NaN/inf loss or gradient (each skipped)",
     )
+
+    add = adder("recipes (default: chosen from the data and logged; see README 'Recipes')")
+    add("--augment", choices=AUGMENT_CHOICES, help="augmentation preset: none, light (small data), default, strong")
+    add("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
+    add("--hflip", type=float, help="horizontal flip probability (0 for digits and text)")
+    add("--vflip", type=float, help="vertical flip probability")
+    add("--color-jitter", type=float, help="colour jitter strength (brightness, contrast, saturation)")
+    add("--no-color-jitter", dest="color_jitter", action="store_const", const=0.0, help="same as --color-jitter 0")
+    add("--crop-scale", nargs=2, type=float, metavar=("MIN", "MAX"), help="random-resized-crop area fractions")
+    add("--aa", help="timm auto-augment policy, e.g. rand-m9-mstd0.5 (RandAugment), augmix-m5-w3, original")
+    add("--reprob", type=float, help="random-erasing probability")
+    add("--smoothing", type=float, help="label smoothing (default: 0.1)")
+    add("--mixup", type=float, help="mixup alpha; 0 turns it off")
+    add("--cutmix", type=float, help="cutmix alpha; 0 turns it off")
+    add("--class-weights", choices=CLASS_WEIGHT_CHOICES, help="weight the loss by inverse class frequency "
+        "(auto: when the largest class has >= 1.5x the images of the smallest)")
+    add("--balanced-sampler", action="store_true", help="draw each class equally often (with replacement)")
+    add("--patience", type=int, help="stop after N epochs without a better val top-1 (best/ keeps the best)")
+    add("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it as the model")
+    add("--model-ema-decay", type=float, help="EMA decay (warmed up over the first steps)")
 
     add = adder("checkpoints, logging, publishing")
     add("--save-every-steps", type=int, help="also checkpoint every N optimizer steps")

@@ -477,19 +477,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 # ---- torch side ----------------------------------------------------------------------------------------------
-def build_transforms(data_config: dict[str, Any], *, augment: bool = True) -> tuple[Callable, Callable]:
+def build_transforms(
+    data_config: dict[str, Any], *, augment: bool = True, **train_options: Any
+) -> tuple[Callable, Callable]:
     """timm train and eval transforms for ``data_config`` (``timm.data.resolve_model_data_config(model)``).
 
     Rectangular inputs stay rectangular: the random-resized-crop aspect range is centred on the target's
     aspect ratio, and eval resizes the shorter side then centre-crops to (H, W). ``augment=False`` makes the
-    train transform the eval transform (deterministic inputs, required for cached features).
+    train transform the eval transform (deterministic inputs, required for cached features). ``train_options``
+    go to ``timm.data.create_transform`` for the train transform (``scale``, ``hflip``, ``color_jitter``,
+    ``auto_augment``, ``re_prob``...; ``hubclf.train.recipes.AUGMENT_PRESETS`` has the named sets).
     """
     _, height, width = data_config["input_size"]
     eval_transform = create_transform(**data_config, is_training=False)
     if not augment:
         return eval_transform, eval_transform
     aspect = width / height  # torchvision's RandomResizedCrop ratio is width / height
-    train_transform = create_transform(**data_config, is_training=True, ratio=(3 / 4 * aspect, 4 / 3 * aspect))
+    train_options = {"ratio": (3 / 4 * aspect, 4 / 3 * aspect), **train_options}
+    train_transform = create_transform(**data_config, is_training=True, **train_options)
     return train_transform, eval_transform
 
 
@@ -554,14 +559,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if self.augmentation_seed is None:
             return self.transform(image)
         seed = int(np.random.SeedSequence([*self.augmentation_seed, index]).generate_state(1)[0])
-        python_state = random.getstate()  # timm's crops draw from `random`, torchvision's flips from torch
+        # timm's crops draw from `random`, torchvision's flips from torch, timm's RandAugment from NumPy.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed)
             try:
                 return self.transform(image)
             finally:
                 random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
     def describe(self, index: int) -> str:
         """Where row ``index`` comes from: its file path, or its row number for in-memory images."""

@@ -52,6 +52,7 @@ from hubclf.train.features import (
     weights_fingerprint,
 )
 from hubclf.train.metrics import evaluate, format_metrics
+from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
 from hubclf.train.safety import RunLock, StopOnSignal, ignore_interrupts_in_worker, main_process_work
 from hubclf.train.stages import HEAD, apply_stage, param_groups, prepare_stage, set_stage_modes, stage_for_epoch
 
@@ -181,6 +182,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     )
     fault_point("train.data_loaded")
     _stop_if_requested(accelerator, stop, output_dir, "data loading")
+    recipe = choose_recipe(config, data)  # every "auto" setting resolved from the data, one logged line each
+    config = recipe.config
+    for decision in recipe.decisions:
+        logger.info(f"recipe: {decision}")
 
     # ---- model and transforms ---------------------------------------------------------------------------------
     model = create_model(config, data.label_names).to(accelerator.device)
@@ -189,7 +194,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         # exactly as validation did.
         model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "crop_pct": config.crop_pct}
     data_config = resolve_model_data_config(model)
-    train_transform, eval_transform = build_transforms(data_config, augment=config.augment)
+    train_transform, eval_transform = build_transforms(
+        data_config, augment=recipe.augments, **recipe.transform_options
+    )
     train_images, eval_images = (
         ImageClassificationDataset(
             split,
@@ -222,7 +229,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=ignore_interrupts_in_worker if workers else None,
     )
-    train_loader = DataLoader(train_set, shuffle=True, generator=shuffle_generator, **loader_args)
+    sampler = recipe.train_sampler(dataset_labels(train_set))  # --balanced-sampler, else a seeded shuffle
+    train_loader = DataLoader(
+        train_set, sampler=sampler, shuffle=sampler is None, generator=shuffle_generator, **loader_args
+    )
     eval_loader = DataLoader(eval_set, shuffle=False, **loader_args)
 
     # ---- optimizer (one for the whole run; see stages.param_groups) --------------------------------------------
@@ -234,6 +244,11 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         weight_decay=config.weight_decay,
         param_group_fn=lambda m: param_groups(m, config),
     )
+
+    criterion, mixer = recipe.criterion(accelerator.device), recipe.mixer(data.num_classes)
+    ema = recipe.model_ema(model)  # --model-ema: evaluated and saved instead of the raw weights
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
 
     # ---- resume point, then Accelerate wrapping for that point's stage -----------------------------------------
     checkpoint = find_checkpoint(config.resume, output_dir) if config.resume else None
@@ -273,11 +288,16 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     with main_process_work(accelerator, "writing the metrics file") as is_main:
         if is_main:
             _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
+            recipe.save(output_dir)
     if config.log_with:
         accelerator.init_trackers("hubclf", config=_tracker_config(config))
 
     # ---- epochs -----------------------------------------------------------------------------------------------
     for epoch in range(state.epoch, config.epochs):
+        if should_stop_early(state.history, state.best_epoch, config.patience):
+            logger.info(f"early stopping: no better val top-1 for {config.patience} epochs (best: epoch "
+                        f"{state.best_epoch}); final/ holds epoch {epoch}")  # fmt: skip
+            break
         if stages[epoch] != stage:
             stage = stages[epoch]
             trainable, optimizer, prepared_train_loader, prepared_eval_loader = prepare_stage(
@@ -290,7 +310,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
 
         # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
         shuffle_generator.manual_seed(config.seed + epoch)
-        if isinstance(train_set, ImageClassificationDataset) and config.augment:
+        if sampler is not None:
+            sampler.start_epoch(epoch)
+        if isinstance(train_set, ImageClassificationDataset) and recipe.augments:
             train_set.seed_augmentation(config.seed, epoch)
         batches = prepared_train_loader
         if state.batches_done:
@@ -310,8 +332,14 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         )
         for batch in progress:
             with accelerator.accumulate(trainable):
+                targets = None
+                if mixer is not None:  # seeded per (seed, epoch, batch, process): resumes mix alike
+                    batch["pixel_values"], targets = mixer(
+                        batch["pixel_values"], batch["labels"], epoch=epoch, batch=state.batches_done,
+                        process=accelerator.process_index,
+                    )  # fmt: skip
                 logits = batch_logits(accelerator, model, trainable, stage, batch)
-                loss, correct, count = _masked_loss(logits, batch["labels"], batch["valid"])
+                loss, correct, count = _masked_loss(logits, batch["labels"], batch["valid"], criterion, targets)
                 accelerator.backward(loss)
                 finite_loss = loss.detach().isfinite()
                 nonfinite |= ~finite_loss
@@ -333,6 +361,8 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
+            if ema is not None and applied:
+                ema.update(model, step=state.global_step)
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:  # --sched none: a constant learning rate
                 scheduler.step_update(state.global_step)
@@ -359,10 +389,15 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         train_loss = train_totals["loss_sum"] / max(train_totals["count"], 1)
         model.eval()
         predictor = accelerator.unwrap_model(trainable)  # no DDP hooks needed without backward
+        evaluated = model if ema is None else ema_model(ema, model)  # the model that is saved
+        if ema is not None:
+            predictor = ema.module.get_classifier() if stage == HEAD else ema.module
 
-        def eval_logits(batch: dict[str, Any], net: nn.Module = predictor, stage: str = stage) -> torch.Tensor:
+        def eval_logits(
+            batch: dict[str, Any], net: nn.Module = predictor, stage: str = stage, whole: nn.Module = evaluated
+        ) -> torch.Tensor:
             fault_point("eval.batch")
-            return batch_logits(accelerator, model, net, stage, batch)
+            return batch_logits(accelerator, whole, net, stage, batch)
 
         metrics = evaluate(
             accelerator,
@@ -400,7 +435,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
                 _rewrite_metrics_file(output_dir / METRICS_FILE, state.history)
                 fault_point("epoch.metrics_written")
                 if is_best:
-                    _save_model(model, output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
+                    _save_model(
+                        evaluated, output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe
+                    )
                     fault_point("epoch.best_saved")
         if config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch + 1)
@@ -420,9 +457,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     # ---- final model, push (main process only; a failure there fails every process) ----------------------------
     with main_process_work(accelerator, "saving the final model") as is_main:
         if is_main:
-            _save_model(model, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes)
+            final = model if ema is None else ema_model(ema, model)
+            _save_model(final, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes, recipe)
             fault_point("final.saved")
-            _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes)
+            _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe)
             fault_point("final.best_card_saved")
     hub_url = None
     if config.push_to_hub:
@@ -642,11 +680,19 @@ def batch_logits(
 
 
 def _masked_loss(
-    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    criterion: Any = None,
+    targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the readable images of a batch (0 if none, so every process still steps)."""
+    """Mean per-image loss (``criterion``: the recipe's, else cross-entropy) over the readable images of a batch
+    (0 if none, so every process still steps); ``targets``: mixup's soft targets instead of ``labels``."""
     valid = valid.bool()
-    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    if criterion is None:
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    else:
+        losses = criterion(logits, labels if targets is None else targets)
     count = valid.sum()
     loss = (losses * valid).sum() / count.clamp(min=1)
     correct = ((logits.argmax(dim=1) == labels) & valid).sum()
@@ -718,7 +764,13 @@ def _collect_bad_images(
 
 # ---- outputs --------------------------------------------------------------------------------------------------
 def _save_model(
-    model: nn.Module, directory: Path, config: TrainConfig, data: Any, state: TrainerState, num_processes: int
+    model: nn.Module,
+    directory: Path,
+    config: TrainConfig,
+    data: Any,
+    state: TrainerState,
+    num_processes: int,
+    recipe: Recipe | None = None,
 ) -> None:
     history = state.history
     best = history[state.best_epoch - 1] if state.best_epoch else history[-1]
@@ -737,7 +789,7 @@ def _save_model(
         dataset=_dataset_name(data.source),
         base_model=_base_model(config, model),
         freeze=config.freeze,
-        hyperparameters=_hyperparameters(config, num_processes),
+        hyperparameters=_hyperparameters(config, num_processes, recipe),
         eval_results=eval_results,
         epoch_metrics=[{k: row[k] for k in CARD_COLUMNS if k in row} for row in history],
         images=images,
@@ -745,12 +797,14 @@ def _save_model(
     )
 
 
-def _refresh_best_card(directory: Path, config: TrainConfig, data: Any, state: TrainerState, processes: int) -> None:
+def _refresh_best_card(
+    directory: Path, config: TrainConfig, data: Any, state: TrainerState, processes: int, recipe: Recipe | None = None
+) -> None:
     """Re-save the best model so that its card holds the whole run's per-epoch table, not just the epochs
     up to the best one."""
     best = from_pretrained(directory)
     apply_stage(best, state.history[state.best_epoch - 1]["stage"], config)  # the card counts trainable parameters
-    _save_model(best, directory, config, data, state, processes)
+    _save_model(best, directory, config, data, state, processes, recipe)
 
 
 def _dataset_name(source: str) -> str:
@@ -780,15 +834,21 @@ def _base_model(config: TrainConfig, model: nn.Module) -> str | None:
     return model.pretrained_cfg.get("hf_hub_id") or (f"{architecture}.{tag}" if tag else architecture)
 
 
-def _hyperparameters(config: TrainConfig, num_processes: int) -> dict[str, Any]:
+def _hyperparameters(config: TrainConfig, num_processes: int, recipe: Recipe | None = None) -> dict[str, Any]:
     keys = (
         "epochs", "batch_size", "grad_accum_steps", "lr", "backbone_lr_scale", "opt", "weight_decay", "sched",
         "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "crop_pct", "freeze", "unfreeze_after",
-        "mixed_precision",
+        "mixed_precision", "hflip", "color_jitter", "aa", "reprob", "smoothing", "class_weights", "patience",
     )  # fmt: skip
     values = {key: getattr(config, key) for key in keys}
+    values.update(
+        {key: getattr(config, key) for key in ("mixup", "cutmix", "balanced_sampler") if getattr(config, key)}
+    )
+    if config.model_ema:
+        values["model_ema_decay"] = config.model_ema_decay
     values["img_size"] = list(config.img_size) if config.img_size else None
     values["processes"] = num_processes
+    values.update(recipe.card_fields() if recipe else {})
     return {key: value for key, value in values.items() if value is not None}
 
 

@@ -42,6 +42,7 @@ from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import backbone_features
 from hubclf.train.loop import create_model
+from hubclf.train.recipes import choose_recipe
 from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
 
 __all__ = ["LRFindResult", "lr_find", "suggest_lr"]
@@ -137,12 +138,13 @@ def lr_find(
     elif model.num_classes != data.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the data {data.num_classes}")
     data_config = resolve_model_data_config(model)
-    train_transform, _ = build_transforms(data_config, augment=config.augment)
+    recipe = choose_recipe(config, data)  # the augmentation `hubclf train` would choose for this data
+    train_transform, _ = build_transforms(data_config, augment=recipe.augments, **recipe.transform_options)
     images = ImageClassificationDataset(
         data.train, data.image_column, data.label_column, train_transform,
         on_bad_image=config.on_bad_image, input_size=data_config["input_size"],
     )  # fmt: skip
-    if config.augment:
+    if recipe.augments:
         images.seed_augmentation(config.seed, 0)
     loader = DataLoader(
         images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
