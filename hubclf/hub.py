@@ -286,6 +286,7 @@ def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
         eval_rows=[(_md_cell(k), _fmt(v)) for k, v in eval_results.items()],
         images=meta.get("images") or [],
         images_skipped=meta.get("images_skipped"),
+        strategy=config.get("strategy"),  # "Why this strategy": hubclf.train.strategy.add_card_section
     )
 
 

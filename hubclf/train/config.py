@@ -19,6 +19,8 @@ CACHE_MODES = ("auto", "off", "memory", "disk")
 BAD_IMAGE_POLICIES = ("skip", "error")
 AUGMENT_CHOICES = ("auto", "none", "light", "default", "strong")  # presets: hubclf.train.recipes.AUGMENT_PRESETS
 CLASS_WEIGHT_CHOICES = ("auto", "none", "balanced")
+# --strategy: "auto" measures head vs fine-tuning on the data (hubclf.train.strategy); the others name a freeze mode.
+STRATEGIES = ("auto", "head", "finetune", "staged")
 
 
 @dataclass
@@ -57,6 +59,9 @@ class TrainConfig:
     backbone_lr_scale: float | None = None  # None: 0.1 for a pretrained backbone, 1.0 for random init
     cache_features: str = "auto"
     feature_cache_dir: str | None = None
+
+    # Strategy: None keeps --freeze/--unfreeze-after as given; see staged_unfreeze_epoch for "staged".
+    strategy: str | None = None
 
     # Optimisation.
     epochs: int = 5
@@ -99,6 +104,7 @@ class TrainConfig:
     hub_private: bool = False
 
     def __post_init__(self) -> None:
+        self._apply_strategy()
         if self.img_size is not None:
             self.img_size = tuple(int(v) for v in self.img_size)  # YAML/JSON give lists
             if len(self.img_size) != 2 or min(self.img_size) < 1:
@@ -142,6 +148,27 @@ class TrainConfig:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         elif self.backbone_lr_scale <= 0:
             raise ValueError(f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+
+    def _apply_strategy(self) -> None:
+        """``head``/``finetune``/``staged`` name freeze settings; ``auto`` needs them left at their defaults."""
+        if self.strategy is None:
+            return
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        implied = {
+            "auto": (FREEZE_NONE, None),
+            "head": (FREEZE_BACKBONE, None),
+            "finetune": (FREEZE_NONE, None),
+            "staged": (FREEZE_BACKBONE, staged_unfreeze_epoch(self.epochs)),
+        }[self.strategy]
+        if self.freeze not in (FREEZE_NONE, implied[0]) or self.unfreeze_after not in (None, implied[1]):
+            raise ValueError(
+                f"--strategy {self.strategy} sets the freezing itself; drop --freeze/--unfreeze-after, "
+                "or drop --strategy"
+            )
+        if self.strategy == "staged" and self.epochs < 2:
+            raise ValueError("--strategy staged needs at least 2 epochs (one frozen, one fine-tuning)")
+        self.freeze, self.unfreeze_after = implied
 
     @property
     def can_cache_features(self) -> bool:
@@ -229,6 +256,14 @@ class TrainConfig:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
+def staged_unfreeze_epoch(epochs: int) -> int:
+    """``--strategy staged``: the head trains alone for the first quarter of the epochs (at least 1), then everything.
+
+        staged_unfreeze_epoch(8)   # 2: epochs 1-2 frozen, 3-8 fine-tune
+    """
+    return max(1, epochs // 4)
+
+
 # ---- command line -------------------------------------------------------------------------------------------
 def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """Add ``hubclf train``'s flags, except the ``exclude``d ones (a command that gives them another meaning).
@@ -291,6 +326,16 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     )
     add("--cache-features", choices=CACHE_MODES, help="reuse frozen-backbone features across epochs (auto: in memory)")
     add("--feature-cache-dir", help="where --cache-features disk stores them (default: OUTPUT_DIR/feature_cache)")
+
+    add = adder("strategy")
+    add(
+        "--strategy",
+        choices=STRATEGIES,
+        help="head = --freeze backbone; finetune = --freeze none; staged = --freeze backbone --unfreeze-after "
+        "max(1, epochs//4); auto = fit the head on cached features, probe 1 epoch of fine-tuning, keep fine-tuning "
+        "only if it is significantly better on the validation images (McNemar test), else keep the head "
+        "(default: none, --freeze decides)",
+    )
 
     add = adder("optimisation")
     add("--epochs", type=int, help="number of epochs")

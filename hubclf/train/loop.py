@@ -77,6 +77,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     bad_images: list[str] = field(default_factory=list)
     hub_url: str | None = None
+    strategy: dict[str, Any] | None = None  # --strategy auto: the decision (hubclf.train.strategy.StrategyDecision)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -110,6 +111,10 @@ def train(config: TrainConfig) -> TrainResult:
 
         result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
+    if config.strategy == "auto":  # several runs of this loop, see hubclf.train.strategy
+        from hubclf.train.strategy import train_auto
+
+        return train_auto(config)
     output_dir = Path(config.output_dir)
     check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
     check_trackers(config.log_with)

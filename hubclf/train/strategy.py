@@ -1,0 +1,412 @@
+"""``--strategy auto``: measure, on the user's own data, whether fine-tuning the backbone beats a head on frozen
+features, and train the winner. Each phase is an ordinary (resumable) ``train()`` run in ``OUTPUT_DIR/phases/``:
+
+1. ``head``: ``--freeze backbone --no-augment`` for ``epochs`` epochs on cached features (seconds);
+2. two probes from that head, alike but for the backbone, each ``PROBE_EPOCHS`` (1) epoch with the same seed and LR
+   schedule (no warm-up): ``head_probe`` trains the head further (cached features), ``finetune_probe`` trains the
+   whole network (backbone at lr × backbone_lr_scale, augmentation as configured);
+3. decision: both probes classify the same validation images; fine-tuning wins only if it fixes significantly more
+   of them than it breaks (exact one-sided McNemar test at ``ALPHA``); otherwise the cheaper head is kept;
+4. ``finetune`` (only if it won): ``epochs - 1`` more fine-tuning epochs from the fine-tuning probe (no warm-up).
+
+The winner's best/ and final/ models are copied to ``OUTPUT_DIR`` with a "Why this strategy" card section, and
+``OUTPUT_DIR/metrics.jsonl`` holds every phase's epochs (``"phase"``) plus one ``{"event": "strategy", ...}`` record.
+
+    result = train(TrainConfig(model="resnet18", data="photos/", output_dir="out", strategy="auto", epochs=4))
+    result.strategy["choice"], result.strategy["reason"]
+
+The statistics are pure functions: ``wilson_interval``, ``mcnemar_p_value``, ``decide``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from timm.data import resolve_model_data_config
+from torch.utils.data import DataLoader
+
+from hubclf.hub import from_pretrained, push_to_hub, render_model_card, save_pretrained
+from hubclf.models import freeze as freeze_model
+from hubclf.train.checkpoints import TrainerState, list_checkpoints
+from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
+from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+from hubclf.train.loop import BEST_DIR, CARD_COLUMNS, FINAL_DIR, METRICS_FILE, TrainResult, train
+
+logger = get_logger(__name__)
+
+HEAD, FINETUNE = "head", "finetune"
+CONTROL, PROBE = "head_probe", "finetune_probe"  # phase names of the two probes
+PHASES_DIR = "phases"
+STRATEGY_FILE = "strategy.json"  # the decision, written once; a resumed run reuses it
+PROBE_EPOCHS = 1
+ALPHA = 0.05  # fine-tuning must beat the head at this significance level to be chosen
+
+
+# ---- statistics -------------------------------------------------------------------------------------------------
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy ``correct / total`` (95% for z=1.96); sane at 0%, 100% and small n.
+
+        wilson_interval(18, 20)   # (0.699, 0.972)
+    """
+    if total <= 0:
+        return (0.0, 1.0)
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_p_value(only_a: int, only_b: int) -> float:
+    """Exact one-sided McNemar test that classifier B is better than A on the same images.
+
+    ``only_a``: images A gets right and B wrong; ``only_b``: the reverse. Under "equally good", each of the
+    ``only_a + only_b`` disagreements is a fair coin, so the p-value is P(Binomial(n, 1/2) >= only_b).
+
+        mcnemar_p_value(0, 5)   # 0.03125: five fixes, no breakage
+    """
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"counts must be non-negative, got {only_a}, {only_b}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(only_b, n + 1)) / 2**n
+
+
+@dataclass
+class StrategyDecision:
+    """Head vs. fine-tuning probe on the same validation images, and which one ``auto`` keeps."""
+
+    choice: str  # "head" or "finetune"
+    num_images: int
+    head_top1: float
+    probe_top1: float
+    head_only: int  # images the head classifies right and the probe wrong
+    probe_only: int  # and the reverse
+    p_value: float
+    alpha: float
+    head_interval: tuple[float, float]
+    probe_interval: tuple[float, float]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+def decide(head_correct: list[bool], probe_correct: list[bool], alpha: float = ALPHA) -> StrategyDecision:
+    """Keep fine-tuning only if the probe is significantly better than the head on the same images, else the head.
+
+        decide([True] * 10 + [False] * 10, [True] * 19 + [False]).choice   # "finetune" (9 fixed, 0 broken)
+        decide([True] * 9 + [False], [True] * 10).choice                    # "head": 1 fix could be chance
+    """
+    if len(head_correct) != len(probe_correct):
+        raise ValueError(f"{len(head_correct)} head results but {len(probe_correct)} probe results")
+    n = len(head_correct)
+    if n == 0:
+        raise ValueError("no validation images to compare the strategies on")
+    head_right, probe_right = sum(map(bool, head_correct)), sum(map(bool, probe_correct))
+    head_only = sum(1 for h, p in zip(head_correct, probe_correct, strict=True) if h and not p)
+    probe_only = sum(1 for h, p in zip(head_correct, probe_correct, strict=True) if p and not h)
+    p_value = mcnemar_p_value(head_only, probe_only)
+    head_top1, probe_top1 = head_right / n, probe_right / n
+    figures = (
+        f"on {n} validation images, one epoch of fine-tuning fixed {probe_only} that the frozen-backbone head got "
+        f"wrong and broke {head_only} (top-1 {head_top1:.1%} -> {probe_top1:.1%})"
+    )
+    if probe_only > head_only and p_value < alpha:
+        choice = FINETUNE
+        reason = (
+            f"Fine-tuning: {figures}. A gain this large arises by chance with probability {p_value:.3g} < {alpha} "
+            "(exact one-sided McNemar test), so training the backbone pays for its cost."
+        )
+    elif probe_only > head_only:
+        choice = HEAD
+        reason = (
+            f"Frozen backbone: {figures}, but a gain this size arises by chance with probability {p_value:.3g} "
+            f">= {alpha} (exact one-sided McNemar test) on this few images, so the cheaper head is kept."
+        )
+    else:
+        choice = HEAD
+        reason = f"Frozen backbone: {figures}; fine-tuning did not help, so the cheaper head is kept."
+    return StrategyDecision(
+        choice=choice,
+        num_images=n,
+        head_top1=head_top1,
+        probe_top1=probe_top1,
+        head_only=head_only,
+        probe_only=probe_only,
+        p_value=p_value,
+        alpha=alpha,
+        head_interval=wilson_interval(head_right, n),
+        probe_interval=wilson_interval(probe_right, n),
+        reason=reason,
+    )
+
+
+# ---- orchestration ----------------------------------------------------------------------------------------------
+def train_auto(config: TrainConfig) -> TrainResult:
+    """``--strategy auto`` (see the module docstring). ``train(config)`` calls this for ``strategy="auto"``.
+
+    Works under ``accelerate launch`` (every process runs every phase; the main process decides and writes) and
+    with ``--resume latest``, also when the run stopped in the middle of a phase.
+
+        result = train_auto(TrainConfig(model="resnet18", data="photos/", output_dir="out", strategy="auto"))
+    """
+    state = PartialState()
+    output_dir = Path(config.output_dir)
+    if config.resume not in (None, "latest"):
+        raise ValueError("--strategy auto runs in several phases: continue it with --resume latest")
+    if config.resume is None and ((output_dir / PHASES_DIR).exists() or (output_dir / METRICS_FILE).exists()):
+        raise ValueError(
+            f"{output_dir} already holds a training run: continue it with --resume latest, or use a new --output-dir"
+        )
+    if config.freeze != FREEZE_NONE or config.unfreeze_after is not None:
+        raise ValueError("--strategy auto chooses the freezing itself; drop --freeze/--unfreeze-after")
+    phases = output_dir / PHASES_DIR
+    base = dict(strategy=None, push_to_hub=None, resume=None, unfreeze_after=None)
+
+    # 1. The head on cached frozen features: cheap, and the baseline fine-tuning has to beat.
+    logger.info(f"--strategy auto 1/3: fitting the head on frozen features ({config.epochs} epochs)")
+    head = _run_phase(
+        dataclasses.replace(
+            config, **base, output_dir=str(phases / HEAD), freeze=FREEZE_BACKBONE, augment=False
+        )
+    )
+    # 2. Two probes from that head, identical but for the backbone: one more epoch of the head alone (the control,
+    #    seconds) and one epoch of the whole network. Same split, seed, LR schedule and head training: any difference
+    #    is what training the backbone bought.
+    logger.info(f"--strategy auto 2/3: probing {PROBE_EPOCHS} epoch of fine-tuning from the fitted head")
+    from_head = dict(base, model=str(head.best_model_dir), pretrained=True, weights=None, epochs=PROBE_EPOCHS,
+                     warmup_epochs=0)  # fmt: skip
+    control = _run_phase(
+        dataclasses.replace(
+            config, **from_head, output_dir=str(phases / CONTROL), freeze=FREEZE_BACKBONE, augment=False
+        )
+    )
+    probe = _run_phase(
+        dataclasses.replace(config, **from_head, output_dir=str(phases / PROBE), freeze=FREEZE_NONE)
+    )
+    # 3. The decision, on the main process; the others read it.
+    decision_file = output_dir / STRATEGY_FILE
+    if state.is_main_process and not decision_file.is_file():
+        head_correct, probe_correct = _paired_correctness(config, control.best_model_dir, probe.best_model_dir)
+        decision = decide(head_correct, probe_correct)
+        _write_json(decision_file, decision.to_dict())
+    state.wait_for_everyone()
+    decision = StrategyDecision(**json.loads(decision_file.read_text(encoding="utf-8")))
+    state.print(f"--strategy auto chose {decision.choice}. {decision.reason}")
+    logger.info(f"--strategy auto 3/3: {decision.choice}: p = {decision.p_value:.3g}")
+
+    # 4. The winner to the end: the head is done; fine-tuning continues from the probe.
+    runs = {HEAD: head, CONTROL: control, PROBE: probe}
+    winner = control
+    remaining = config.epochs - PROBE_EPOCHS
+    if decision.choice == FINETUNE:
+        winner = probe
+        if remaining > 0:
+            from_probe = dict(from_head, model=str(probe.best_model_dir), epochs=remaining)
+            winner = runs[FINETUNE] = _run_phase(
+                dataclasses.replace(config, **from_probe, output_dir=str(phases / FINETUNE), freeze=FREEZE_NONE)
+            )
+    return _finish(config, decision, runs, winner, state)
+
+
+def _run_phase(config: TrainConfig) -> TrainResult:
+    """``train(config)``, resumed from its last checkpoint if it has one, or read back if it already finished."""
+    state = PartialState()
+    output_dir = Path(config.output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        saved = TrainerState.load(checkpoints[-1])
+        if saved.epoch >= config.epochs and (output_dir / FINAL_DIR / "config.json").is_file():
+            return _finished_result(output_dir, saved)
+        config = dataclasses.replace(config, resume="latest")
+    else:
+        if state.is_main_process and output_dir.exists():
+            shutil.rmtree(output_dir)  # stopped before its first checkpoint: nothing to continue, start it over
+        state.wait_for_everyone()
+    return train(config)
+
+
+def _finished_result(output_dir: Path, state: TrainerState) -> TrainResult:
+    def val(record: dict[str, Any]) -> dict[str, Any]:
+        return {key.removeprefix("val_"): value for key, value in record.items() if key.startswith("val_")}
+
+    return TrainResult(
+        output_dir=output_dir,
+        best_model_dir=output_dir / BEST_DIR,
+        final_model_dir=output_dir / FINAL_DIR,
+        metrics_file=output_dir / METRICS_FILE,
+        best_metrics=val(state.history[state.best_epoch - 1]),
+        final_metrics=val(state.history[-1]),
+        history=state.history,
+        bad_images=state.bad_images,
+    )
+
+
+@torch.no_grad()
+def _paired_correctness(config: TrainConfig, *model_dirs: Path) -> list[list[bool]]:
+    """For each model, whether it classifies each readable validation image right (same images, same order)."""
+    data = load_image_dataset(
+        config.data,
+        image_column=config.image_column,
+        label_column=config.label_column,
+        train_split=config.train_split,
+        eval_split=config.eval_split,
+        val_split=config.val_split,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        labels=config.labels,
+        path_column=config.path_column,
+    )
+    results = []
+    for model_dir in model_dirs:
+        model = from_pretrained(model_dir).eval()
+        if list(model.label_names or []) != list(data.label_names):
+            raise ValueError(f"{model_dir} was trained on other classes than {config.data} has")
+        data_config = resolve_model_data_config(model)
+        _, transform = build_transforms(data_config, augment=False)
+        images = ImageClassificationDataset(
+            data.eval, data.image_column, data.label_column, transform,
+            on_bad_image=config.on_bad_image, input_size=data_config["input_size"],
+        )  # fmt: skip
+        correct: list[bool] = []
+        for batch in DataLoader(images, batch_size=config.batch_size, shuffle=False, num_workers=0):
+            right = model(batch["pixel_values"]).argmax(dim=1) == batch["labels"]
+            correct += right[batch["valid"].bool()].tolist()
+        results.append(correct)
+    return results
+
+
+def _finish(
+    config: TrainConfig,
+    decision: StrategyDecision,
+    runs: dict[str, TrainResult],
+    winner: TrainResult,
+    state: PartialState,
+) -> TrainResult:
+    """Winner's models to OUTPUT_DIR/best and /final with the decision in their cards; metrics.jsonl; push."""
+    output_dir = Path(config.output_dir)
+    history = [{"phase": phase, **record} for phase, run in runs.items() for record in run.history]
+    event = {"event": "strategy", "strategy": "auto", **decision.to_dict(), "probe_epochs": PROBE_EPOCHS}
+    section = strategy_card_section(decision, runs)
+    hub_url = None
+    if state.is_main_process:
+        base_model = json.loads((runs[HEAD].best_model_dir / "config.json").read_text())["hubclf"].get("base_model")
+        card_rows = [{"phase": row["phase"], **{k: row[k] for k in CARD_COLUMNS if k in row}} for row in history]
+        for name, source in ((BEST_DIR, winner.best_model_dir), (FINAL_DIR, winner.final_model_dir)):
+            partial = output_dir / f".{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(source, partial)
+            add_card_section(
+                partial,
+                section,
+                hyperparameters={"strategy": f"auto -> {decision.choice}"},
+                base_model=base_model,
+                epoch_metrics=card_rows,
+            )
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+            partial.rename(output_dir / name)
+            # The card's snippets name the folder it is in: render it again there.
+            config_json = json.loads((output_dir / name / "config.json").read_text(encoding="utf-8"))
+            render_model_card(config_json, str((output_dir / name).resolve())).save(output_dir / name / "README.md")
+        lines = "".join(json.dumps(record) + "\n" for record in [*history, event])
+        _write_text(output_dir / METRICS_FILE, lines)
+        if config.push_to_hub:
+            hub_url = push_to_hub(
+                output_dir / BEST_DIR,
+                config.push_to_hub,
+                private=config.hub_private,
+                commit_message=f"hubclf train --strategy auto ({decision.choice}): {config.model}",
+            )
+            logger.info(f"pushed the best model ({decision.choice}) to {hub_url}")
+    state.wait_for_everyone()
+    return dataclasses.replace(
+        winner,
+        output_dir=output_dir,
+        best_model_dir=output_dir / BEST_DIR,
+        final_model_dir=output_dir / FINAL_DIR,
+        metrics_file=output_dir / METRICS_FILE,
+        history=history,
+        hub_url=hub_url,
+        strategy=event,
+    )
+
+
+def strategy_card_section(decision: StrategyDecision, runs: dict[str, TrainResult]) -> dict[str, Any]:
+    """The model card's "Why this strategy" section: a sentence, a table of the candidates, the reason."""
+
+    def interval(bounds: tuple[float, float] | list[float]) -> str:
+        return f"{bounds[0]:.1%} – {bounds[1]:.1%}"
+
+    rows = [
+        ["frozen backbone: head only", f"{decision.head_top1:.1%}", interval(decision.head_interval),
+         f"{len(runs[HEAD].history)} + {len(runs[CONTROL].history)} epochs, cached features"],
+        ["fine-tuning probe", f"{decision.probe_top1:.1%}", interval(decision.probe_interval),
+         f"{len(runs[HEAD].history)} head epochs + {len(runs[PROBE].history)} whole-network"],
+    ]  # fmt: skip
+    if FINETUNE in runs:
+        best = runs[FINETUNE].best_metrics["top1"]
+        rows.append(["fine-tuning, continued", f"{best:.1%}", "", f"{len(runs[FINETUNE].history)} more epochs"])
+    return {
+        "summary": f"`hubclf train --strategy auto` measured both options on the validation images and chose "
+        f"**{'fine-tuning' if decision.choice == FINETUNE else 'the frozen backbone'}**.",
+        "columns": ["candidate", "val top-1", "95% interval (Wilson)", "training"],
+        "rows": rows,
+        "reason": decision.reason,
+    }
+
+
+def add_card_section(
+    model_dir: str | Path,
+    section: dict[str, Any],
+    *,
+    hyperparameters: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    epoch_metrics: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Re-save a saved model with a "Why this strategy" card section (``section``: ``summary``, ``columns``,
+    ``rows``, ``reason``) stored as ``config.json["strategy"]``; weights and the rest of the metadata are kept.
+
+        add_card_section("out/best", {"summary": "...", "columns": ["a"], "rows": [["1"]], "reason": "..."})
+    """
+    model_dir = Path(model_dir)
+    saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    meta = saved["hubclf"]
+    model = from_pretrained(model_dir)
+    if meta.get("freeze") == FREEZE_BACKBONE:
+        freeze_model(model, FREEZE_BACKBONE)  # the card counts the parameters that trained
+    return save_pretrained(
+        model,
+        model_dir,
+        label_names=saved.get("label_names"),
+        dataset=meta.get("dataset"),
+        base_model=base_model if base_model is not None else meta.get("base_model"),
+        freeze=meta.get("freeze"),
+        hyperparameters={**meta.get("hyperparameters", {}), **(hyperparameters or {})},
+        eval_results=meta.get("eval_results"),
+        epoch_metrics=epoch_metrics if epoch_metrics is not None else meta.get("epoch_metrics"),
+        extra_config={"strategy": section},
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)  # atomic: readers see the old file or the new one, never half of one
