@@ -176,6 +176,85 @@ def _run_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- compare ---------------------------------------------------------------------------------------------------
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="Fine-tune or freeze? Train several strategies with the same budget and compare them",
+        description="Trains --model on --data once per strategy (head: frozen backbone; finetune: whole network, "
+        "backbone at lr x 0.1; staged: head first, unfrozen after max(1, epochs//4) epochs; scratch: the same "
+        "architecture from random weights), all with the same epochs, batch size and seed, each with its own "
+        "learning rate: --lr fixes it, otherwise the best of a 3-value grid after --search-epochs short runs. "
+        "Prints a table (val top-1, wall time, images/s, peak RSS), writes OUTPUT_DIR/compare.json and "
+        "compare.png. Example: hubclf compare --model hf-hub:me/base --data photos/ --epochs 5 "
+        "--strategies head,finetune,scratch --output-dir cmp/",
+    )
+    p.add_argument("--model", help="timm/hubclf architecture, 'hf-hub:user/repo' or a saved model directory")
+    p.add_argument("--data", help="imagefolder directory, Hub dataset id, labels .csv or save_to_disk directory")
+    p.add_argument("--output-dir", help="a new folder: one hubclf train run per strategy, compare.json, compare.png")
+    p.add_argument(
+        "--strategies", default="head,finetune,staged,scratch", help="comma-separated (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, help="epochs of every strategy's run (default: 5)")
+    p.add_argument(
+        "--lr",
+        dest="lrs",
+        help="fixed learning rates, e.g. head=3e-2,finetune=1e-3 (a bare 1e-3 fixes all); the others are searched",
+    )
+    p.add_argument("--search-epochs", type=int, default=1, help="epochs of each grid-search run (default: 1)")
+    p.add_argument("--batch-size", type=int, help="images per step, the same for every strategy (default: 32)")
+    p.add_argument("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
+    p.add_argument("--weights", help="local pretrained weights file for an architecture name")
+    p.add_argument("--crop-pct", type=float, help="eval transform's centre-crop fraction (1.0 keeps the whole image)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no train augmentation")
+    p.add_argument("--val-split", type=float, help="held-out fraction when the data has no validation split")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, help="the seed of every run (default: 42)")
+    p.add_argument("--config", help="YAML/JSON file of other hubclf train settings shared by every run")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run everything in this process (faster start; peak RSS is then this process's peak so far)",
+    )
+    p.add_argument("--push-best", metavar="REPO_ID", help="push the winner's best model, with the table in its card")
+    p.add_argument("--private", action="store_true", help="create the --push-best repo as private")
+    p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from hubclf.compare import compare, format_table, parse_lrs, parse_strategies
+    from hubclf.train.config import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    strategies = parse_strategies(args.strategies)
+    given = {
+        key: getattr(args, key)
+        for key in ("model", "data", "output_dir", "epochs", "batch_size", "img_size", "weights", "crop_pct",
+                    "augment", "val_split", "num_workers", "seed")
+        if getattr(args, key) is not None
+    }  # fmt: skip
+    given["hub_private"] = args.private
+    if args.config:
+        config = TrainConfig.from_file(args.config, **given)
+    else:
+        config = TrainConfig.from_dict(given, source="the command line (or pass --config)")
+    with _messages_on_stderr("hubclf.compare", "hubclf compare: %(message)s", level="INFO"):
+        result = compare(
+            config,
+            strategies,
+            lrs=parse_lrs(args.lrs, strategies),
+            search_epochs=args.search_epochs,
+            isolate=not args.in_process,
+            push_best=args.push_best,
+        )
+    print(result.json_path.read_text(encoding="utf-8") if args.json else format_table(result))
+    print(f"wrote {result.json_path} and {result.plot_path}", file=sys.stderr)
+    if result.hub_url:
+        print(f"pushed {result.best.strategy} to {result.hub_url}")
+    return 0
+
+
 # ---- predict / eval -------------------------------------------------------------------------------------------
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -446,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_convert, _add_push, _add_train, _add_lr_find, _add_predict, _add_eval, _add_app, _add_export):
+    adders = (_add_convert, _add_push, _add_train, _add_lr_find, _add_compare, _add_predict, _add_eval, _add_app)
+    for add in (*adders, _add_export):
         add(sub)
     return parser
 

@@ -25,13 +25,17 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
+from accelerate.utils import parse_flag_from_env
 from timm.data import resolve_model_data_config
 from torch.utils.data import DataLoader
 
@@ -163,7 +167,26 @@ def train_auto(config: TrainConfig) -> TrainResult:
 
         result = train_auto(TrainConfig(model="resnet18", data="photos/", output_dir="out", strategy="auto"))
     """
-    state = PartialState()
+    with _one_process_group():
+        result = _train_auto(config)
+    _process_state().destroy_process_group()
+    return result
+
+
+@contextmanager
+def _one_process_group() -> Iterator[None]:
+    """Keep a distributed run's process group alive across the phases.
+
+    Every ``train()`` ends with ``accelerator.end_training()``, which destroys the process group; a second
+    ``init_process_group`` in the same processes is unreliable (gloo ranks then dial the previous group's stale
+    addresses). So while ``auto`` runs its phases, destroying is skipped; ``train_auto`` destroys it once at the end.
+    """
+    with mock.patch.object(PartialState, "destroy_process_group", lambda self, group=None: None):
+        yield
+
+
+def _train_auto(config: TrainConfig) -> TrainResult:
+    _process_state()  # before the first log line
     output_dir = Path(config.output_dir)
     if config.resume not in (None, "latest"):
         raise ValueError("--strategy auto runs in several phases: continue it with --resume latest")
@@ -198,6 +221,7 @@ def train_auto(config: TrainConfig) -> TrainResult:
         dataclasses.replace(config, **from_head, output_dir=str(phases / PROBE), freeze=FREEZE_NONE)
     )
     # 3. The decision, on the main process; the others read it.
+    state = _process_state()
     decision_file = output_dir / STRATEGY_FILE
     if state.is_main_process and not decision_file.is_file():
         head_correct, probe_correct = _paired_correctness(config, control.best_model_dir, probe.best_model_dir)
@@ -219,12 +243,12 @@ def train_auto(config: TrainConfig) -> TrainResult:
             winner = runs[FINETUNE] = _run_phase(
                 dataclasses.replace(config, **from_probe, output_dir=str(phases / FINETUNE), freeze=FREEZE_NONE)
             )
-    return _finish(config, decision, runs, winner, state)
+    return _finish(config, decision, runs, winner, _process_state())
 
 
 def _run_phase(config: TrainConfig) -> TrainResult:
     """``train(config)``, resumed from its last checkpoint if it has one, or read back if it already finished."""
-    state = PartialState()
+    state = _process_state()
     output_dir = Path(config.output_dir)
     checkpoints = list_checkpoints(output_dir)
     if checkpoints:
@@ -237,6 +261,12 @@ def _run_phase(config: TrainConfig) -> TrainResult:
             shutil.rmtree(output_dir)  # stopped before its first checkpoint: nothing to continue, start it over
         state.wait_for_everyone()
     return train(config)
+
+
+def _process_state() -> PartialState:
+    """Accelerate's process state, initialised as ``Accelerator()`` would: with ``ACCELERATE_USE_CPU=1`` a CPU-only
+    ``accelerate launch`` is distributed only if the state is created with ``cpu=True``."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def _finished_result(output_dir: Path, state: TrainerState) -> TrainResult:
