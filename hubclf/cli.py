@@ -201,6 +201,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         dest="lrs",
         help="fixed learning rates, e.g. head=3e-2,finetune=1e-3 (a bare 1e-3 fixes all); the others are searched",
     )
+    p.add_argument(
+        "--lr-search",
+        choices=("grid", "lr-find"),
+        default="grid",
+        help="how an unfixed LR is chosen: grid = best val top-1 of 3 LRs after --search-epochs each; lr-find = "
+        "hubclf lr-find's suggestion (one LR range test, faster) (default: grid)",
+    )
     p.add_argument("--search-epochs", type=int, default=1, help="epochs of each grid-search run (default: 1)")
     p.add_argument("--batch-size", type=int, help="images per step, the same for every strategy (default: 32)")
     p.add_argument("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
@@ -245,6 +252,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             strategies,
             lrs=parse_lrs(args.lrs, strategies),
             search_epochs=args.search_epochs,
+            lr_search=args.lr_search,
             isolate=not args.in_process,
             push_best=args.push_best,
         )

@@ -44,6 +44,7 @@ LR_GRIDS: dict[str, tuple[float, ...]] = {
     "scratch": (3e-4, 1e-3, 3e-3),
 }
 JSON_NAME, PLOT_NAME, SEARCH_DIR = "compare.json", "compare.png", "lr_search"
+LR_SEARCHES = ("grid", "lr-find")
 
 
 @dataclass
@@ -161,12 +162,15 @@ def compare(
     lrs: dict[str, float] | None = None,
     lr_grids: dict[str, Sequence[float]] | None = None,
     search_epochs: int = 1,
+    lr_search: str = "grid",
     isolate: bool = True,
     push_best: str | None = None,
 ) -> CompareResult:
     """Run every strategy (see the module docstring) and write the table as JSON and PNG.
 
     ``lrs`` fixes a strategy's learning rate (no search); ``lr_grids`` replaces ``LR_GRIDS`` entries;
+    ``lr_search="lr-find"`` takes each strategy's LR from ``hubclf.train.lr_find`` (an LR range test, one pass)
+    instead of the grid;
     ``isolate=False`` runs everything in this process (then peak RSS is this process's peak so far);
     ``push_best`` publishes the winner's best model with the comparison in its card.
 
@@ -178,6 +182,8 @@ def compare(
     lrs, grids = dict(lrs or {}), {**LR_GRIDS, **{k: tuple(v) for k, v in (lr_grids or {}).items()}}
     if search_epochs < 1:
         raise ValueError(f"search_epochs must be at least 1, got {search_epochs}")
+    if lr_search not in LR_SEARCHES:
+        raise ValueError(f"--lr-search must be one of {', '.join(LR_SEARCHES)}, got {lr_search!r}")
     output_dir = Path(config.output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
@@ -189,7 +195,7 @@ def compare(
     )  # fmt: skip
     runs = []
     for number, strategy in enumerate(strategies, 1):
-        lr, source = _pick_lr(configs[strategy], strategy, lrs, grids, search_epochs, output_dir)
+        lr, source = _pick_lr(configs[strategy], strategy, lrs, grids, search_epochs, output_dir, lr_search)
         final = dataclasses.replace(configs[strategy], lr=lr, output_dir=str(output_dir / strategy))
         logger.info(f"[{number}/{len(strategies)}] {strategy}: lr {lr:g} ({source}), {final.epochs} epochs")
         figures = _run_isolated(final) if isolate else _run_here(final)
@@ -208,7 +214,7 @@ def compare(
         runs=runs, epochs=config.epochs, seed=config.seed, train_images=len(data.train),
         eval_images=len(data.eval), json_path=output_dir / JSON_NAME, plot_path=output_dir / PLOT_NAME,
         settings={"model": config.model, "data": config.data, "batch_size": config.batch_size,
-                  "search_epochs": search_epochs, "isolated": isolate},
+                  "lr_search": lr_search, "search_epochs": search_epochs, "isolated": isolate},
     )  # fmt: skip
     _write_json(result)
     plot(result, result.plot_path)
@@ -225,10 +231,18 @@ def _pick_lr(
     grids: dict[str, Sequence[float]],
     search_epochs: int,
     output_dir: Path,
+    lr_search: str = "grid",
 ) -> tuple[float, str]:
-    """The fixed LR, or the grid's best by validation top-1 (then lower loss, then the first) after short runs."""
+    """The fixed LR, lr-find's suggestion, or the grid's best by validation top-1 (then lower loss, then the first)
+    after short runs."""
     if strategy in fixed:
         return fixed[strategy], "fixed"
+    if lr_search == "lr-find":
+        from hubclf.train.lr_find import lr_find
+
+        found = lr_find(dataclasses.replace(config, output_dir=str(output_dir / SEARCH_DIR / strategy)))
+        logger.info(f"  {strategy}: lr-find suggests {found.suggested_lr:.3g} ({found.method})")
+        return float(f"{found.suggested_lr:.3g}"), f"lr-find ({found.method})"
     from hubclf.train import train
 
     epochs = max(search_epochs, 2) if strategy == "staged" else search_epochs  # staged must reach its unfreezing

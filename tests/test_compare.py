@@ -135,3 +135,20 @@ def test_cli_errors_are_one_line(tmp_path, small_hues):
         "hubclf compare: error: --strategies takes a comma-separated list of head, finetune, staged, scratch; "
         "got 'head,sideways'"
     ]
+
+
+def test_lr_find_can_pick_the_learning_rates(tmp_path, small_hues):
+    weights = make_backbone(tmp_path / "backbone.safetensors", colour_blind=False)
+    config = TrainConfig(
+        model="hubclf_alexnet_slim", data=str(small_hues), output_dir=str(tmp_path / "cmp"), weights=str(weights),
+        img_size=(SIZE, SIZE), epochs=1, batch_size=4, warmup_epochs=0, augment=False, num_workers=0, seed=0,
+    )  # fmt: skip
+    result = compare(config, ["head"], lr_search="lr-find", isolate=False)
+
+    (head,) = result.runs
+    assert head.lr_source.startswith("lr-find (")
+    found = json.loads((tmp_path / "cmp" / "lr_search" / "head" / "lr_find.json").read_text())
+    assert head.lr == float(f"{found['suggested_lr']:.3g}")
+    assert json.loads(result.json_path.read_text())["settings"]["lr_search"] == "lr-find"
+    with pytest.raises(ValueError, match="--lr-search"):
+        compare(TrainConfig(model="m", data="d", output_dir=str(tmp_path / "x")), ["head"], lr_search="guess")
