@@ -233,7 +233,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     from hubclf.compare import compare, format_table, parse_lrs, parse_strategies
     from hubclf.train.config import TrainConfig
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     strategies = parse_strategies(args.strategies)
     given = {
         key: getattr(args, key)
@@ -258,8 +257,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         )
     print(result.json_path.read_text(encoding="utf-8") if args.json else format_table(result))
     print(f"wrote {result.json_path} and {result.plot_path}", file=sys.stderr)
-    if result.hub_url:
-        print(f"pushed {result.best.strategy} to {result.hub_url}")
+    if result.hub_url:  # also in compare.json's hub_url: stdout stays one JSON document with --json
+        print(f"pushed {result.best.strategy} to {result.hub_url}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
