@@ -177,6 +177,7 @@ def test_auto_keeps_the_head_when_the_frozen_features_already_separate_the_class
     saved = json.loads((result.best_model_dir / "config.json").read_text())
     assert saved["hubclf"]["freeze"] == "backbone"
     assert saved["hubclf"]["hyperparameters"]["strategy"] == "auto -> head"
+    assert saved["hubclf"]["hyperparameters"]["epochs"] == "head 3 (cached features)"  # 2 + the 1-epoch probe
     assert saved["hubclf"]["base_model"] == "hubclf_alexnet_slim (backbone.safetensors)"  # not the phase folder
     assert saved["hubclf"]["trainable_params"] < saved["hubclf"]["total_params"]
     card = (result.best_model_dir / "README.md").read_text()
@@ -205,6 +206,7 @@ def test_auto_fine_tunes_when_the_backbone_lacks_the_feature(tmp_path, hues, col
 
     saved = json.loads((result.best_model_dir / "config.json").read_text())
     assert saved["hubclf"]["freeze"] == "none"
+    assert saved["hubclf"]["hyperparameters"]["epochs"] == "head 2, then whole network 2"
     assert saved["strategy"]["rows"][-1][0] == "fine-tuning, continued"
     card = (result.best_model_dir / "README.md").read_text()
     assert "chose **fine-tuning**" in card and "McNemar" in card

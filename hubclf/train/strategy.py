@@ -331,6 +331,12 @@ def _finish(
     history = [{"phase": phase, **record} for phase, run in runs.items() for record in run.history]
     event = {"event": "strategy", "strategy": "auto", **decision.to_dict(), "probe_epochs": PROBE_EPOCHS}
     section = strategy_card_section(decision, runs)
+    # The phases' own "epochs" would describe only the last phase: say what the whole path trained.
+    head_epochs = len(runs[HEAD].history) + len(runs[CONTROL].history)
+    epochs = f"head {head_epochs} (cached features)"
+    if decision.choice == FINETUNE:
+        tuned = len(runs[PROBE].history) + len(runs[FINETUNE].history if FINETUNE in runs else [])
+        epochs = f"head {len(runs[HEAD].history)}, then whole network {tuned}"
     hub_url = None
     if state.is_main_process:
         base_model = json.loads((runs[HEAD].best_model_dir / "config.json").read_text())["hubclf"].get("base_model")
@@ -342,7 +348,7 @@ def _finish(
             add_card_section(
                 partial,
                 section,
-                hyperparameters={"strategy": f"auto -> {decision.choice}"},
+                hyperparameters={"strategy": f"auto -> {decision.choice}", "epochs": epochs},
                 base_model=base_model,
                 epoch_metrics=card_rows,
             )
