@@ -171,8 +171,13 @@ def test_auto_keeps_the_head_when_the_frozen_features_already_separate_the_class
 
     records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
     assert records[-1]["event"] == "strategy" and records[-1]["choice"] == "head"
-    assert [r["phase"] for r in records[:-1]] == ["head", "head", "head_probe", "finetune_probe"]
+    phases = [r["phase"] for r in records[:-1]]
+    assert phases[-4:] == ["head", "head", "head_probe", "finetune_probe"]
+    assert sorted(set(phases[:-4])) == sorted({"head_lr_0.003", "head_lr_0.009", "head_lr_0.03"} - {
+        f"head_lr_{records[-1]['head_lr']:.3g}"})  # the two head LRs not chosen  # fmt: skip
     assert not (tmp_path / "out" / "phases" / "finetune").exists()  # the loser is not trained further
+    extracted = list((tmp_path / "out" / "phases" / "feature_cache").glob("*.safetensors"))
+    assert len(extracted) == 2  # train + eval features, extracted once for the three head LRs
 
     saved = json.loads((result.best_model_dir / "config.json").read_text())
     assert saved["hubclf"]["freeze"] == "backbone"
@@ -201,7 +206,8 @@ def test_auto_fine_tunes_when_the_backbone_lacks_the_feature(tmp_path, hues, col
     assert decision["head_top1"] < 0.5 and decision["probe_top1"] > 0.8  # chance is 1/3
     assert decision["p_value"] < ALPHA and decision["probe_only"] > decision["head_only"]
     records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
-    assert [r["phase"] for r in records[:-1]] == ["head", "head", "head_probe", "finetune_probe", "finetune"]
+    phases = [r["phase"] for r in records[:-1]]
+    assert phases[-5:] == ["head", "head", "head_probe", "finetune_probe", "finetune"]
     assert result.best_metrics["top1"] > 0.8
 
     saved = json.loads((result.best_model_dir / "config.json").read_text())

@@ -1,7 +1,8 @@
 """``--strategy auto``: measure, on the user's own data, whether fine-tuning the backbone beats a head on frozen
 features, and train the winner. Each phase is an ordinary (resumable) ``train()`` run in ``OUTPUT_DIR/phases/``:
 
-1. ``head``: ``--freeze backbone --no-augment`` for ``epochs`` epochs on cached features (seconds);
+1. ``head``: ``--freeze backbone --no-augment`` for ``epochs`` epochs on cached features (seconds), at lr × each of
+   ``HEAD_LR_FACTORS`` (the features are extracted once, on disk); the best validation top-1 is kept;
 2. two probes from that head, alike but for the backbone, each ``PROBE_EPOCHS`` (1) epoch with the same seed and LR
    schedule (no warm-up): ``head_probe`` trains the head further (cached features), ``finetune_probe`` trains the
    whole network (backbone at lr × backbone_lr_scale, augmentation as configured);
@@ -53,6 +54,7 @@ CONTROL, PROBE = "head_probe", "finetune_probe"  # phase names of the two probes
 PHASES_DIR = "phases"
 STRATEGY_FILE = "strategy.json"  # the decision, written once; a resumed run reuses it
 PROBE_EPOCHS = 1
+HEAD_LR_FACTORS = (1, 3, 10)  # the head phase tries lr x each (cached features: seconds each)
 ALPHA = 0.05  # fine-tuning must beat the head at this significance level to be chosen
 
 
@@ -199,13 +201,26 @@ def _train_auto(config: TrainConfig) -> TrainResult:
     phases = output_dir / PHASES_DIR
     base = dict(strategy=None, push_to_hub=None, resume=None, unfreeze_after=None)
 
-    # 1. The head on cached frozen features: cheap, and the baseline fine-tuning has to beat.
-    logger.info(f"--strategy auto 1/3: fitting the head on frozen features ({config.epochs} epochs)")
-    head = _run_phase(
-        dataclasses.replace(
-            config, **base, output_dir=str(phases / HEAD), freeze=FREEZE_BACKBONE, augment=False
+    # 1. The head on cached frozen features: cheap, and the baseline fine-tuning has to beat. A linear head on frozen
+    #    features usually wants a higher LR than fine-tuning, so it gets the best of lr x HEAD_LR_FACTORS; the
+    #    backbone runs once, the runs share its cached features (on disk, in phases/feature_cache).
+    logger.info(f"--strategy auto 1/3: fitting the head on frozen features ({config.epochs} epochs per LR)")
+    cache = dict(cache_features="disk", feature_cache_dir=str(phases / "feature_cache"))
+    if config.cache_features == "off":
+        cache = {}
+    head_runs = {
+        f"{HEAD}_lr_{config.lr * factor:.3g}": _run_phase(
+            dataclasses.replace(
+                config, **base, **cache, output_dir=str(phases / f"{HEAD}_lr_{config.lr * factor:.3g}"),
+                freeze=FREEZE_BACKBONE, augment=False, lr=float(f"{config.lr * factor:.3g}"),
+            )
         )
-    )
+        for factor in HEAD_LR_FACTORS
+    }  # fmt: skip
+    # Best validation top-1, then lower loss, then the first (the user's own LR).
+    scores = {name: (run.best_metrics["top1"], -run.best_metrics["loss"]) for name, run in head_runs.items()}
+    head_name = max(scores, key=scores.get)
+    head = head_runs[head_name]
     # 2. Two probes from that head, identical but for the backbone: one more epoch of the head alone (the control,
     #    seconds) and one epoch of the whole network. Same split, seed, LR schedule and head training: any difference
     #    is what training the backbone bought.
@@ -233,7 +248,8 @@ def _train_auto(config: TrainConfig) -> TrainResult:
     logger.info(f"--strategy auto 3/3: {decision.choice}: p = {decision.p_value:.3g}")
 
     # 4. The winner to the end: the head is done; fine-tuning continues from the probe.
-    runs = {HEAD: head, CONTROL: control, PROBE: probe}
+    runs = {**{name: run for name, run in head_runs.items() if name != head_name}, HEAD: head, CONTROL: control,
+            PROBE: probe}  # fmt: skip
     winner = control
     remaining = config.epochs - PROBE_EPOCHS
     if decision.choice == FINETUNE:
@@ -243,7 +259,8 @@ def _train_auto(config: TrainConfig) -> TrainResult:
             winner = runs[FINETUNE] = _run_phase(
                 dataclasses.replace(config, **from_probe, output_dir=str(phases / FINETUNE), freeze=FREEZE_NONE)
             )
-    return _finish(config, decision, runs, winner, _process_state())
+    head_lr = float(head_name.removeprefix(f"{HEAD}_lr_"))
+    return _finish(config, decision, runs, winner, _process_state(), head_lr)
 
 
 def _run_phase(config: TrainConfig) -> TrainResult:
@@ -325,12 +342,16 @@ def _finish(
     runs: dict[str, TrainResult],
     winner: TrainResult,
     state: PartialState,
+    head_lr: float,
 ) -> TrainResult:
     """Winner's models to OUTPUT_DIR/best and /final with the decision in their cards; metrics.jsonl; push."""
     output_dir = Path(config.output_dir)
     history = [{"phase": phase, **record} for phase, run in runs.items() for record in run.history]
-    event = {"event": "strategy", "strategy": "auto", **decision.to_dict(), "probe_epochs": PROBE_EPOCHS}
-    section = strategy_card_section(decision, runs)
+    event = {
+        "event": "strategy", "strategy": "auto", **decision.to_dict(), "probe_epochs": PROBE_EPOCHS,
+        "head_lr": head_lr, "lr": config.lr,
+    }  # fmt: skip
+    section = strategy_card_section(decision, runs, head_lr)
     # The phases' own "epochs" would describe only the last phase: say what the whole path trained.
     head_epochs = len(runs[HEAD].history) + len(runs[CONTROL].history)
     epochs = f"head {head_epochs} (cached features)"
@@ -380,7 +401,7 @@ def _finish(
     )
 
 
-def strategy_card_section(decision: StrategyDecision, runs: dict[str, TrainResult]) -> dict[str, Any]:
+def strategy_card_section(decision: StrategyDecision, runs: dict[str, TrainResult], head_lr: float) -> dict[str, Any]:
     """The model card's "Why this strategy" section: a sentence, a table of the candidates, the reason."""
 
     def interval(bounds: tuple[float, float] | list[float]) -> str:
@@ -388,7 +409,8 @@ def strategy_card_section(decision: StrategyDecision, runs: dict[str, TrainResul
 
     rows = [
         ["frozen backbone: head only", f"{decision.head_top1:.1%}", interval(decision.head_interval),
-         f"{len(runs[HEAD].history)} + {len(runs[CONTROL].history)} epochs, cached features"],
+         f"{len(runs[HEAD].history)} epochs at lr {head_lr:g} (best of {len(HEAD_LR_FACTORS)} LRs) + "
+         f"{len(runs[CONTROL].history)}, cached features"],
         ["fine-tuning probe", f"{decision.probe_top1:.1%}", interval(decision.probe_interval),
          f"{len(runs[HEAD].history)} head epochs + {len(runs[PROBE].history)} whole-network"],
     ]  # fmt: skip
