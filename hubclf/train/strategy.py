@@ -212,7 +212,7 @@ def _train_auto(config: TrainConfig) -> TrainResult:
         f"{HEAD}_lr_{config.lr * factor:.3g}": _run_phase(
             dataclasses.replace(
                 config, **base, **cache, output_dir=str(phases / f"{HEAD}_lr_{config.lr * factor:.3g}"),
-                freeze=FREEZE_BACKBONE, augment=False, lr=float(f"{config.lr * factor:.3g}"),
+                freeze=FREEZE_BACKBONE, augment=False, mixup=0.0, cutmix=0.0, lr=float(f"{config.lr * factor:.3g}"),
             )
         )
         for factor in HEAD_LR_FACTORS
@@ -229,7 +229,8 @@ def _train_auto(config: TrainConfig) -> TrainResult:
                      warmup_epochs=0)  # fmt: skip
     control = _run_phase(
         dataclasses.replace(
-            config, **from_head, output_dir=str(phases / CONTROL), freeze=FREEZE_BACKBONE, augment=False
+            config, **from_head, output_dir=str(phases / CONTROL), freeze=FREEZE_BACKBONE, augment=False, mixup=0.0,
+            cutmix=0.0,
         )
     )
     probe = _run_phase(
