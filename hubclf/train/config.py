@@ -332,8 +332,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         "--strategy",
         choices=STRATEGIES,
         help="head = --freeze backbone; finetune = --freeze none; staged = --freeze backbone --unfreeze-after "
-        "max(1, epochs//4); auto = fit the head on cached features, probe 1 epoch of fine-tuning, keep fine-tuning "
-        "only if it is significantly better on the validation images (McNemar test), else keep the head "
+        "max(1, epochs//4); auto = fit the head on cached features (at lr x 1, 3, 10), probe 1 epoch of "
+        "fine-tuning against 1 more head epoch, keep fine-tuning only if it is significantly better on the validation "
+        "images (McNemar test), else keep the head "
         "(default: none, --freeze decides)",
     )
 
