@@ -113,7 +113,10 @@ def peer_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- hubclf ----------------------------------------------------------------------------------------------------
 def hubclf_train_command(args: argparse.Namespace, output_dir: str) -> list[str]:
-    """``hubclf train`` with the peer's settings; ``mode`` picks the freeze and feature-cache flags."""
+    """``hubclf train`` with the peer's settings; ``mode`` picks the freeze and feature-cache flags.
+
+    ``--opt momentum`` is timm's name for the peer's ``SGD(momentum=0.9)``; timm's ``sgd`` is Nesterov momentum.
+    """
     freeze = {
         "full": ["--freeze", "none"],
         "frozen": ["--freeze", "backbone", "--cache-features", "off"],
@@ -123,7 +126,7 @@ def hubclf_train_command(args: argparse.Namespace, output_dir: str) -> list[str]
     return [
         sys.executable, "-m", "hubclf.cli", "train", "--model", ARCHITECTURES[args.model], "--no-pretrained",
         "--data", args.data, "--img-size", str(height), str(width), *freeze, "--no-augment", "--crop-pct", "1",
-        "--opt", "sgd", "--lr", str(args.lr), "--weight-decay", "0", "--sched", "none", "--warmup-epochs", "0",
+        "--opt", "momentum", "--lr", str(args.lr), "--weight-decay", "0", "--sched", "none", "--warmup-epochs", "0",
         "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers), "--epochs", str(args.epochs),
         "--output-dir", output_dir, "--mixed-precision", args.mixed_precision or "no",
     ]  # fmt: skip

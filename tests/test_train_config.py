@@ -79,3 +79,25 @@ def test_backbone_lr_scale_defaults_to_protecting_only_pretrained_weights():
     assert TrainConfig(**REQUIRED, pretrained=False, backbone_lr_scale=0.5).backbone_lr_scale == 0.5
     with pytest.raises(ValueError, match="backbone_lr_scale must be positive"):
         TrainConfig(**REQUIRED, backbone_lr_scale=0)
+
+
+def test_speed_flags_default_to_the_hardware_and_parse_from_the_cli():
+    base = {"model": "m", "data": "d", "output_dir": "o"}
+    config = TrainConfig(**base)
+    assert config.num_workers == "auto" and config.mixed_precision == "auto"
+    assert config.channels_last is None and not config.compile  # None: decided from the device
+    assert TrainConfig(**base, num_workers="3").num_workers == 3  # YAML/CLI strings become numbers
+    for bad, error in (({"num_workers": "many"}, "num_workers"), ({"num_workers": -1}, "num_workers"),
+                       ({"mixed_precision": "fp64"}, "mixed_precision")):  # fmt: skip
+        with pytest.raises(ValueError, match=error):
+            TrainConfig(**base, **bad)
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--data", "d", "--output-dir", "o", "--num-workers", "2", "--channels-last",
+         "--compile", "--mixed-precision", "no"]
+    )  # fmt: skip
+    config = config_from_args(args)
+    assert (config.num_workers, config.channels_last, config.compile, config.mixed_precision) == (2, True, True, "no")
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--data", "d", "--output-dir", "o", "--no-channels-last"]
+    )
+    assert config_from_args(args).channels_last is False

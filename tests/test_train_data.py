@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data import create_transform
 
 from hubclf.train.csv_labels import LabelsCSVError, read_labels_csv
 from hubclf.train.data import (
     MAX_IMAGE_PIXELS,
     BadImageError,
     ImageClassificationDataset,
+    TensorEvalTransform,
     build_transforms,
     decode_image,
     find_columns,
@@ -233,6 +235,65 @@ def test_seeded_augmentation_depends_on_seed_epoch_and_row_only(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)  # ...and is left untouched (dropout keeps its stream)
     dataset.seed_augmentation(seed=1, epoch=1)
     assert not torch.equal(dataset[0]["pixel_values"], first)  # each epoch sees new augmentations
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"input_size": (3, HEIGHT, WIDTH), "crop_pct": 1.0},  # already the input size: no resize at all
+        {"input_size": (3, 448, 224), "crop_pct": 0.875},  # rectangular resize (ResizeKeepRatio) + centre crop
+        {"input_size": (3, 64, 64), "crop_pct": 0.875, "interpolation": "bicubic"},  # square: shorter-side resize
+    ],
+)
+def test_the_fused_eval_transform_gives_timms_pixels(config):
+    """Eval pixels as before: timm's transform and the fused one differ by float rounding only."""
+    timm_transform = create_transform(**config, is_training=False)
+    _, eval_tf = build_transforms(config, augment=False)
+    assert isinstance(eval_tf, TensorEvalTransform)
+    rng = np.random.default_rng(1)
+    for size in ((HEIGHT, WIDTH), (300, 170), (41, 97)):
+        noise = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        expected, got = timm_transform(noise), eval_tf(noise)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    gray = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8))  # converted like timm does
+    torch.testing.assert_close(eval_tf(gray), timm_transform(gray.convert("RGB")), atol=1e-5, rtol=0)
+    assert "TensorEvalTransform" in repr(eval_tf) and repr(timm_transform) in repr(eval_tf)  # the cache key
+
+
+def test_an_unknown_transform_is_kept_as_it_is():
+    odd = create_transform(input_size=(3, 32, 32), is_training=False, normalize=False)  # no Normalize step
+    assert TensorEvalTransform.wrap(odd) is odd
+
+
+def test_rows_are_read_a_batch_at_a_time_with_the_same_samples(tmp_path):
+    make_image_folder(tmp_path, num_classes=2, per_class=3)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    dataset = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    batch = dataset.__getitems__([2, 0])
+    assert [row["index"] for row in batch] == [2, 0]
+    for row in batch:
+        single = dataset[row["index"]]
+        assert torch.equal(single["pixel_values"], row["pixel_values"]) and single["labels"] == row["labels"]
+    assert [dataset[i]["labels"] for i in range(len(dataset))] == list(data.train["label"])
+
+
+def test_persistent_workers_see_each_epochs_augmentation_seed(tmp_path):
+    """The (seed, epoch) lives in shared memory: a DataLoader worker started in epoch 0 uses epoch 1's seed."""
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    train_tf, _ = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=True)
+    dataset = ImageClassificationDataset(data.train, "image", "label", train_tf, input_size=(3, HEIGHT, WIDTH))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, persistent_workers=True)
+    epochs = []
+    for epoch in (0, 1):
+        dataset.seed_augmentation(seed=3, epoch=epoch)
+        epochs.append(next(iter(loader))["pixel_values"])
+    for epoch in (0, 1):  # the same pixels as the main process computes for that epoch
+        dataset.seed_augmentation(seed=3, epoch=epoch)
+        assert torch.equal(epochs[epoch][0], dataset[0]["pixel_values"])
+    assert not torch.equal(epochs[0], epochs[1])
 
 
 # ---- class names: normalisation, collisions, classes without images -------------------------------------------

@@ -21,6 +21,7 @@ AUGMENT_CHOICES = ("auto", "none", "light", "default", "strong")  # presets: hub
 CLASS_WEIGHT_CHOICES = ("auto", "none", "balanced")
 # --strategy: "auto" measures head vs fine-tuning on the data (hubclf.train.strategy); the others name a freeze mode.
 STRATEGIES = ("auto", "head", "finetune", "staged")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16", "fp8")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
     val_split: float = 0.1
     crop_pct: float | None = None
     on_bad_image: str = "skip"
-    num_workers: int = 4
+    num_workers: int | str = "auto"  # "auto": hardware.default_num_workers() (cores - 1 per process, 1..8)
 
     # Transfer learning.
     freeze: str = FREEZE_NONE
@@ -75,7 +76,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     clip_grad: float | None = None
     seed: int = 42
-    mixed_precision: str | None = None
+    mixed_precision: str | None = "auto"  # "auto": hardware.choose_mixed_precision(); None: Accelerate's setting
+    channels_last: bool | None = None  # NHWC weights and activations; None: on a CPU (measured faster), else off
+    compile: bool = False  # torch.compile the model's forward (opt-in: compile time is minutes on a small CPU)
     max_nonfinite_steps: int = 10
 
     # Recipes (hubclf.train.recipes). "auto" and None are chosen from the data when the run starts.
@@ -132,6 +135,15 @@ class TrainConfig:
             )
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct is the centre-cropped fraction of the image, in (0, 1]; got {self.crop_pct}")
+        if isinstance(self.num_workers, str) and self.num_workers != "auto":
+            try:
+                self.num_workers = int(self.num_workers)
+            except ValueError:
+                raise ValueError(f"num_workers must be 'auto' or a number, got {self.num_workers!r}") from None
+        if isinstance(self.num_workers, int) and self.num_workers < 0:
+            raise ValueError(f"num_workers must be 'auto' or at least 0, got {self.num_workers}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
         if not 0.0 < self.val_split < 1.0:
@@ -314,7 +326,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         "(default: the model's, 0.875 for hubclf models). Saved with the model",
     )
     add("--on-bad-image", choices=BAD_IMAGE_POLICIES, help="skip (count and list) unreadable images, or stop")
-    add("--num-workers", type=int, help="DataLoader worker processes per training process")
+    add(
+        "--num-workers",
+        help="DataLoader worker processes per training process; auto: the cores left after one per training "
+        "process, 1 to 8",
+    )
 
     add = adder("transfer learning")
     add("--freeze", help="'none' (fine-tune all), 'backbone' (train only the classifier) or a module, e.g. features.5")
@@ -350,7 +366,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     add("--grad-accum-steps", type=int, help="accumulate gradients over this many steps")
     add("--clip-grad", type=float, help="clip the gradient norm to this value")
     add("--seed", type=int, help="random seed (data order, augmentation, init)")
-    add("--mixed-precision", choices=("no", "fp16", "bf16", "fp8"), help="override Accelerate's mixed precision")
+    add(
+        "--mixed-precision",
+        choices=MIXED_PRECISIONS,
+        help="auto: bf16 on a CPU only where it measures faster than fp32 (AVX-512 BF16/AMX), else fp32; on GPUs "
+        "Accelerate's setting. A value given here always wins",
+    )
+    add(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels-last (NHWC) memory format for the model (default: on for CPU training, where oneDNN's "
+        "convolutions are faster in it, off on GPUs)",
+    )
+    add("--compile", action="store_true", help="torch.compile the model (compiling takes a while; measure first)")
     add(
         "--max-nonfinite-steps",
         type=int,

@@ -10,6 +10,7 @@ The same code runs as ``python``/``hubclf train`` on one CPU or GPU and under ``
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
@@ -27,9 +28,10 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env, set_seed
 from timm.data import resolve_model_data_config
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -51,6 +53,7 @@ from hubclf.train.features import (
     load_or_extract_features,
     weights_fingerprint,
 )
+from hubclf.train.hardware import choose_mixed_precision, default_num_workers, fused_optimizer_kwargs
 from hubclf.train.metrics import evaluate, format_metrics
 from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
 from hubclf.train.safety import RunLock, StopOnSignal, ignore_interrupts_in_worker, main_process_work
@@ -118,6 +121,7 @@ def train(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
     check_trackers(config.log_with)
+    config, speed_choices = _resolve_hardware_defaults(config)
     with StopOnSignal() as stop:
         accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum_steps,
@@ -125,6 +129,8 @@ def train(config: TrainConfig) -> TrainResult:
             log_with=config.log_with or None,
             project_dir=str(output_dir),
         )
+        for choice in speed_choices:
+            logger.info(choice)
         lock = RunLock(output_dir)
         try:
             with main_process_work(accelerator, "locking the output folder") as is_main:
@@ -194,6 +200,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
 
     # ---- model and transforms ---------------------------------------------------------------------------------
     model = create_model(config, data.label_names).to(accelerator.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # convolutions then produce NHWC activations too
+    if config.compile:
+        model.compile()  # in place: the module, its state_dict keys and timm's methods stay as they are
     if config.crop_pct is not None:
         # In the pretrained_cfg, so it is saved with the model: predict, eval and timm users then see the images
         # exactly as validation did.
@@ -228,11 +238,14 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         train_set, eval_set = train_images, eval_images
     workers = 0 if isinstance(train_set, FeatureDataset) else config.num_workers
     shuffle_generator = torch.Generator()  # re-seeded every epoch: the data order depends on (seed, epoch) only
+    # Persistent workers: each epoch's train and eval passes reuse their workers instead of starting new ones;
+    # the per-epoch augmentation seed reaches them through shared memory (ImageClassificationDataset).
     loader_args = dict(
         batch_size=config.batch_size,
         num_workers=workers,
         pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=ignore_interrupts_in_worker if workers else None,
+        persistent_workers=workers > 0,
     )
     sampler = recipe.train_sampler(dataset_labels(train_set))  # --balanced-sampler, else a seeded shuffle
     train_loader = DataLoader(
@@ -248,6 +261,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         lr=config.lr,
         weight_decay=config.weight_decay,
         param_group_fn=lambda m: param_groups(m, config),
+        **fused_optimizer_kwargs(config.opt, accelerator.device),  # no model-sized temporaries per step
     )
 
     criterion, mixer = recipe.criterion(accelerator.device), recipe.mixer(data.num_classes)
@@ -537,6 +551,34 @@ def _count_nonfinite_step(
         f"(the last at step {state.global_step}, epoch {epoch + 1}); they were skipped, not applied. {best}. "
         "Lower --lr, add --clip-grad, or raise --max-nonfinite-steps"
     )
+
+
+def _resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``config`` with ``num_workers="auto"`` and ``mixed_precision="auto"`` decided for this machine (see
+    ``hubclf.train.hardware``), and one log line per decision saying why."""
+    # The state the Accelerator below will share; like AcceleratorState, honour ACCELERATE_USE_CPU, or a multi-CPU
+    # launch would be initialised as a single process.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    choices, changes = [], {}
+    if config.num_workers == "auto":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))  # set by torchrun/accelerate
+        changes["num_workers"] = default_num_workers(processes_per_machine=local_processes)
+        choices.append(f"--num-workers auto: {changes['num_workers']} DataLoader worker(s) per process")
+    if config.mixed_precision == "auto" and AcceleratorState._shared_state:
+        # An earlier run in this process fixed Accelerate's precision; it cannot change until the process restarts.
+        changes["mixed_precision"] = AcceleratorState().mixed_precision
+        choices.append(f"--mixed-precision auto: {changes['mixed_precision']}, as the earlier run in this process")
+    elif config.mixed_precision == "auto":
+        decision = [choose_mixed_precision(state.device.type)]
+        if state.num_processes > 1:
+            broadcast_object_list(decision)  # every process must train in the same precision: the main one decides
+        changes["mixed_precision"], why = decision[0]
+        choices.append(f"--mixed-precision auto: {changes['mixed_precision'] or 'Accelerate default'} ({why})")
+    if config.channels_last is None:
+        changes["channels_last"] = state.device.type == "cpu"
+        layout = "on" if changes["channels_last"] else "off"
+        choices.append(f"channels-last memory format {layout} (device: {state.device.type})")
+    return dataclasses.replace(config, **changes), choices
 
 
 def check_trackers(names: list[str]) -> None:

@@ -41,6 +41,7 @@ from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import backbone_features
+from hubclf.train.hardware import resolve_num_workers
 from hubclf.train.loop import create_model
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
@@ -147,7 +148,7 @@ def lr_find(
     if recipe.augments:
         images.seed_augmentation(config.seed, 0)
     loader = DataLoader(
-        images, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+        images, batch_size=config.batch_size, shuffle=True, num_workers=resolve_num_workers(config.num_workers),
         generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda",
     )  # fmt: skip
     if steps > len(loader) and not allow_repeat:

@@ -105,7 +105,7 @@ class ClassificationMetrics:
         return result
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     accelerator: Any,
     predict: Callable[[dict[str, torch.Tensor]], torch.Tensor],
@@ -134,7 +134,8 @@ def evaluate(
         # Integers rather than bools: not every collective backend (gloo) gathers bool tensors.
         valid = batch["valid"].long() if "valid" in batch else torch.ones_like(labels)
         rows = batch["index"] if "index" in batch else torch.full_like(labels, -1)
-        logits, labels, valid, rows = accelerator.gather_for_metrics((logits.float(), labels, valid, rows))
+        if accelerator.num_processes > 1:  # one process holds every sample already: nothing to gather or trim
+            logits, labels, valid, rows = accelerator.gather_for_metrics((logits.float(), labels, valid, rows))
         valid = valid.bool()
         metrics.update(logits[valid], labels[valid])
         skipped += rows[~valid].tolist()
