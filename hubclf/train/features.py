@@ -126,7 +126,8 @@ def weights_fingerprint(model: nn.Module) -> str:
         if name.startswith(prefixes):
             continue
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        # hashed through the buffer protocol: no second copy of the weights (0.15 GB for AlexNet) in memory
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
