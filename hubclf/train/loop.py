@@ -44,7 +44,12 @@ from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
-from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+from hubclf.train.data import (
+    ImageClassificationData,
+    ImageClassificationDataset,
+    build_transforms,
+    load_image_dataset,
+)
 from hubclf.train.features import (
     FeatureDataset,
     backbone_features,
@@ -175,18 +180,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     # ---- data -------------------------------------------------------------------------------------------------
     # The main process fills the 🤗 datasets cache first; the others then read it instead of racing to write it.
     with accelerator.main_process_first():
-        data = load_image_dataset(
-            config.data,
-            image_column=config.image_column,
-            label_column=config.label_column,
-            train_split=config.train_split,
-            eval_split=config.eval_split,
-            val_split=config.val_split,
-            seed=config.seed,
-            num_classes=config.num_classes,
-            labels=config.labels,
-            path_column=config.path_column,
-        )
+        data = load_training_data(config)
     logger.info(
         f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
         f"{data.num_classes} classes: {data.label_names}"
@@ -592,6 +586,29 @@ def check_trackers(names: list[str]) -> None:
             raise ValueError(f"--log-with {name}: unknown tracker; Accelerate knows {LoggerType.list()}")
         if name != "all" and name not in available:
             raise ValueError(f"--log-with {name}: the {name} package is not installed (pip install {name})")
+
+
+# ---- data -----------------------------------------------------------------------------------------------------
+def load_training_data(config: TrainConfig) -> ImageClassificationData:
+    """The checked train/eval splits that ``config`` names: the same for ``train``, ``lr-find``, ``--strategy auto``
+    and ``compare``.
+
+    Example::
+
+        data = load_training_data(TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out"))
+    """
+    return load_image_dataset(
+        config.data,
+        image_column=config.image_column,
+        label_column=config.label_column,
+        train_split=config.train_split,
+        eval_split=config.eval_split,
+        val_split=config.val_split,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        labels=config.labels,
+        path_column=config.path_column,
+    )
 
 
 # ---- model ----------------------------------------------------------------------------------------------------

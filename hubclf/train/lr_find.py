@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 from hubclf.atomic import atomic_write_json
 from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
-from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+from hubclf.train.data import ImageClassificationDataset, build_transforms
 from hubclf.train.features import backbone_features
 from hubclf.train.hardware import resolve_num_workers
-from hubclf.train.loop import create_model
+from hubclf.train.loop import create_model, load_training_data
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
 
@@ -127,11 +127,7 @@ def lr_find(
         raise RuntimeError("lr-find runs in one process: start it with python/hubclf, not accelerate launch")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    data = load_image_dataset(
-        config.data, image_column=config.image_column, label_column=config.label_column,
-        train_split=config.train_split, eval_split=config.eval_split, val_split=config.val_split, seed=config.seed,
-        num_classes=config.num_classes, labels=config.labels, path_column=config.path_column,
-    )  # fmt: skip
+    data = load_training_data(config)
     if model is None:
         model = create_model(config, data.label_names)
         if config.crop_pct is not None:  # as train() does, so that the images look the same

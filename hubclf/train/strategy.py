@@ -44,8 +44,8 @@ from hubclf.hub import from_pretrained, push_to_hub, render_model_card, save_pre
 from hubclf.models import freeze as freeze_model
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
-from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
-from hubclf.train.loop import BEST_DIR, CARD_COLUMNS, FINAL_DIR, METRICS_FILE, TrainResult, train
+from hubclf.train.data import ImageClassificationDataset, build_transforms
+from hubclf.train.loop import BEST_DIR, CARD_COLUMNS, FINAL_DIR, METRICS_FILE, TrainResult, load_training_data, train
 
 logger = get_logger(__name__)
 
@@ -306,18 +306,7 @@ def _finished_result(output_dir: Path, state: TrainerState) -> TrainResult:
 @torch.no_grad()
 def _paired_correctness(config: TrainConfig, *model_dirs: Path) -> list[list[bool]]:
     """For each model, whether it classifies each readable validation image right (same images, same order)."""
-    data = load_image_dataset(
-        config.data,
-        image_column=config.image_column,
-        label_column=config.label_column,
-        train_split=config.train_split,
-        eval_split=config.eval_split,
-        val_split=config.val_split,
-        seed=config.seed,
-        num_classes=config.num_classes,
-        labels=config.labels,
-        path_column=config.path_column,
-    )
+    data = load_training_data(config)
     results = []
     for model_dir in model_dirs:
         model = from_pretrained(model_dir).eval()
