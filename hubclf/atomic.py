@@ -97,22 +97,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
         atomic_write_bytes("out/weights.bin", payload)
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("atomic.before_rename")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
