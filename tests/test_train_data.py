@@ -497,3 +497,14 @@ def test_train_and_eval_on_csv_labels_end_to_end(tmp_path, capsys):
     argv = ["train", "--data", "photos", "--labels", "l.csv", "--path-column", "file", "--output-dir", "o"]
     config = config_from_args(build_parser().parse_args([*argv, "--model", "m"]))
     assert (config.data, config.labels, config.path_column) == ("photos", "l.csv", "file")
+
+
+def test_a_class_name_with_a_control_character_is_refused_before_training(tmp_path: Path) -> None:
+    """Class names become the model's label_names, which must print safely: refused when the data is loaded."""
+    for name in ("rose", "daisy\x1b[31m"):
+        folder = tmp_path / "train" / name
+        folder.mkdir(parents=True)
+        for index in range(2):
+            Image.new("RGB", (8, 8), (index * 90, 40, 200)).save(folder / f"{index}.png")
+    with pytest.raises(ValueError, match="control characters"):
+        load_image_dataset(str(tmp_path))

@@ -28,6 +28,8 @@ from timm.data import create_transform
 from torchvision.transforms import Normalize
 from torchvision.transforms.functional import pil_to_tensor
 
+from hubclf.config_check import label_name_problems
+
 logger = logging.getLogger(__name__)
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
@@ -106,6 +108,9 @@ def load_image_dataset(
     image_column, label_column = find_columns(train.features, image_column, label_column)
     train = _as_class_label(normalize_labels(train, label_column), label_column, num_classes)
     label_names = list(train.features[label_column].names)
+    problems = label_name_problems(label_names, len(label_names))
+    if problems:  # they become the model's label_names: refuse them now, not when the first checkpoint is saved
+        raise ValueError(f"{data}: class names " + "; ".join(problems))
 
     if eval_split is None:
         eval_split = find_eval_split(splits, exclude=train_split)
