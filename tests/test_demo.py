@@ -50,27 +50,43 @@ def test_smoke_run_succeeds_and_prints_the_summary(smoke_run):
     out = result.stdout
     for heading in ("Validation top-1 on the 8-class 128×64 target set", "Time per step:", "total"):
         assert heading in out
+    assert "$ hubclf compare --model hf-hub:hubclf-demo/alexnet-slim-demo-base" in out  # one command, printed
     summary = json.loads((workdir / "summary.json").read_text())
-    for run in ("base", "frozen", "finetune", "scratch"):
+    assert summary["strategies"] == ["head", "finetune", "scratch"]
+    for run in ("base", "head", "finetune", "scratch"):
         assert 0.0 <= summary[run]["top1"] <= 1.0
         assert summary[run]["epochs"] == 1
-    assert len(summary["timings"]) == 8
+    compared = json.loads((workdir / "runs" / "compare" / "compare.json").read_text())
+    assert {run["strategy"]: run["val_top1"] for run in compared["runs"]} == {
+        strategy: summary[strategy]["top1"] for strategy in summary["strategies"]
+    }  # the summary's accuracies are compare's
+    assert {run["strategy"]: run["lr"] for run in compared["runs"]} == {"head": 3e-2, "finetune": 3e-3, "scratch": 3e-3}
+    assert len(summary["timings"]) == 6
 
 
-def test_smoke_run_pushed_three_repos_with_model_cards(smoke_run):
+def test_smoke_run_pushed_the_base_and_the_winner_with_model_cards(smoke_run):
     result, workdir = smoke_run
     summary = json.loads((workdir / "summary.json").read_text())
-    for run in ("base", "frozen", "finetune"):
-        repo = workdir / "hub" / "models" / summary[run]["repo_id"]
-        assert _git(repo, "rev-parse", "main").strip() == summary[run]["commit"]  # the commit the trainer reported
-        assert set(_git(repo, "ls-tree", "--name-only", "main").split()) == {
-            ".gitattributes", "README.md", "config.json", "model.safetensors",
-            "confusion_matrix.png", "training_curves.png",  # hubclf train's pictures, shown in the card
-        }  # fmt: skip
-    # The lineage is on the Hub: each model card names the repo it started from.
-    finetuned_card = _git(workdir / "hub" / "models" / summary["finetune"]["repo_id"], "show", "main:README.md")
-    assert f"base_model: {summary['frozen']['repo_id']}" in finetuned_card
-    assert summary["scratch"]["repo_id"] is None  # the baseline is not published
+    models = workdir / "hub" / "models"
+    assert sorted(str(path.relative_to(models)) for path in models.glob("*/*")) == sorted(
+        [summary["base"]["repo_id"], summary["published"]["repo_id"]]
+    )  # the other strategies and the scratch baseline are not published
+    base_repo = models / summary["base"]["repo_id"]
+    assert _git(base_repo, "rev-parse", "main").strip() == summary["base"]["commit"]  # the commit the trainer reported
+    assert set(_git(base_repo, "ls-tree", "--name-only", "main").split()) == {
+        ".gitattributes", "README.md", "config.json", "model.safetensors",
+        "confusion_matrix.png", "training_curves.png",  # hubclf train's pictures, shown in the card
+    }  # fmt: skip
+    published = summary["published"]
+    winner_repo = models / published["repo_id"]
+    assert _git(winner_repo, "rev-parse", "main").strip() == published["commit"]  # the commit compare reported
+    assert published["strategy"] in summary["strategies"]
+    assert published["top1"] == summary[published["strategy"]]["top1"]
+    # The lineage is on the Hub (the winner's card names the base repo), with the comparison table that chose it.
+    card = _git(winner_repo, "show", "main:README.md")
+    assert f"base_model: {summary['base']['repo_id']}" in card
+    assert "## Why this strategy" in card
+    assert all(f"| {strategy} |" in card or f"| **{strategy}** |" in card for strategy in summary["strategies"])
 
 
 def test_smoke_run_reloads_with_timm_and_predicts_label_names(smoke_run):
@@ -95,9 +111,10 @@ def test_smoke_run_stops_the_local_hub(smoke_run):
 
 
 def test_transfer_must_beat_scratch():
-    assert demo.transfer_beats_scratch({"frozen": 0.85, "finetune": 0.875, "scratch": 0.115})
-    assert not demo.transfer_beats_scratch({"frozen": 0.85, "finetune": 0.10, "scratch": 0.115})
-    assert not demo.transfer_beats_scratch({"frozen": 0.5, "finetune": 0.5, "scratch": 0.5})  # a tie is no win
+    assert demo.transfer_beats_scratch({"head": 0.85, "finetune": 0.875, "scratch": 0.115})
+    assert not demo.transfer_beats_scratch({"head": 0.85, "finetune": 0.10, "scratch": 0.115})
+    assert not demo.transfer_beats_scratch({"head": 0.5, "finetune": 0.5, "scratch": 0.5})  # a tie is no win
+    assert not demo.transfer_beats_scratch({"scratch": 0.5})  # nothing to compare is no win
 
 
 def test_imagenet_mode_needs_a_namespace_and_offline_mode_refuses_one(capsys):
@@ -127,13 +144,15 @@ def test_a_failing_command_stops_the_demo_with_its_log(tmp_path):
 
 def test_exit_status_is_1_when_transfer_does_not_beat_scratch(monkeypatch, tmp_path, capsys):
     def story_where_scratch_wins(args, scale, workdir, runner, cleanup):
-        run = {"top1": 0.5, "epochs": 5, "train_seconds": 60.0, "repo_id": "me/m", "commit": "0" * 40}
+        run = {"top1": 0.5, "epochs": 2, "train_seconds": 60.0, "lr": 3e-3}
         return {
             "mode": scale,
             "hub": "http://127.0.0.1:1 (local, stopped at the end)",
             "target": {"classes": list("abcdefgh"), "image_size": [448, 224],
                        "counts": {"train": dict.fromkeys("abcdefgh", 24), "validation": dict.fromkeys("abcdefgh", 24)}},
-            "frozen": run, "finetune": {**run, "top1": 0.4}, "scratch": {**run, "top1": 0.45, "repo_id": None},
+            "strategies": ["head", "finetune", "scratch"],
+            "head": run, "finetune": {**run, "top1": 0.4}, "scratch": {**run, "top1": 0.45},
+            "published": {"strategy": "head", "repo_id": "me/m", "commit": "0" * 40, "top1": 0.5},
             "transfer_beats_scratch": False,
             "reloaded": {"input_size": [3, 448, 224], "labels": list("abcdefgh"), "top1": 0.4, "images": 192},
             "predict": {"images": 3, "top1_right": 1},
