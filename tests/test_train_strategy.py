@@ -292,3 +292,22 @@ def test_cli_reports_a_bad_strategy_combination_in_one_line(tmp_path, hues):
         "hubclf train: error: --strategy auto sets the freezing itself; drop --freeze/--unfreeze-after, "
         "or drop --strategy"
     ]
+
+
+def test_adding_the_strategy_section_keeps_the_folder_pictures(tmp_path: Path) -> None:
+    """add_card_section replaces the folder whole: the pictures must come along and stay linked in the card."""
+    from huggingface_hub import ModelCard
+
+    from hubclf.plots import model_pictures
+    from hubclf.train.strategy import add_card_section
+
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(64, 64))
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.4, "val_top1": 0.5}]
+    images, _ = model_pictures([[2, 1], [0, 3]], ["a", "b"], history)
+    folder = hubclf.save_pretrained(model, tmp_path / "best", label_names=["a", "b"], images=images)
+    section = {"summary": "head wins", "columns": ["strategy"], "rows": [["head"]], "reason": "cheaper"}
+    add_card_section(folder, section)
+    for name, png in images.items():
+        assert (folder / name).read_bytes() == png
+    card = ModelCard.load(folder / "README.md").text
+    assert "![Confusion matrix](confusion_matrix.png)" in card and "Why this strategy" in card

@@ -446,6 +446,9 @@ def add_card_section(
         eval_results=meta.get("eval_results"),
         epoch_metrics=epoch_metrics if epoch_metrics is not None else meta.get("epoch_metrics"),
         extra_config={"strategy": section},
+        # the folder is replaced whole: carry its pictures over, or the re-saved card would lose them
+        images={name: (model_dir / name).read_bytes() for name in meta.get("images") or []},
+        images_skipped=meta.get("images_skipped"),
     )
 
 
