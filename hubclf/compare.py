@@ -176,7 +176,7 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
-    from hubclf.train.data import load_image_dataset
+    from hubclf.train.loop import load_training_data
 
     strategies = parse_strategies(strategies)
     lrs, grids = dict(lrs or {}), {**LR_GRIDS, **{k: tuple(v) for k, v in (lr_grids or {}).items()}}
@@ -188,11 +188,7 @@ def compare(
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
     configs = {strategy: strategy_config(config, strategy) for strategy in strategies}  # bad settings fail early
-    data = load_image_dataset(
-        config.data, image_column=config.image_column, label_column=config.label_column,
-        train_split=config.train_split, eval_split=config.eval_split, val_split=config.val_split, seed=config.seed,
-        num_classes=config.num_classes, labels=config.labels, path_column=config.path_column,
-    )  # fmt: skip
+    data = load_training_data(config)
     runs = []
     for number, strategy in enumerate(strategies, 1):
         lr, source = _pick_lr(configs[strategy], strategy, lrs, grids, search_epochs, output_dir, lr_search)
