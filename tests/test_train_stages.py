@@ -9,6 +9,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 from hubclf.train import TrainConfig
+from hubclf.train.features import backbone_features
 from hubclf.train.loop import batch_logits
 from hubclf.train.stages import FULL, HEAD, PARTIAL, apply_stage, param_groups, set_stage_modes, stage_for_epoch
 
@@ -97,3 +98,24 @@ def test_head_stage_stores_no_backbone_activations():
     classifier_input = 4 * model.head_hidden_size * 4  # float32 features of the batch
     assert head <= classifier_input + model.get_classifier().weight.numel() * 4
     assert full > 50 * head
+
+
+def test_a_bare_classifier_takes_bf16_features_under_bf16_autocast():
+    """Under bf16 the frozen backbone's features are bf16; a classifier Accelerate did not wrap (the EMA model's,
+    or one used outside training) must still take them, from images and from cached features alike."""
+
+    class Bf16Accelerator:  # Accelerator.autocast() of a bf16 run, without touching Accelerate's global state
+        def autocast(self):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    torch.manual_seed(0)
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=3, img_size=(64, 64)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = backbone_features(model, pixels)
+    assert features.dtype == torch.bfloat16
+    classifier = model.get_classifier()
+    from_images = batch_logits(Bf16Accelerator(), model, classifier, HEAD, {"pixel_values": pixels})
+    from_cache = batch_logits(Bf16Accelerator(), model, classifier, HEAD, {"features": features})
+    assert from_images.shape == (2, 3)
+    assert torch.equal(from_images, from_cache)

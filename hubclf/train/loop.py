@@ -734,12 +734,16 @@ def batch_logits(
     In the head stage the backbone runs outside autograd, so backward stores none of its activations: only the
     classifier's input. That is where feature extraction saves its memory.
     """
+    # The classifier runs under the same autocast as the backbone: under bf16 the features are bf16, and a
+    # ``trainable`` that Accelerate did not wrap (the EMA model's classifier, a bare module) would not cast them.
     if "features" in batch:  # cached: the frozen backbone already ran
-        return trainable(batch["features"])
+        with accelerator.autocast():
+            return trainable(batch["features"])
     if stage == HEAD:
         with torch.no_grad(), accelerator.autocast():
             features = backbone_features(model, batch["pixel_values"])
-        return trainable(features)
+        with accelerator.autocast():
+            return trainable(features)
     return trainable(batch["pixel_values"])
 
 
