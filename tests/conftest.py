@@ -18,6 +18,10 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's real token must never leak in
+# `--mixed-precision auto` picks bf16 on CPUs where a probe measures it faster, and Accelerate keeps the first
+# run's precision for the whole process: the suite would compute in bf16 on some machines and fp32 on others,
+# depending on the probe and the test order. Tests run in fp32 everywhere; tests/test_train_hardware.py covers auto.
+os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "no")
 
 # Subprocesses (the CLI, accelerate launch, the demo) must import the hubclf of the checkout under test, also when
 # it is a git worktree next to the one the venv's editable install points at.
