@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import timm.data
 import torch
 import torch.nn as nn
 from PIL import Image
 
 from hubclf.atomic import staged_dir
 from hubclf.predict import find_images, label_names_of, load_model
-from hubclf.train.data import build_transforms, decode_image
+from hubclf.train.data import decode_image, eval_preprocessing
 
 if TYPE_CHECKING:
     import gradio
@@ -91,8 +90,7 @@ class ImageScorer:
         self.model = model.eval().to(self.device)
         self.label_names = label_names_of(model) or [str(i) for i in range(model.num_classes)]
         # The transform path of hubclf predict: the model's own input size, crop and normalisation.
-        self.data_config = timm.data.resolve_data_config({}, model=model)
-        _, self.transform = build_transforms(self.data_config, augment=False)
+        self.data_config, self.transform = eval_preprocessing(model)
 
     @torch.inference_mode()
     def __call__(self, image: Image.Image | None) -> dict[str, float] | None:

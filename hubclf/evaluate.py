@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 import datasets
-import timm.data
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, default_collate
@@ -27,8 +26,8 @@ from hubclf.predict import class_probabilities, label_names_of, load_model
 from hubclf.train.data import (
     BadImageError,
     ImageClassificationDataset,
-    build_transforms,
     decode_image,
+    eval_preprocessing,
     find_columns,
     find_eval_split,
     normalize_labels,
@@ -103,8 +102,7 @@ def evaluate_model(
     dataset = normalize_labels(dataset, label_column)
     to_model_labels = _LabelsToModelOrder.for_feature(dataset, label_column, label_names)
 
-    data_config = timm.data.resolve_data_config({}, model=model)
-    _, eval_transform = build_transforms(data_config, augment=False)
+    data_config, eval_transform = eval_preprocessing(model)
     images = ImageClassificationDataset(
         dataset, image_column, label_column, eval_transform, on_bad_image="skip", input_size=data_config["input_size"]
     )

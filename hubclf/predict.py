@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm.data
 import torch
 import torch.nn as nn
 from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hubclf.config_check import printable
 from hubclf.hub import from_pretrained
-from hubclf.train.data import BadImageError, build_transforms, decode_image
+from hubclf.train.data import BadImageError, decode_image, eval_preprocessing
 
 __all__ = [
     "ImagePrediction",
@@ -171,8 +170,7 @@ def predict(
     was_training = model.training
     model.eval().to(device)
 
-    data_config = timm.data.resolve_data_config({}, model=model)
-    _, eval_transform = build_transforms(data_config, augment=False)
+    data_config, eval_transform = eval_preprocessing(model)
     images = _ImageFiles(files, eval_transform, data_config["input_size"])
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     k = min(top_k, model.num_classes)

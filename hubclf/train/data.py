@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from timm.data import create_transform
+from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import Normalize
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -560,6 +560,18 @@ class TensorEvalTransform:
 
     def __repr__(self) -> str:  # part of the feature-cache key: it must name every setting
         return f"{type(self).__name__}({self.transform!r})"
+
+
+def eval_preprocessing(model: torch.nn.Module) -> tuple[dict[str, Any], Callable]:
+    """How ``model`` sees an image outside training: its timm data config and eval transform (its own input size,
+    crop and normalisation). ``predict``, ``eval``, the app and ``--strategy auto`` all go through this.
+
+    Example::
+
+        data_config, transform = eval_preprocessing(model)   # data_config["input_size"] == (3, 448, 224)
+    """
+    data_config = resolve_model_data_config(model)
+    return data_config, build_transforms(data_config, augment=False)[1]
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):

@@ -37,14 +37,13 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import parse_flag_from_env
-from timm.data import resolve_model_data_config
 from torch.utils.data import DataLoader
 
 from hubclf.hub import from_pretrained, push_to_hub, render_model_card, save_pretrained
 from hubclf.models import freeze as freeze_model
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
-from hubclf.train.data import ImageClassificationDataset, build_transforms
+from hubclf.train.data import ImageClassificationDataset, eval_preprocessing
 from hubclf.train.loop import BEST_DIR, CARD_COLUMNS, FINAL_DIR, METRICS_FILE, TrainResult, load_training_data, train
 
 logger = get_logger(__name__)
@@ -312,8 +311,7 @@ def _paired_correctness(config: TrainConfig, *model_dirs: Path) -> list[list[boo
         model = from_pretrained(model_dir).eval()
         if list(model.label_names or []) != list(data.label_names):
             raise ValueError(f"{model_dir} was trained on other classes than {config.data} has")
-        data_config = resolve_model_data_config(model)
-        _, transform = build_transforms(data_config, augment=False)
+        data_config, transform = eval_preprocessing(model)
         images = ImageClassificationDataset(
             data.eval, data.image_column, data.label_column, transform,
             on_bad_image=config.on_bad_image, input_size=data_config["input_size"],
