@@ -95,11 +95,20 @@ def choose_kill_points(hits: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 def resume_in_process(output_dir: Path, data: Path) -> None:
-    """``hubclf train ... --resume latest`` in this process (saves a Python start-up per kill point)."""
+    """``hubclf train ... --resume latest`` in this process (saves a Python start-up per kill point).
+
+    On one thread, as the subprocesses run (``OMP_NUM_THREADS=1``): a CPU convolution's backward sums in an order
+    that depends on the thread count, so a run on 2 threads differs in the low bits from one on 1 thread.
+    """
     args = build_parser().parse_args(
         [*TRAIN_ARGS, "--data", str(data), "--output-dir", str(output_dir), "--resume", "latest"]
     )
-    train(config_from_args(args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config_from_args(args))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
