@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -427,3 +428,17 @@ def test_a_signal_outside_the_epoch_loop_stops_at_the_next_safe_point(
         assert stopped.value.checkpoint == list_checkpoints(config.output_dir)[-1]
         assert hubclf.from_pretrained(Path(config.output_dir) / "final").num_classes == NUM_CLASSES
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
+def test_one_nonfinite_gradient_element_skips_the_step_and_large_finite_ones_do_not(bad_value):
+    one_process = SimpleNamespace(scaler=None, num_processes=1)
+    layer = torch.nn.Linear(4, 3)
+    layer.weight.grad = torch.full_like(layer.weight, 1e30)  # finite, and 12 of them sum to 1.2e31: still finite
+    layer.bias.grad = torch.zeros_like(layer.bias)
+    finite_loss = torch.tensor(False)
+    assert loop._all_finite(one_process, layer, finite_loss)
+    layer.bias.grad[1] = bad_value
+    assert not loop._all_finite(one_process, layer, finite_loss)
+    layer.bias.grad.zero_()
+    assert not loop._all_finite(one_process, layer, torch.tensor(True))  # a non-finite loss alone skips it too

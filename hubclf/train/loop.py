@@ -515,7 +515,10 @@ def _all_finite(accelerator: Accelerator, trainable: nn.Module, nonfinite_loss: 
     if accelerator.scaler is None:
         grads = [p.grad for p in trainable.parameters() if p.grad is not None]
         if grads:
-            bad |= ~torch.stack([g.isfinite().all() for g in grads]).all()
+            # A sum is NaN or inf as soon as one element is, and costs one multi-threaded read of each gradient:
+            # isfinite().all() was 170 ms per AlexNet step on 2 cores (a quarter of the step), the sums 4 ms. Only
+            # a sum beyond 3.4e38 of finite values reads as non-finite, and such a step is diverging anyway.
+            bad |= ~torch.stack([g.sum(dtype=torch.float32) for g in grads]).isfinite().all()
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad.long(), "sum") > 0
     return not bool(bad)
