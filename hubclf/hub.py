@@ -180,6 +180,43 @@ def save_pretrained(
     return save_dir
 
 
+def update_card(
+    save_dir: str | os.PathLike,
+    *,
+    epoch_metrics: list[dict],
+    images: dict[str, bytes],
+    images_skipped: str | None = None,
+) -> Path:
+    """Rewrite the training record of a saved model folder (``epoch_metrics`` and the pictures, in config.json's
+    ``hubclf`` block and in the card); the weights file is kept as it is, never read into memory.
+
+    This is how a run's ``best/`` gets the whole run's table at the end, without a second copy of the model in
+    memory. The folder is replaced whole, as ``save_pretrained`` replaces it. Returns ``save_dir`` as a ``Path``.
+
+        update_card("out/best", epoch_metrics=[{"epoch": 1, "val_top1": 0.9}], images={})
+    """
+    save_dir = Path(save_dir)
+    config = _read_config(save_dir / CONFIG_NAME)
+    metadata = {
+        **config.get("hubclf", {}),
+        "epoch_metrics": epoch_metrics,
+        "images": _check_images(images),
+        "images_skipped": images_skipped,
+    }
+    metadata = to_strict_json(metadata)
+    _check_json("epoch_metrics", metadata)
+    config["hubclf"] = metadata
+    with staged_dir(save_dir) as tmp:
+        # A second name for the same file: the old folder keeps its own until the swap, so a kill loses nothing.
+        os.link(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        for name, png in images.items():
+            (tmp / name).write_bytes(png)
+        atomic_write_text(tmp / CONFIG_NAME, strict_json_dumps(config, indent=2) + "\n")
+        fault_point("update_card.after_config")
+        render_model_card(config, str(save_dir.resolve())).save(tmp / CARD_NAME)
+    return save_dir
+
+
 def _write_config(
     model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict
 ) -> dict[str, Any]:

@@ -31,7 +31,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +121,7 @@ def hubclf_train_command(args: argparse.Namespace, output_dir: str) -> list[str]
     """
     freeze = {
         "full": ["--freeze", "none"],
+        "full-fp32": ["--freeze", "none"],
         "frozen": ["--freeze", "backbone", "--cache-features", "off"],
         "cached": ["--freeze", "backbone", "--cache-features", "memory"],
     }[args.mode]
@@ -128,8 +131,16 @@ def hubclf_train_command(args: argparse.Namespace, output_dir: str) -> list[str]
         "--data", args.data, "--img-size", str(height), str(width), *freeze, "--no-augment", "--crop-pct", "1",
         "--opt", "momentum", "--lr", str(args.lr), "--weight-decay", "0", "--sched", "none", "--warmup-epochs", "0",
         "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers), "--epochs", str(args.epochs),
-        "--output-dir", output_dir, "--mixed-precision", args.mixed_precision or "no",
+        "--output-dir", output_dir, "--mixed-precision", _hubclf_precision(args),
     ]  # fmt: skip
+
+
+def _hubclf_precision(args: argparse.Namespace) -> str:
+    """Both sides in bf16 when the bench asks for it; else hubclf's own default (``auto``: bf16 only where this
+    machine measures it faster), or fp32 for the ``full-fp32`` row, against the fp32 a user writes."""
+    if args.mixed_precision:
+        return args.mixed_precision
+    return "no" if args.mode == "full-fp32" else args.hubclf_precision
 
 
 def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,7 +152,9 @@ def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"hubclf train failed ({result.returncode}):\n{result.stderr[-3000:]}")
         records = [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
     epochs = [{"seconds": r["seconds"], "val_top1": r["val_top1"]} for r in records]
-    return {"epochs": epochs, "command": " ".join(command[2:])}
+    chosen = re.search(r"--mixed-precision auto: (\S+)", result.stderr)
+    precision = chosen.group(1) if chosen else command[command.index("--mixed-precision") + 1]
+    return {"epochs": epochs, "command": " ".join(command[2:]), "precision": precision}
 
 
 def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,6 +204,7 @@ def run_worker(args: argparse.Namespace, side: str, task: str, model: str, mode:
         "--data", args.data, "--img-size", *map(str, args.img_size), "--batch-size", str(args.batch_size),
         "--num-workers", str(args.num_workers), "--epochs", str(args.epochs), "--lr", str(args.lr),
         "--device", args.device, "--num-classes", str(args.num_classes),
+        "--hubclf-precision", args.hubclf_precision,
     ]  # fmt: skip
     if args.mixed_precision:
         command += ["--mixed-precision", args.mixed_precision]
@@ -269,15 +283,23 @@ def e2e_main(args: argparse.Namespace) -> None:
         print(f"  input pipeline alone (decode + transform): peer {pipelines['peer']['images_per_s']:.1f} img/s, "
               f"hubclf {pipelines['hubclf']['images_per_s']:.1f} img/s "
               f"({pipelines['hubclf']['images_per_s'] / pipelines['peer']['images_per_s']:.2f}x)", flush=True)
-        runs = {}
-        for mode in ("full", "frozen", "cached"):
-            for side in ("peer", "hubclf"):
-                if side == "peer" and mode == "cached":
-                    continue  # the plain loop has no feature cache: compare with its frozen run
-                runs[side, mode] = run_worker(args, side, "train", model, mode)
-                last = runs[side, mode]["epochs"][-1]
-                print(f"  {side:<6} {mode:<6} last epoch {last['seconds']:7.1f} s  val top-1 {last['val_top1']:.3f}  "
-                      f"peak RSS {runs[side, mode]['peak_rss_mib']:7.0f} MiB", flush=True)
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for repeat in range(args.repeats):
+            for mode in ("full", "full-fp32", "frozen", "cached"):
+                # Alternate who goes first, so that a drift in the machine's speed does not favour one side.
+                sides = ("peer", "hubclf") if repeat % 2 == 0 else ("hubclf", "peer")
+                for side in sides:
+                    if side == "peer" and mode in ("cached", "full-fp32"):
+                        continue  # the plain loop has no feature cache, and is in fp32 anyway
+                    if mode == "full-fp32" and (args.mixed_precision or args.hubclf_precision == "no"):
+                        continue  # hubclf's full run is already in the peer's precision
+                    run = run_worker(args, side, "train", model, mode)
+                    runs.setdefault((side, mode), []).append(run)
+                    last = run["epochs"][-1]
+                    precision = f" ({run['precision']})" if side == "hubclf" else ""
+                    print(f"  [{repeat + 1}/{args.repeats}] {side:<6} {mode + precision:<16} last epoch "
+                          f"{last['seconds']:7.1f} s  val top-1 {last['val_top1']:.3f}  "
+                          f"peak RSS {run['peak_rss_mib']:7.0f} MiB", flush=True)
         rows += _table_rows(model, runs, pipelines, args)
     _print_table(rows, args)
     if args.json:
@@ -286,21 +308,32 @@ def e2e_main(args: argparse.Namespace) -> None:
 
 
 def _table_rows(model: str, runs: dict, pipelines: dict, args: argparse.Namespace) -> list[dict[str, Any]]:
-    images = None
+    """One row per hubclf mode against the peer's matching mode, from the medians over the repeats."""
+
+    def median(side_mode: tuple[str, str], value: Any) -> float:
+        return statistics.median(value(run) for run in runs[side_mode])
+
     rows = []
-    for mode, peer_mode in (("full", "full"), ("frozen", "frozen"), ("cached", "frozen")):
-        peer, ours = runs["peer", peer_mode], runs["hubclf", mode]
-        images = peer["train_images"] + peer["val_images"]
-        peer_s, ours_s = peer["epochs"][-1]["seconds"], ours["epochs"][-1]["seconds"]
+    pairs = [("full", "full"), ("full-fp32", "full"), ("frozen", "frozen"), ("cached", "frozen")]
+    for mode, peer_mode in pairs:
+        if ("hubclf", mode) not in runs:
+            continue
+        peer, ours = ("peer", peer_mode), ("hubclf", mode)
+        first = runs[peer][0]
+        images = first["train_images"] + first["val_images"]
+        peer_s, ours_s = (median(key, lambda run: run["epochs"][-1]["seconds"]) for key in (peer, ours))
+        peer_rss, ours_rss = (median(key, lambda run: run["peak_rss_mib"]) for key in (peer, ours))
         rows.append({
-            "model": model, "mode": mode, "peer_mode": peer_mode,
+            "model": model, "mode": mode, "peer_mode": peer_mode, "precision": runs[ours][0]["precision"],
+            "repeats": len(runs[ours]), "peer_seconds": [run["epochs"][-1]["seconds"] for run in runs[peer]],
+            "hubclf_seconds": [run["epochs"][-1]["seconds"] for run in runs[ours]],
             "peer_img_s": images / peer_s, "hubclf_img_s": images / ours_s, "speed_ratio": peer_s / ours_s,
-            "peer_rss_mib": peer["peak_rss_mib"], "hubclf_rss_mib": ours["peak_rss_mib"],
-            "rss_ratio": ours["peak_rss_mib"] / peer["peak_rss_mib"],
-            "peer_val_top1": peer["epochs"][-1]["val_top1"], "hubclf_val_top1": ours["epochs"][-1]["val_top1"],
+            "peer_rss_mib": peer_rss, "hubclf_rss_mib": ours_rss, "rss_ratio": ours_rss / peer_rss,
+            "peer_val_top1": runs[peer][-1]["epochs"][-1]["val_top1"],
+            "hubclf_val_top1": runs[ours][-1]["epochs"][-1]["val_top1"],
             "peer_pipeline_img_s": pipelines["peer"]["images_per_s"],
             "hubclf_pipeline_img_s": pipelines["hubclf"]["images_per_s"],
-            "mfu": _mfu(model, images / ours_s, args) if mode == "full" else None,
+            "mfu": _mfu(model, images / ours_s, args, runs[ours][0]["precision"]) if mode.startswith("full") else None,
         })  # fmt: skip
     full_rss = next(r["hubclf_rss_mib"] for r in rows if r["mode"] == "full")
     for row in rows:
@@ -309,25 +342,32 @@ def _table_rows(model: str, runs: dict, pipelines: dict, args: argparse.Namespac
 
 
 def _print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print("\nimg/s = (train + validation images) / epoch time of the last epoch; ratio = hubclf / peer speed")
-    header = (f"{'model':<8} {'mode':<20} {'peer img/s':>10} {'hubclf img/s':>12} {'ratio':>6} {'peer RSS':>9} "
-              f"{'hubclf RSS':>10} {'RSS vs full':>11} {'top-1 peer/hubclf':>18}")
+    print(f"\nimg/s = (train + validation images) / time of the last epoch, median of {args.repeats} runs per side "
+          "(interleaved); ratio = hubclf / peer speed; the peer runs in fp32 unless --mixed-precision bf16")
+    header = (f"{'model':<8} {'mode (hubclf precision)':<30} {'peer img/s':>10} {'hubclf img/s':>12} {'ratio':>6} "
+              f"{'peer RSS':>9} {'hubclf RSS':>10} {'RSS vs full':>11} {'top-1 peer/hubclf':>18}")
     print(header)
     print("-" * len(header))
-    labels = {"full": "full fine-tune", "frozen": "frozen backbone", "cached": "cached features"}
+    labels = {"full": "full fine-tune", "full-fp32": "full fine-tune", "frozen": "frozen backbone",
+              "cached": "cached features"}  # fmt: skip
     for r in rows:
-        mode = labels[r["mode"]] + ("*" if r["mode"] == "cached" else "")
-        print(f"{r['model']:<8} {mode:<20} {r['peer_img_s']:>10.2f} {r['hubclf_img_s']:>12.2f} "
+        mode = f"{labels[r['mode']]}{'*' if r['mode'] == 'cached' else ''} ({_precision_label(r['precision'])})"
+        print(f"{r['model']:<8} {mode:<30} {r['peer_img_s']:>10.2f} {r['hubclf_img_s']:>12.2f} "
               f"{r['speed_ratio']:>5.2f}x {r['peer_rss_mib']:>6.0f} MiB {r['hubclf_rss_mib']:>6.0f} MiB "
               f"{r['hubclf_rss_vs_full']:>10.2f}x {r['peer_val_top1']:>8.3f} / {r['hubclf_val_top1']:.3f}")
     print("* against the peer's frozen backbone: the plain loop has no feature cache")
+    print("RSS vs full: this row's hubclf peak RSS / that of hubclf's full fine-tune in its default precision")
     if any(r["mfu"] is not None for r in rows):
         for r in rows:
             if r["mfu"] is not None:
-                print(f"MFU {r['model']} full fine-tune ({args.mixed_precision or 'fp32'}): {100 * r['mfu']:.1f}%")
+                print(f"MFU {r['model']} full fine-tune ({_precision_label(r['precision'])}): {100 * r['mfu']:.1f}%")
 
 
-def _mfu(model: str, images_per_s: float, args: argparse.Namespace) -> float | None:
+def _precision_label(precision: str) -> str:
+    return {"no": "fp32"}.get(precision, precision)
+
+
+def _mfu(model: str, images_per_s: float, args: argparse.Namespace, precision: str) -> float | None:
     if args.device != "cuda":
         return None
     import torch
@@ -336,7 +376,7 @@ def _mfu(model: str, images_per_s: float, args: argparse.Namespace) -> float | N
     peak = next((p for key, p in PEAK_TFLOPS.items() if key in name), None)
     if peak is None:
         return None
-    precision = "bf16" if args.mixed_precision == "bf16" else "fp32"
+    precision = "bf16" if precision == "bf16" else "fp32"
     return images_per_s * TRAIN_GFLOP_PER_IMAGE[model] / (peak[precision] * 1e3)
 
 
@@ -443,7 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--num-workers", type=int, default=1)
     e2e.add_argument("--epochs", type=int, default=2, help="the last epoch is the one compared")
     e2e.add_argument("--lr", type=float, default=0.01)
-    e2e.add_argument("--mixed-precision", choices=("bf16",), default=None)
+    e2e.add_argument("--mixed-precision", choices=("bf16",), default=None, help="bf16 autocast for both sides")
+    e2e.add_argument("--hubclf-precision", default="auto", choices=("auto", "no"),
+                     help="hubclf's --mixed-precision when --mixed-precision is not given (default: auto, hubclf's "
+                          "default; the table adds a full fine-tune row in fp32 when auto picks bf16)")
+    e2e.add_argument("--repeats", type=int, default=3, help="runs per side and mode, interleaved; medians compared")
     e2e.add_argument("--workdir", default=str(REPO_ROOT / ".bench"), help="where the generated JPEGs are kept")
     e2e.add_argument("--json", help="also write the table as JSON to this file")
     e2e.add_argument("--smoke", action="store_true", help="tiny sizes, to check that every path runs")
@@ -454,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--steps", type=int, default=3)
 
     worker = sub.add_parser("_worker")  # one measurement, in its own process (internal)
-    for flag in ("--side", "--task", "--model", "--mode", "--data", "--device", "--mixed-precision"):
+    worker_flags = ("--side", "--task", "--model", "--mode", "--data", "--device", "--mixed-precision")
+    for flag in (*worker_flags, "--hubclf-precision"):
         worker.add_argument(flag)
     worker.add_argument("--img-size", nargs=2, type=int)
     for flag in ("--batch-size", "--num-workers", "--epochs", "--num-classes"):
@@ -475,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.smoke:
             args.img_size, args.images_per_class, args.vgg_images_per_class = [96, 64], 2, 1
-            args.batch_size, args.epochs = 4, 2
+            args.batch_size, args.epochs, args.repeats = 4, 2, 1
             args.workdir = str(Path(args.workdir) / "smoke")
         e2e_main(args)
 

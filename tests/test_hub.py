@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import PretrainedCfg
 
 from hubclf.cli import main
-from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, verify_push
+from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_card, verify_push
 from tests.hub_fixtures import point_hub_clients_at, set_hub_offline
 
 ARCH = "hubclf_alexnet_slim"
@@ -215,6 +216,28 @@ def test_card_says_why_pictures_were_skipped(model, tmp_path):
 def test_save_rejects_bad_pictures(model, tmp_path, images, message):
     with pytest.raises(ValueError, match=message):
         save_pretrained(model, tmp_path, label_names=LABELS, images=images)
+
+
+def test_update_card_rewrites_the_record_and_keeps_the_weights_file(pictured, tmp_path):
+    from hubclf.plots import model_pictures
+
+    folder = tmp_path / "flowers"
+    shutil.copytree(pictured, folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_top1": 0.2 * e} for e in (1, 2, 3)]
+    images, _ = model_pictures([[3, 1, 0], [0, 2, 0], [1, 0, 1]], LABELS, history)
+    assert images["training_curves.png"] != (folder / "training_curves.png").read_bytes()
+
+    update_card(folder, epoch_metrics=history, images=images)
+
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert (folder / "training_curves.png").read_bytes() == images["training_curves.png"]
+    config = json.loads((folder / "config.json").read_text())
+    assert [row["epoch"] for row in config["hubclf"]["epoch_metrics"]] == [1, 2, 3]
+    assert config["hubclf"]["eval_results"]["macro_f1"] == 0.7  # the rest of the record is kept
+    assert "| 3 |" in (folder / "README.md").read_text()
+    assert_same_logits(from_pretrained(folder), from_pretrained(pictured))
+    assert not list(tmp_path.glob(".flowers.tmp-*"))
 
 
 def test_push_uploads_the_pictures_the_card_shows(use_hub, new_repo_id, pictured, tmp_path):

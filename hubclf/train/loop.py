@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from hubclf._faults import fault_point
 from hubclf.atomic import atomic_write_text, restore_dir, strict_json_dumps, to_strict_json
-from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
+from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_card
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
@@ -473,7 +473,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
             final = model if ema is None else ema_model(ema, model)
             _save_model(final, output_dir / FINAL_DIR, config, data, state, accelerator.num_processes, recipe)
             fault_point("final.saved")
-            _refresh_best_card(output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe)
+            _refresh_best_card(output_dir / BEST_DIR, data, state)
             fault_point("final.best_card_saved")
     hub_url = None
     if config.push_to_hub:
@@ -862,20 +862,22 @@ def _save_model(
         freeze=config.freeze,
         hyperparameters=_hyperparameters(config, num_processes, recipe),
         eval_results=eval_results,
-        epoch_metrics=[{k: row[k] for k in CARD_COLUMNS if k in row} for row in history],
+        epoch_metrics=_card_rows(history),
         images=images,
         images_skipped=images_skipped,
     )
 
 
-def _refresh_best_card(
-    directory: Path, config: TrainConfig, data: Any, state: TrainerState, processes: int, recipe: Recipe | None = None
-) -> None:
-    """Re-save the best model so that its card holds the whole run's per-epoch table, not just the epochs
-    up to the best one."""
-    best = from_pretrained(directory)
-    apply_stage(best, state.history[state.best_epoch - 1]["stage"], config)  # the card counts trainable parameters
-    _save_model(best, directory, config, data, state, processes, recipe)
+def _refresh_best_card(directory: Path, data: Any, state: TrainerState) -> None:
+    """Give the best model's card the whole run's per-epoch table and curves, not just the epochs up to the best
+    one; its weights stay on disk (loading them would hold a second copy of the model in memory)."""
+    best = state.history[state.best_epoch - 1]
+    images, images_skipped = model_pictures(best.get("val_confusion_matrix"), data.label_names, state.history)
+    update_card(directory, epoch_metrics=_card_rows(state.history), images=images, images_skipped=images_skipped)
+
+
+def _card_rows(history: list[dict]) -> list[dict]:
+    return [{k: row[k] for k in CARD_COLUMNS if k in row} for row in history]
 
 
 def _dataset_name(source: str) -> str:
