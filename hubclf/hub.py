@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,10 @@ def update_card(
     config["hubclf"] = metadata
     with staged_dir(save_dir) as tmp:
         # A second name for the same file: the old folder keeps its own until the swap, so a kill loses nothing.
-        os.link(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        try:
+            os.link(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        except OSError:  # a file system without hard links: copy it, still without loading it
+            shutil.copyfile(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
         for name, png in images.items():
             (tmp / name).write_bytes(png)
         atomic_write_text(tmp / CONFIG_NAME, strict_json_dumps(config, indent=2) + "\n")

@@ -11,12 +11,14 @@
 Both train on the same generated JPEG folder at 448×224 (train + validation split), each configuration in its own
 process, so that peak RSS is that configuration's alone. Modes: full fine-tune, frozen backbone, and (hubclf only)
 cached features, where epoch 2 and later train the head on features computed once. An epoch is one pass over the
-train split plus one over the validation split, as in the issue that asked for this benchmark. The ratio is
-peer epoch time / hubclf epoch time of the last epoch (both warm); above 1 means hubclf is faster. The input
+train split plus one over the validation split, as in the issue that asked for this benchmark. Every configuration
+runs ``--repeats`` times (3), interleaved with the other side's; the ratio is the peer's median last-epoch time /
+hubclf's (both warm); above 1 means hubclf is faster. hubclf runs in its default ``--mixed-precision auto`` (bf16
+only where the CPU measures it faster) against the fp32 a user writes, plus a full fine-tune row in fp32. The input
 pipeline alone (decode + transform, no model) is measured for both as well.
 
-    python scripts/bench.py                                  # AlexNet and VGG11, CPU (~20 min on 2 cores)
-    python scripts/bench.py --models alexnet --epochs 2      # AlexNet only
+    python scripts/bench.py                                  # AlexNet and VGG11, CPU (~25 min on 2 cores)
+    python scripts/bench.py --models alexnet --repeats 1     # AlexNet only, one run per side and mode
     python scripts/bench.py --device cuda --mixed-precision bf16 --images-per-class 64
     python scripts/bench.py modes --batch-size 8             # per-step cost of the three modes (hubclf only)
     python scripts/bench.py --smoke                          # tiny sizes: checks that everything runs

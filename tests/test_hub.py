@@ -240,6 +240,19 @@ def test_update_card_rewrites_the_record_and_keeps_the_weights_file(pictured, tm
     assert not list(tmp_path.glob(".flowers.tmp-*"))
 
 
+def test_update_card_copies_the_weights_where_hard_links_fail(pictured, tmp_path, monkeypatch):
+    folder = tmp_path / "flowers"
+    shutil.copytree(pictured, folder)
+
+    def no_hard_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    update_card(folder, epoch_metrics=[{"epoch": 1, "val_top1": 0.5}], images={})
+    assert (folder / "model.safetensors").read_bytes() == (pictured / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
 def test_push_uploads_the_pictures_the_card_shows(use_hub, new_repo_id, pictured, tmp_path):
     repo_id = new_repo_id("pictures")
     push_to_hub(pictured, repo_id, token=use_hub.token)
