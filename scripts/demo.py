@@ -56,7 +56,8 @@ class Recipe:
 #   base 30.8%, frozen transfer 60.4%; 5 epochs at 1e-3 -> base 22.9%, 54.7%; 12 epochs at 5e-4 -> 45.0%, 80.7%).
 # - `hubclf compare` gives every strategy the same budget: 5 epochs at batch 16, seed 0. At 2 epochs, finetune (which
 #   starts from a fresh head, unlike the old hand-written run that fine-tuned the frozen run's head) had not converged:
-#   measured head 60.9% / finetune 38.0% / scratch 13.5% at 2 epochs; 78.1% / 75.0% / 13.5% at 5 epochs
+#   measured head 60.9% / finetune 38.0% / scratch 13.5% at 2 epochs; 78.1% / 75.0% / 13.5% at 5 epochs on one
+#   thread (78.1% / 74.5% / 15.6% on two)
 #   (and staged 75.5%, so it is left out: one more minute, no new answer).
 # - learning rates, fixed with --lr rather than searched by compare (its grid costs 3 extra 1-epoch runs per strategy
 #   and searches at 1 epoch, not at the final runs' 5):
@@ -94,15 +95,15 @@ STRATEGY_TEXT = {
 # - `--no-augment`: timm's default ImageNet augmentation (random-resized crops down to 8% of the image) cuts the
 #   objects out of the small base images and splits the target images' shape pairs (measured: the base model
 #   learns far slower). Without it, the frozen run trains on cached features, and all target runs see the same pixels.
-# - one compute thread (OMP_NUM_THREADS, below) plus one image-decoding worker: on 2 cores that beats two compute
-#   threads, which fight the decoder (and anything else running) for the cores: measured 5x slower per step on a
-#   busy machine.
+# - PyTorch's own number of compute threads (one per core) next to one image-decoding worker, as `hubclf train`
+#   runs for a user. On a quiet 2-core machine, side by side, 2 threads trained an epoch 1.15x faster than 1 thread
+#   on the base set and 1.5x faster on the target set (the decoder needs little of a core). On a machine busy with
+#   other work, `OMP_NUM_THREADS=1 bash scripts/demo.sh` keeps the threads from fighting for the cores.
 # - mixed precision "no": `auto` would train in bf16 on CPUs with fast bf16 (AVX-512 BF16/AMX), and the demo's
 #   accuracies would then differ from machine to machine, as would the fp32 reload check in step 5. (`hubclf compare`
 #   has no --mixed-precision flag: it takes further `hubclf train` settings from a --config file.)
 COMMON_TRAIN_FLAGS = ("--crop-pct", "1", "--no-augment", "--num-workers", "1", "--seed", "0")
 NO_MIXED_PRECISION = {"mixed_precision": "no"}
-DEFAULT_THREADS = "1"
 
 
 class DemoError(RuntimeError):
@@ -324,7 +325,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (workdir / "logs").mkdir(parents=True)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_DISABLE_TELEMETRY="1")
-    env.setdefault("OMP_NUM_THREADS", DEFAULT_THREADS)
     runner = Runner(env, workdir / "logs", verbose=args.verbose, total_steps=5 if args.imagenet else 6)
     source = "ImageNet weights, real Hub" if args.imagenet else "offline"
     print(f"hubclf demo ({scale}, {source}): transfer learning with {ARCHITECTURE}, 8 new classes")
