@@ -293,7 +293,7 @@ def e2e_main(args: argparse.Namespace) -> None:
                 for side in sides:
                     if side == "peer" and mode in ("cached", "full-fp32"):
                         continue  # the plain loop has no feature cache, and is in fp32 anyway
-                    if mode == "full-fp32" and (args.mixed_precision or args.hubclf_precision == "no"):
+                    if mode == "full-fp32" and not _auto_chose_bf16(args, runs):
                         continue  # hubclf's full run is already in the peer's precision
                     run = run_worker(args, side, "train", model, mode)
                     runs.setdefault((side, mode), []).append(run)
@@ -307,6 +307,11 @@ def e2e_main(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": _machine(args), "rows": rows}, indent=2) + "\n")
         print(f"\nwrote {args.json}")
+
+
+def _auto_chose_bf16(args: argparse.Namespace, runs: dict) -> bool:
+    """Whether hubclf's full fine-tune ran in bf16 by its own ``auto`` choice: only then does an fp32 row add one."""
+    return not args.mixed_precision and runs["hubclf", "full"][0]["precision"] == "bf16"
 
 
 def _table_rows(model: str, runs: dict, pipelines: dict, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -871,6 +871,8 @@ def _save_model(
 def _refresh_best_card(directory: Path, data: Any, state: TrainerState) -> None:
     """Give the best model's card the whole run's per-epoch table and curves, not just the epochs up to the best
     one; its weights stay on disk (loading them would hold a second copy of the model in memory)."""
+    if state.best_epoch == len(state.history):
+        return  # saved after the last epoch: its card already holds the whole run, its pictures the last epoch's
     best = state.history[state.best_epoch - 1]
     images, images_skipped = model_pictures(best.get("val_confusion_matrix"), data.label_names, state.history)
     update_card(directory, epoch_metrics=_card_rows(state.history), images=images, images_skipped=images_skipped)
