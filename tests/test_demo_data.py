@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 from pathlib import Path
@@ -38,6 +39,20 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, kind: str) -> None:
     assert first["sha256"] == second["sha256"]
     assert _files(tmp_path / "a") == _files(tmp_path / "b")  # manifest.json included
     assert first["sha256"] == dataset_sha256(tmp_path / "a")
+
+
+def test_processes_share_the_work_and_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    serial = generate(tmp_path / "serial", kind="base", seed=3, scale="smoke", progress=False)
+    monkeypatch.setattr("hubclf.demo.data._MIN_IMAGES_PER_PROCESS", 1)  # smoke data is below the real threshold
+    monkeypatch.setattr("hubclf.demo.data._available_cores", lambda: 2)
+    started = []
+    real_pool = concurrent.futures.ProcessPoolExecutor
+    monkeypatch.setattr(
+        concurrent.futures, "ProcessPoolExecutor", lambda *a, **k: started.append(a) or real_pool(*a, **k)
+    )
+    parallel = generate(tmp_path / "parallel", kind="base", seed=3, scale="smoke", progress=False)
+    assert started == [(2,)]
+    assert parallel == serial and _files(tmp_path / "serial") == _files(tmp_path / "parallel")
 
 
 def test_different_seed_gives_different_images(tmp_path: Path) -> None:
