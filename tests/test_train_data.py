@@ -22,6 +22,7 @@ from hubclf.train.data import (
     MAX_IMAGE_PIXELS,
     BadImageError,
     ImageClassificationDataset,
+    PixelCache,
     TensorEvalTransform,
     build_transforms,
     decode_image,
@@ -294,6 +295,50 @@ def test_persistent_workers_see_each_epochs_augmentation_seed(tmp_path):
         dataset.seed_augmentation(seed=3, epoch=epoch)
         assert torch.equal(epochs[epoch][0], dataset[0]["pixel_values"])
     assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_cached_pixels_are_the_decoded_ones_shared_by_workers_and_decoded_once(tmp_path, monkeypatch):
+    make_image_folder(tmp_path, num_classes=2, per_class=4)
+    bad = add_bad_images(tmp_path / "class_0")
+    data = load_image_dataset(str(tmp_path), val_split=0.25)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    plain = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    cached = ImageClassificationDataset(
+        data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH), cache_pixels=True
+    )
+    rows = len(plain)
+    assert cached.pixel_cache.nbytes == rows * 3 * HEIGHT * WIDTH
+    expected = [plain[i] for i in range(rows)]
+    bad_rows = [i for i in range(rows) if cached.describe(i) in map(str, bad)]
+    assert bad_rows, "the split should hold some of the unreadable files"
+
+    # The first pass runs in 2 DataLoader workers: the shared cache then holds every row for the main process.
+    loader = torch.utils.data.DataLoader(cached, batch_size=3, num_workers=2)
+    first = [row for batch in loader for row in _rows(batch)]
+    status = cached.pixel_cache.status.tolist()
+    assert [i for i, s in enumerate(status) if s == PixelCache.BAD] == bad_rows
+    assert status.count(PixelCache.CACHED) == rows - len(bad_rows)
+
+    # Later passes decode nothing, and give the very tensors (and validity) of the uncached dataset.
+    monkeypatch.setattr("hubclf.train.data.decode_image", lambda value: pytest.fail(f"decoded {value} again"))
+    again = [cached[i] for i in range(rows)]
+    for want, got_first, got in zip(expected, first, again, strict=True):
+        assert want["valid"] == got_first["valid"] == got["valid"]
+        assert torch.equal(want["pixel_values"], got_first["pixel_values"])
+        assert torch.equal(want["pixel_values"], got["pixel_values"])
+
+
+def test_only_a_fixed_transform_can_cache_pixels(tmp_path):
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    train_tf, _ = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=True)
+    with pytest.raises(ValueError, match="fixed"):
+        ImageClassificationDataset(data.train, "image", "label", train_tf, cache_pixels=True)
+
+
+def _rows(batch: dict) -> list[dict]:
+    pairs = zip(batch["pixel_values"], batch["valid"], strict=True)
+    return [{"pixel_values": pixels, "valid": bool(valid)} for pixels, valid in pairs]
 
 
 # ---- class names: normalisation, collisions, classes without images -------------------------------------------

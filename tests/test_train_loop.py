@@ -463,3 +463,25 @@ def test_the_final_refresh_gives_best_the_whole_run_and_skips_a_best_saved_last(
     epochs = json.loads((best / "config.json").read_text())["hubclf"]["epoch_metrics"]
     assert [row["epoch"] for row in epochs] == [1, 2] and "| 2 |" in (best / "README.md").read_text()
     assert (best / "model.safetensors").read_bytes() == saved["model.safetensors"]
+
+
+def test_cached_images_train_exactly_as_decoding_every_epoch_and_too_big_a_cache_is_skipped(
+    tmp_path, image_folder, backbone_weights, caplog, monkeypatch
+):
+    caplog.set_level("INFO", logger="hubclf.train.loop")
+    common = dict(augment="none", num_workers=1, epochs=2)
+    cached = train(make_config(tmp_path, image_folder, backbone_weights, "cached", **common))
+    assert "image cache: the decoded" in caplog.text and "40 train + 15 eval images" in caplog.text
+    decoded = train(make_config(tmp_path, image_folder, backbone_weights, "decoded", cache_images="off", **common))
+    expected, actual = weights_of(decoded.final_model_dir), weights_of(cached.final_model_dir)
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+    caplog.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "shared_memory_budget", lambda processes: 1000)  # less than one image
+        train(make_config(tmp_path, image_folder, backbone_weights, "no_room", **common))
+    assert "image cache off: the decoded pixels of 40 train + 15 eval images would take" in caplog.text
+
+    caplog.clear()  # with augmentation, only the validation images are the same every epoch
+    train(make_config(tmp_path, image_folder, backbone_weights, "augmented", num_workers=0, epochs=1))
+    assert "pixels of 15 eval images stay in shared memory" in caplog.text

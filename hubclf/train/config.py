@@ -16,6 +16,7 @@ from typing import Any
 FREEZE_NONE = "none"
 FREEZE_BACKBONE = "backbone"
 CACHE_MODES = ("auto", "off", "memory", "disk")
+IMAGE_CACHE_MODES = ("auto", "off")
 BAD_IMAGE_POLICIES = ("skip", "error")
 AUGMENT_CHOICES = ("auto", "none", "light", "default", "strong")  # presets: hubclf.train.recipes.AUGMENT_PRESETS
 CLASS_WEIGHT_CHOICES = ("auto", "none", "balanced")
@@ -53,6 +54,7 @@ class TrainConfig:
     crop_pct: float | None = None
     on_bad_image: str = "skip"
     num_workers: int | str = "auto"  # "auto": hardware.default_num_workers() (cores - 1 per process, 1..8)
+    cache_images: str = "auto"  # "auto": fixed inputs' decoded pixels stay in memory when they fit (see loop)
 
     # Transfer learning.
     freeze: str = FREEZE_NONE
@@ -126,6 +128,8 @@ class TrainConfig:
                 )
         if self.cache_features not in CACHE_MODES:
             raise ValueError(f"cache_features must be one of {CACHE_MODES}, got {self.cache_features!r}")
+        if self.cache_images not in IMAGE_CACHE_MODES:
+            raise ValueError(f"cache_images must be one of {IMAGE_CACHE_MODES}, got {self.cache_images!r}")
         # augment "auto" becomes "none" when features are cached on request (hubclf.train.recipes.choose_recipe).
         cacheable = dataclasses.replace(self, augment="none") if self.augment == "auto" else self
         if self.cache_features in ("memory", "disk") and not cacheable.can_cache_features:
@@ -330,6 +334,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         "--num-workers",
         help="DataLoader worker processes per training process; auto: the cores left after one per training "
         "process, 1 to 8",
+    )
+    add(
+        "--cache-images",
+        choices=IMAGE_CACHE_MODES,
+        help="auto: images that every epoch sees the same (validation; train with no augmentation) are decoded and "
+        "resized once and kept in shared memory, when they fit in a quarter of RAM",
     )
 
     add = adder("transfer learning")

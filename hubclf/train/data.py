@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import random
 import unicodedata
 import warnings
@@ -552,11 +553,19 @@ class TensorEvalTransform:
         return fast
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        for step in self.geometry:  # timm's resize and crop, on the PIL image as timm does them
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """timm's resize and crop, on the PIL image as timm does them: uint8 (3, H, W), what ``PixelCache`` keeps."""
+        for step in self.geometry:
             image = step(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return pil_to_tensor(image).float().mul_(self.scale).add_(self.shift)
+        return pil_to_tensor(image)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> normalised float (3, H, W)."""
+        return pixels.float().mul_(self.scale).add_(self.shift)
 
     def __repr__(self) -> str:  # part of the feature-cache key: it must name every setting
         return f"{type(self).__name__}({self.transform!r})"
@@ -572,6 +581,34 @@ def eval_preprocessing(model: torch.nn.Module) -> tuple[dict[str, Any], Callable
     """
     data_config = resolve_model_data_config(model)
     return data_config, build_transforms(data_config, augment=False)[1]
+
+
+class PixelCache:
+    """Every row's resized and cropped uint8 pixels, in shared memory: decoded once, then read by any process.
+
+    For fixed inputs only (``TensorEvalTransform``: no random augmentation), where every epoch would decode and
+    resize the same file to the same pixels again. DataLoader workers fill it during the first pass and see each
+    other's rows, because the storage is shared; a row's float pixels are then normalised from the uint8 copy by
+    the same operations as without the cache, so the tensors are identical. ``nbytes`` is what it holds.
+
+    Example::
+
+        cache = PixelCache(len(split), (3, 448, 224))   # 0.3 MB per image at 448×224
+    """
+
+    UNKNOWN, CACHED, BAD = 0, 1, 2
+
+    def __init__(self, rows: int, input_size: tuple[int, int, int]) -> None:
+        self.pixels = torch.empty((rows, *input_size), dtype=torch.uint8).share_memory_()
+        self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()
+
+    @staticmethod
+    def nbytes_for(rows: int, input_size: tuple[int, int, int]) -> int:
+        return rows * math.prod(input_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
@@ -594,9 +631,12 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         *,
         on_bad_image: str = "skip",
         input_size: tuple[int, int, int] = (3, 224, 224),
+        cache_pixels: bool = False,
     ) -> None:
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        if cache_pixels and not isinstance(transform, TensorEvalTransform):
+            raise ValueError(f"cache_pixels needs a fixed (eval) transform, got {transform!r}")
         # decode=False hands us the raw bytes/path, so that decoding failures are ours to handle.
         self.dataset = dataset.select_columns([image_column, label_column]).cast_column(
             image_column, datasets.Image(decode=False)
@@ -610,6 +650,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.labels = _labels(self.dataset, label_column).tolist()
         # (seed, epoch) in shared memory: persistent DataLoader workers see each new epoch's value (-1: unseeded).
         self._augmentation_seed = torch.full((2,), -1, dtype=torch.int64).share_memory_()
+        self.pixel_cache = PixelCache(len(self.labels), self.input_size) if cache_pixels else None
 
     @property
     def augmentation_seed(self) -> tuple[int, int] | None:
@@ -639,17 +680,32 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return [self._sample(value, index) for value, index in zip(values, indices, strict=True)]
 
     def _sample(self, value: dict[str, Any], index: int) -> dict[str, Any]:
-        try:
-            image = decode_image(value)
-        except BadImageError:
-            if self.on_bad_image == "error":
-                raise
-            pixels, valid = torch.zeros(self.input_size), False  # zeros = the mean image after normalisation
+        cache = self.pixel_cache
+        if cache is not None and cache.status[index] == PixelCache.CACHED:
+            pixels, valid = self.transform.normalize(cache.pixels[index]), True
+        elif cache is not None and cache.status[index] == PixelCache.BAD:
+            pixels, valid = torch.zeros(self.input_size), False  # reported on the first pass
         else:
-            pixels, valid = self._transform(image, index), True
+            try:
+                image = decode_image(value)
+            except BadImageError:
+                if self.on_bad_image == "error":
+                    raise
+                if cache is not None:
+                    cache.status[index] = PixelCache.BAD
+                pixels, valid = torch.zeros(self.input_size), False  # zeros = the mean image after normalisation
+            else:
+                pixels, valid = self._transform(image, index), True
         return {"pixel_values": pixels, "labels": self.labels[index], "index": index, "valid": valid}
 
     def _transform(self, image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
+        cache = self.pixel_cache
+        if cache is not None:  # a fixed transform: no augmentation seed to apply
+            pixels = self.transform.pixels(image)
+            if tuple(pixels.shape) == tuple(cache.pixels.shape[1:]):
+                cache.pixels[index] = pixels
+                cache.status[index] = PixelCache.CACHED  # after the pixels: a reader never sees a half-written row
+            return self.transform.normalize(pixels)
         augmentation_seed = self.augmentation_seed
         if augmentation_seed is None:
             return self.transform(image)

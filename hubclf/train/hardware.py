@@ -89,6 +89,20 @@ def resolve_num_workers(num_workers: int | str, processes_per_machine: int = 1) 
     return int(num_workers)
 
 
+def shared_memory_budget(processes_per_machine: int = 1) -> int:
+    """Bytes one training process may keep in shared memory for cached pixels: a quarter of physical memory
+    shared by the training processes, and never more than half of what ``/dev/shm`` has free (Docker's default
+    /dev/shm is 64 MB, and a full /dev/shm kills the writer with SIGBUS instead of raising)."""
+    try:
+        budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no cache
+        return 0
+    if Path("/dev/shm").is_dir():
+        stat = os.statvfs("/dev/shm")
+        budget = min(budget, stat.f_bavail * stat.f_frsize // 2)
+    return budget // max(processes_per_machine, 1)
+
+
 @functools.lru_cache(maxsize=1)
 def bf16_speedup_on_cpu(repeats: int = 5) -> float:
     """fp32 time / bf16-autocast time of a convolution (AlexNet's third layer's shape) + linear forward and

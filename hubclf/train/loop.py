@@ -47,6 +47,8 @@ from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 from hubclf.train.data import (
     ImageClassificationData,
     ImageClassificationDataset,
+    PixelCache,
+    TensorEvalTransform,
     build_transforms,
     load_image_dataset,
 )
@@ -58,7 +60,12 @@ from hubclf.train.features import (
     load_or_extract_features,
     weights_fingerprint,
 )
-from hubclf.train.hardware import choose_mixed_precision, default_num_workers, fused_optimizer_kwargs
+from hubclf.train.hardware import (
+    choose_mixed_precision,
+    default_num_workers,
+    fused_optimizer_kwargs,
+    shared_memory_budget,
+)
 from hubclf.train.metrics import evaluate, format_metrics
 from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
 from hubclf.train.safety import RunLock, StopOnSignal, ignore_interrupts_in_worker, main_process_work
@@ -206,6 +213,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     train_transform, eval_transform = build_transforms(
         data_config, augment=recipe.augments, **recipe.transform_options
     )
+    cache_train, cache_eval = _pixel_cache_plan(config, data, data_config, train_transform, eval_transform)
     train_images, eval_images = (
         ImageClassificationDataset(
             split,
@@ -214,8 +222,12 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
             transform,
             on_bad_image=config.on_bad_image,
             input_size=data_config["input_size"],
+            cache_pixels=cache,
         )
-        for split, transform in ((data.train, train_transform), (data.eval, eval_transform))
+        for split, transform, cache in (
+            (data.train, train_transform, cache_train),
+            (data.eval, eval_transform, cache_eval),
+        )
     )
     stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]
     frozen_fingerprint = weights_fingerprint(model) if HEAD in stages else None
@@ -576,6 +588,41 @@ def _resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[s
         layout = "on" if changes["channels_last"] else "off"
         choices.append(f"channels-last memory format {layout} (device: {state.device.type})")
     return dataclasses.replace(config, **changes), choices
+
+
+def _pixel_cache_plan(
+    config: TrainConfig, data: Any, data_config: dict[str, Any], train_transform: Any, eval_transform: Any
+) -> tuple[bool, bool]:
+    """Whether the train and eval splits keep their decoded pixels in memory (``--cache-images auto``).
+
+    Only splits whose every epoch sees the same pixels (``TensorEvalTransform``), only when features are not
+    cached instead (those runs read the images once), and only when both fit the shared-memory budget; one line
+    in the log either way.
+    """
+    fixed = [
+        (name, len(split))
+        for name, split, transform in (("train", data.train, train_transform), ("eval", data.eval, eval_transform))
+        if isinstance(transform, TensorEvalTransform)
+    ]
+    if config.cache_images == "off" or config.feature_cache_mode != "off" or not fixed:
+        return False, False
+    input_size = tuple(data_config["input_size"])
+    needed = sum(PixelCache.nbytes_for(rows, input_size) for _, rows in fixed)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    budget = shared_memory_budget(processes)
+    images = " + ".join(f"{rows} {name}" for name, rows in fixed)
+    if needed > budget:
+        logger.info(
+            f"image cache off: the decoded pixels of {images} images would take {needed / 2**20:.1f} MiB, over "
+            f"this process's budget of {budget / 2**20:.1f} MiB (a quarter of RAM, half of free /dev/shm)"
+        )
+        return False, False
+    logger.info(
+        f"image cache: the decoded {input_size[1]}x{input_size[2]} pixels of {images} images stay in shared "
+        f"memory ({needed / 2**20:.1f} MiB); epochs after the first skip decoding and resizing"
+    )
+    names = {name for name, _ in fixed}
+    return "train" in names, "eval" in names
 
 
 def check_trackers(names: list[str]) -> None:
