@@ -444,24 +444,24 @@ def test_one_nonfinite_gradient_element_skips_the_step_and_large_finite_ones_do_
     assert not loop._all_finite(one_process, layer, torch.tensor(True))  # a non-finite loss alone skips it too
 
 
-def test_the_final_refresh_gives_best_the_whole_run_and_skips_a_best_saved_last(tmp_path):
+def test_best_gets_its_pictures_once_at_the_end_with_the_whole_run(tmp_path):
     from hubclf.train.checkpoints import TrainerState
 
-    rows = [{"epoch": e, "stage": "full", "train_loss": 1 / e, "val_loss": 1 / e, "val_top1": v}
-            for e, v in ((1, 0.6), (2, 0.5))]  # fmt: skip
+    rows = [{"epoch": e, "stage": "full", "train_loss": 1 / e, "val_loss": 1 / e, "val_top1": v,
+             "val_confusion_matrix": [[1, 0], [0, 1]]} for e, v in ((1, 0.6), (2, 0.5))]  # fmt: skip
     data = SimpleNamespace(label_names=["a", "b"])
-    best = hubclf.save_pretrained(
+    best = hubclf.save_pretrained(  # as the loop saves a new best during the run: no pictures yet
         timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(HEIGHT, WIDTH)), tmp_path / "best",
-        label_names=data.label_names, epoch_metrics=rows[:1],
+        label_names=data.label_names, epoch_metrics=rows[:1], images={}, images_skipped=loop.BEST_PICTURES_LATER,
     )  # fmt: skip
+    assert not list(best.glob("*.png")) and loop.BEST_PICTURES_LATER in (best / "README.md").read_text()
     saved = {p.name: p.read_bytes() for p in best.iterdir()}
-
-    loop._refresh_best_card(best, data, TrainerState(best_epoch=1, history=rows[:1]))  # best is the last epoch
-    assert {p.name: p.read_bytes() for p in best.iterdir()} == saved
 
     loop._refresh_best_card(best, data, TrainerState(best_epoch=1, history=rows))  # a later epoch was worse
     epochs = json.loads((best / "config.json").read_text())["hubclf"]["epoch_metrics"]
     assert [row["epoch"] for row in epochs] == [1, 2] and "| 2 |" in (best / "README.md").read_text()
+    assert {p.name for p in best.glob("*.png")} == {"confusion_matrix.png", "training_curves.png"}
+    assert loop.BEST_PICTURES_LATER not in (best / "README.md").read_text()
     assert (best / "model.safetensors").read_bytes() == saved["model.safetensors"]
 
 

@@ -461,8 +461,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
                 fault_point("epoch.metrics_written")
                 if is_best:
                     _save_model(
-                        evaluated, output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe
-                    )
+                        evaluated, output_dir / BEST_DIR, config, data, state, accelerator.num_processes, recipe,
+                        pictures=False,
+                    )  # fmt: skip
                     fault_point("epoch.best_saved")
         if config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch + 1)
@@ -889,7 +890,9 @@ def _save_model(
     state: TrainerState,
     num_processes: int,
     recipe: Recipe | None = None,
+    pictures: bool = True,
 ) -> None:
+    """``save_pretrained`` with the run's card; ``pictures=False`` leaves the plots to ``_refresh_best_card``."""
     history = state.history
     best = history[state.best_epoch - 1] if state.best_epoch else history[-1]
     eval_results = {"accuracy": best["val_top1"], "loss": best["val_loss"]}
@@ -899,7 +902,10 @@ def _save_model(
         eval_results["macro_f1"] = best["val_macro_f1"]
     # The confusion matrix of the epoch whose weights these are: the best one, or the last one for final/.
     shown = history[-1] if directory.name == FINAL_DIR else best
-    images, images_skipped = model_pictures(shown.get("val_confusion_matrix"), data.label_names, history)
+    if pictures:
+        images, images_skipped = model_pictures(shown.get("val_confusion_matrix"), data.label_names, history)
+    else:
+        images, images_skipped = {}, BEST_PICTURES_LATER
     save_pretrained(
         model,
         directory,
@@ -916,13 +922,16 @@ def _save_model(
 
 
 def _refresh_best_card(directory: Path, data: Any, state: TrainerState) -> None:
-    """Give the best model's card the whole run's per-epoch table and curves, not just the epochs up to the best
-    one; its weights stay on disk (loading them would hold a second copy of the model in memory)."""
-    if state.best_epoch == len(state.history):
-        return  # saved after the last epoch: its card already holds the whole run, its pictures the last epoch's
+    """Give the best model's card the whole run's per-epoch table, and its pictures: the best epoch's confusion
+    matrix and the whole run's curves, drawn once here instead of at every new best (~1 s each with 24 classes).
+    Its weights stay on disk (loading them would hold a second copy of the model in memory)."""
     best = state.history[state.best_epoch - 1]
     images, images_skipped = model_pictures(best.get("val_confusion_matrix"), data.label_names, state.history)
     update_card(directory, epoch_metrics=_card_rows(state.history), images=images, images_skipped=images_skipped)
+
+
+# What best/'s card says in place of its pictures until the run ends (a killed run's best/ keeps saying it).
+BEST_PICTURES_LATER = "they are drawn when the run ends"
 
 
 def _card_rows(history: list[dict]) -> list[dict]:
