@@ -36,6 +36,7 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
         ({**REQUIRED, "img_size": [448]}, "two positive integers"),
         ({**REQUIRED, "num_classes": 1}, "at least 2"),
         ({**REQUIRED, "on_bad_image": "ignore"}, "skip.*error"),
+        ({**REQUIRED, "cache_images": "disk"}, r"cache_images must be one of \('auto', 'off'\)"),
         ({**REQUIRED, "crop_pct": 0}, r"crop_pct.*\(0, 1\]"),
         ({**REQUIRED, "crop_pct": 1.2}, r"crop_pct.*\(0, 1\]"),
     ],
@@ -58,6 +59,9 @@ def test_cli_flags_override_the_config_file(tmp_path):
     )
     config = config_from_args(args)
     assert (config.epochs, config.lr, config.img_size, config.augment) == (2, 0.1, (448, 224), "none")
+    assert config.cache_images == "auto"
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--cache-images", "off"])
+    assert config_from_args(args).cache_images == "off"
 
     args = build_parser().parse_args(["train", "--model", "hubclf_alexnet", "--data", "photos"])
     with pytest.raises(ValueError, match="missing required setting.*output_dir"):

@@ -328,6 +328,18 @@ def test_cached_pixels_are_the_decoded_ones_shared_by_workers_and_decoded_once(t
         assert torch.equal(want["pixel_values"], got["pixel_values"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc")
+def test_an_empty_pixel_cache_costs_the_creating_process_no_memory():
+    def resident_mib() -> float:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    before = resident_mib()
+    cache = PixelCache(1000, (3, 448, 224))  # 287 MiB of pixels, filled (and made resident) by whoever decodes
+    assert cache.nbytes == 1000 * 3 * 448 * 224 and cache.pixels.is_shared()
+    assert resident_mib() - before < 16
+
+
 def test_only_a_fixed_transform_can_cache_pixels(tmp_path):
     make_image_folder(tmp_path, num_classes=2, per_class=2)
     data = load_image_dataset(str(tmp_path), val_split=0.5)

@@ -599,7 +599,11 @@ class PixelCache:
     UNKNOWN, CACHED, BAD = 0, 1, 2
 
     def __init__(self, rows: int, input_size: tuple[int, int, int]) -> None:
-        self.pixels = torch.empty((rows, *input_size), dtype=torch.uint8).share_memory_()
+        # Created in shared memory, untouched: `torch.empty(...).share_memory_()` would copy the whole buffer in,
+        # making every page resident in the creating process (the training process, which with loader workers
+        # never reads them).
+        storage = torch.UntypedStorage._new_shared(self.nbytes_for(rows, input_size))
+        self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage).view(rows, *input_size)
         self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()
 
     @staticmethod
