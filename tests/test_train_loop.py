@@ -485,3 +485,17 @@ def test_cached_images_train_exactly_as_decoding_every_epoch_and_too_big_a_cache
     caplog.clear()  # with augmentation, only the validation images are the same every epoch
     train(make_config(tmp_path, image_folder, backbone_weights, "augmented", num_workers=0, epochs=1))
     assert "pixels of 15 eval images stay in shared memory" in caplog.text
+
+
+def test_a_missing_data_folder_is_one_line_before_any_hardware_probe(tmp_path, capsys, caplog):
+    from hubclf.cli import main
+
+    caplog.set_level("INFO", logger="hubclf.train.loop")
+    code = main(["train", "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf train: error: --data {tmp_path / 'no-such-data'}: no such directory (and it does not look like a "
+        "Hub dataset id)"
+    ]
+    assert "--mixed-precision auto" not in caplog.text and not (tmp_path / "out").exists()

@@ -214,15 +214,27 @@ def open_dataset(
             f"--data {data} is a file; give an image folder, a labels .csv, a saved dataset directory or a Hub id"
         )
     else:
+        check_data_location(data)
         repo_id, revision = split_revision(data)
-        if data.startswith((".", "/", "~")) or repo_id.count("/") > 1:
-            raise FileNotFoundError(f"--data {data}: no such directory (and it does not look like a Hub dataset id)")
         loaded = datasets.load_dataset(repo_id, revision=revision)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict(train=loaded)
     if not isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"--data {data} loaded as {type(loaded).__name__}; streaming datasets are not supported")
     return loaded
+
+
+def check_data_location(data: str) -> None:
+    """Fail fast on a ``--data`` that names no existing path and cannot be a Hub dataset id, before a run spends
+    time on anything else; what exists is read and checked later, by ``open_dataset``.
+
+        check_data_location("photos/")   # FileNotFoundError when there is no such folder
+    """
+    if Path(data).expanduser().exists():
+        return
+    repo_id, _ = split_revision(data)
+    if data.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise FileNotFoundError(f"--data {data}: no such directory (and it does not look like a Hub dataset id)")
 
 
 def find_columns(

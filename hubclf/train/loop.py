@@ -50,6 +50,7 @@ from hubclf.train.data import (
     PixelCache,
     TensorEvalTransform,
     build_transforms,
+    check_data_location,
     load_image_dataset,
 )
 from hubclf.train.features import (
@@ -132,6 +133,7 @@ def train(config: TrainConfig) -> TrainResult:
         return train_auto(config)
     output_dir = Path(config.output_dir)
     check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
+    check_data_location(config.data)  # before the hardware probes and their log lines
     check_trackers(config.log_with)
     config, speed_choices = _resolve_hardware_defaults(config)
     with StopOnSignal() as stop:
