@@ -105,7 +105,7 @@ class DemoSpec:
 
 
 SPECS: dict[str, dict[str, DemoSpec]] = {
-    # What the demo uses: sized to train the base model in ~2 min and all transfer runs in ~2 min on 2 CPU cores.
+    # What the demo uses: sized to train the base model in ~1 min and all transfer runs in ~40 s on 2 CPU cores.
     # Objects have the same pixel size in both sets: the base model then sees them at the scale it learned,
     # which matters far more for transfer than the base images being large (measured: 90% vs 66% linear-probe
     # accuracy with target objects 32-60 px vs 48-88 px).
