@@ -44,7 +44,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path, kind: str) -> None:
 def test_processes_share_the_work_and_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     serial = generate(tmp_path / "serial", kind="base", seed=3, scale="smoke", progress=False)
     monkeypatch.setattr("hubclf.demo.data._MIN_IMAGES_PER_PROCESS", 1)  # smoke data is below the real threshold
-    monkeypatch.setattr("hubclf.demo.data._available_cores", lambda: 2)
+    monkeypatch.setattr("hubclf.demo.data.usable_cores", lambda: 2)
     started = []
     real_pool = concurrent.futures.ProcessPoolExecutor
     monkeypatch.setattr(

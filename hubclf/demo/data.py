@@ -32,7 +32,6 @@ import functools
 import hashlib
 import math
 import multiprocessing
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from hubclf.atomic import atomic_write_json
+from hubclf.train.hardware import usable_cores
 
 DEMO_DATA_VERSION = "1"
 SPLITS = ("train", "validation")
@@ -159,7 +159,7 @@ def generate(
     ]
     # Every image has its own random stream (see _image_rng), so processes can share the work and the bytes stay
     # the same. Chunks of consecutive images keep the per-task overhead small.
-    processes = min(_available_cores(), max(1, len(jobs) // _MIN_IMAGES_PER_PROCESS))
+    processes = min(usable_cores(), max(1, len(jobs) // _MIN_IMAGES_PER_PROCESS))
     chunk = max(1, math.ceil(len(jobs) / (processes * 8)))
     chunks = [jobs[start : start + chunk] for start in range(0, len(jobs), chunk)]
     write = functools.partial(_write_images, root, kind, seed, scale)
@@ -207,13 +207,6 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     # workers only use NumPy and PIL. Elsewhere (macOS, Windows) spawn.
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on (containers, taskset)
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def dataset_sha256(root: str | Path) -> str:

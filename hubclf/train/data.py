@@ -697,9 +697,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def _sample(self, value: dict[str, Any], index: int) -> dict[str, Any]:
         cache = self.pixel_cache
-        if cache is not None and cache.status[index] == PixelCache.CACHED:
+        status = PixelCache.UNKNOWN if cache is None else int(cache.status[index])
+        if status == PixelCache.CACHED:
             pixels, valid = self.transform.normalize(cache.pixels[index]), True
-        elif cache is not None and cache.status[index] == PixelCache.BAD:
+        elif status == PixelCache.BAD:
             pixels, valid = torch.zeros(self.input_size), False  # reported on the first pass
         else:
             try:

@@ -62,6 +62,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def processes_on_this_machine(num_processes: int) -> int:
+    """Training processes sharing this machine: torchrun/accelerate's ``LOCAL_WORLD_SIZE``, else ``num_processes``."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+
+
 def default_num_workers(cores: int | None = None, processes_per_machine: int = 1) -> int:
     """DataLoader workers per training process for ``--num-workers auto``: the cores left once each training
     process keeps one for its own compute, at least 1 and at most 8.

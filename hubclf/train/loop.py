@@ -65,6 +65,7 @@ from hubclf.train.hardware import (
     choose_mixed_precision,
     default_num_workers,
     fused_optimizer_kwargs,
+    processes_on_this_machine,
     shared_memory_budget,
 )
 from hubclf.train.metrics import evaluate, format_metrics
@@ -215,7 +216,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     train_transform, eval_transform = build_transforms(
         data_config, augment=recipe.augments, **recipe.transform_options
     )
-    cache_train, cache_eval = _pixel_cache_plan(config, data, data_config, train_transform, eval_transform)
+    cache_train, cache_eval = _pixel_cache_plan(
+        config, data, data_config, train_transform, eval_transform, accelerator.num_processes
+    )
     train_images, eval_images = (
         ImageClassificationDataset(
             split,
@@ -573,7 +576,7 @@ def _resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[s
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     choices, changes = [], {}
     if config.num_workers == "auto":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))  # set by torchrun/accelerate
+        local_processes = processes_on_this_machine(state.num_processes)
         changes["num_workers"] = default_num_workers(processes_per_machine=local_processes)
         choices.append(f"--num-workers auto: {changes['num_workers']} DataLoader worker(s) per process")
     if config.mixed_precision == "auto" and AcceleratorState._shared_state:
@@ -594,7 +597,12 @@ def _resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[s
 
 
 def _pixel_cache_plan(
-    config: TrainConfig, data: Any, data_config: dict[str, Any], train_transform: Any, eval_transform: Any
+    config: TrainConfig,
+    data: Any,
+    data_config: dict[str, Any],
+    train_transform: Any,
+    eval_transform: Any,
+    num_processes: int,
 ) -> tuple[bool, bool]:
     """Whether the train and eval splits keep their decoded pixels in memory (``--cache-images auto``).
 
@@ -611,8 +619,7 @@ def _pixel_cache_plan(
         return False, False
     input_size = tuple(data_config["input_size"])
     needed = sum(PixelCache.nbytes_for(rows, input_size) for _, rows in fixed)
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    budget = shared_memory_budget(processes)
+    budget = shared_memory_budget(processes_on_this_machine(num_processes))
     images = " + ".join(f"{rows} {name}" for name, rows in fixed)
     if needed > budget:
         logger.info(
