@@ -14,8 +14,8 @@ cached features, where epoch 2 and later train the head on features computed onc
 train split plus one over the validation split, as in the issue that asked for this benchmark. Every configuration
 runs ``--repeats`` times (3), interleaved with the other side's; the ratio is the peer's median last-epoch time /
 hubclf's (both warm); above 1 means hubclf is faster. hubclf runs in its default ``--mixed-precision auto`` (bf16
-only where the CPU measures it faster) against the fp32 a user writes, plus a full fine-tune row in fp32. The input
-pipeline alone (decode + transform, no model) is measured for both as well.
+only where the CPU measures it faster) against the fp32 a user writes, plus a full fine-tune row in fp32 where
+auto picked bf16. The input pipeline alone (decode + transform, no model) is measured for both as well.
 
     python scripts/bench.py                                  # AlexNet and VGG11, CPU (~25 min on 2 cores)
     python scripts/bench.py --models alexnet --repeats 1     # AlexNet only, one run per side and mode
