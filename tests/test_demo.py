@@ -60,7 +60,7 @@ def test_smoke_run_succeeds_and_prints_the_summary(smoke_run):
     assert {run["strategy"]: run["val_top1"] for run in compared["runs"]} == {
         strategy: summary[strategy]["top1"] for strategy in summary["strategies"]
     }  # the summary's accuracies are compare's
-    assert {run["strategy"]: run["lr"] for run in compared["runs"]} == {"head": 1e-1, "finetune": 3e-3, "scratch": 3e-3}
+    assert {run["strategy"]: run["lr"] for run in compared["runs"]} == {"head": 1e-1, "finetune": 3e-2, "scratch": 3e-3}
     assert len(summary["timings"]) == 6
 
 
