@@ -154,8 +154,10 @@ def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"hubclf train failed ({result.returncode}):\n{result.stderr[-3000:]}")
         records = [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
     epochs = [{"seconds": r["seconds"], "val_top1": r["val_top1"]} for r in records]
-    chosen = re.search(r"--mixed-precision auto: (\S+)", result.stderr)
-    precision = chosen.group(1) if chosen else command[command.index("--mixed-precision") + 1]
+    # hubclf train logs what auto chose: "--mixed-precision auto: bf16 (why)" on a CPU, or, where auto leaves it to
+    # Accelerate (a GPU), "mixed precision: no, Accelerate's setting" after it.
+    chosen = re.findall(r"(?:--mixed-precision auto|mixed precision): (no|bf16|fp16|fp8)\b", result.stderr)
+    precision = chosen[-1] if chosen else command[command.index("--mixed-precision") + 1]
     return {"epochs": epochs, "command": " ".join(command[2:]), "precision": precision}
 
 

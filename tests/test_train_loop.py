@@ -499,3 +499,23 @@ def test_a_missing_data_folder_is_one_line_before_any_hardware_probe(tmp_path, c
         "Hub dataset id)"
     ]
     assert "--mixed-precision auto" not in caplog.text and not (tmp_path / "out").exists()
+
+
+def test_auto_precision_left_to_accelerate_is_logged_and_recorded_as_accelerate_chose_it(
+    tmp_path, image_folder, monkeypatch, caplog
+):
+    """On a GPU, or under `accelerate launch --mixed_precision`, auto defers to Accelerate: the log and the model's
+    config.json then name Accelerate's choice (the bench reads it from the log), not "Accelerate default"."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch --mixed_precision no` sets
+    caplog.set_level("INFO", logger="hubclf.train.loop")
+    AcceleratorState._reset_state(reset_partial_state=True)  # else auto follows an earlier test's run
+    try:
+        train(make_config(tmp_path, image_folder, None, "auto", pretrained=False, epochs=1, mixed_precision="auto"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert "--mixed-precision auto: left to Accelerate (ACCELERATE_MIXED_PRECISION=no" in caplog.text
+    assert "mixed precision: no, Accelerate's setting" in caplog.text
+    saved = json.loads((tmp_path / "auto" / "final" / "config.json").read_text())
+    assert saved["hubclf"]["hyperparameters"]["mixed_precision"] == "no"

@@ -144,6 +144,9 @@ def train(config: TrainConfig) -> TrainResult:
             log_with=config.log_with or None,
             project_dir=str(output_dir),
         )
+        if config.mixed_precision is None:  # auto left it to Accelerate (accelerators, accelerate launch)
+            config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
+            speed_choices.append(f"mixed precision: {config.mixed_precision}, Accelerate's setting")
         for choice in speed_choices:
             logger.info(choice)
         lock = RunLock(output_dir)
@@ -588,7 +591,7 @@ def _resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[s
         if state.num_processes > 1:
             broadcast_object_list(decision)  # every process must train in the same precision: the main one decides
         changes["mixed_precision"], why = decision[0]
-        choices.append(f"--mixed-precision auto: {changes['mixed_precision'] or 'Accelerate default'} ({why})")
+        choices.append(f"--mixed-precision auto: {changes['mixed_precision'] or 'left to Accelerate'} ({why})")
     if config.channels_last is None:
         changes["channels_last"] = state.device.type == "cpu"
         layout = "on" if changes["channels_last"] else "off"
