@@ -565,3 +565,23 @@ def test_a_class_name_with_a_control_character_is_refused_before_training(tmp_pa
             Image.new("RGB", (8, 8), (index * 90, 40, 200)).save(folder / f"{index}.png")
     with pytest.raises(ValueError, match="control characters"):
         load_image_dataset(str(tmp_path))
+
+
+def test_epoch_shuffle_is_a_permutation_drawn_from_seed_and_epoch_only():
+    from hubclf.train.data import EpochShuffleSampler
+
+    sampler = EpochShuffleSampler(50, seed=7)
+    sampler.start_epoch(3)
+    order = list(sampler)
+    assert sorted(order) == list(range(50)) and order != list(range(50)) and len(sampler) == 50
+    torch.manual_seed(123)  # the global RNG (dropout, other loaders) does not move it
+    torch.rand(1000)
+    assert list(sampler) == order
+    again = EpochShuffleSampler(50, seed=7)
+    again.start_epoch(3)
+    assert list(again) == order
+    sampler.start_epoch(4)
+    assert list(sampler) != order
+    other_seed = EpochShuffleSampler(50, seed=8)
+    other_seed.start_epoch(3)
+    assert list(other_seed) != order

@@ -743,3 +743,39 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         """Where row ``index`` comes from: its file path, or its row number for in-memory images."""
         value = self.dataset[int(index)][self.image_column]
         return value.get("path") or f"row {int(index)}"
+
+
+# ---- data order ------------------------------------------------------------------------------------------------
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded from ``(seed, epoch)`` alone, for an epoch's draws that nothing else may shift.
+
+    Example::
+
+        torch.randperm(10, generator=epoch_generator(seed=0, epoch=3))
+    """
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Every row once per epoch, in an order drawn from ``(seed, epoch)`` only.
+
+    ``DataLoader(shuffle=True, generator=g)`` shares ``g`` with the loader's iterator, which draws its worker seed
+    from it every epoch without workers and only once with persistent ones: the order then depended on
+    ``--num-workers``. Here nothing else draws from the order's generator, so any worker count, a resumed run and
+    every process (Accelerate shards the batches) see the same order. Call ``start_epoch`` before each epoch.
+    Example::
+
+        sampler = EpochShuffleSampler(4, seed=0); sampler.start_epoch(1); list(sampler)
+    """
+
+    def __init__(self, rows: int, seed: int) -> None:
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __iter__(self):
+        yield from torch.randperm(self.rows, generator=epoch_generator(self.seed, self.epoch)).tolist()

@@ -251,7 +251,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
     else:
         train_set, eval_set = train_images, eval_images
     workers = 0 if isinstance(train_set, FeatureDataset) else config.num_workers
-    shuffle_generator = torch.Generator()  # re-seeded every epoch: the data order depends on (seed, epoch) only
+    # The loaders' own draws (worker seeds) come from a private generator: drawn from the global RNG, their number
+    # (per epoch, or once with persistent workers) would shift the dropout draws with --num-workers.
+    loader_generator = torch.Generator().manual_seed(config.seed)
     # Persistent workers: each epoch's train and eval passes reuse their workers instead of starting new ones;
     # the per-epoch augmentation seed reaches them through shared memory (ImageClassificationDataset).
     loader_args = dict(
@@ -260,11 +262,10 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=ignore_interrupts_in_worker if workers else None,
         persistent_workers=workers > 0,
+        generator=loader_generator,
     )
-    sampler = recipe.train_sampler(dataset_labels(train_set))  # --balanced-sampler, else a seeded shuffle
-    train_loader = DataLoader(
-        train_set, sampler=sampler, shuffle=sampler is None, generator=shuffle_generator, **loader_args
-    )
+    sampler = recipe.train_sampler(dataset_labels(train_set))  # --balanced-sampler, else a (seed, epoch) shuffle
+    train_loader = DataLoader(train_set, sampler=sampler, **loader_args)
     eval_loader = DataLoader(eval_set, shuffle=False, **loader_args)
 
     # ---- optimizer (one for the whole run; see stages.param_groups) --------------------------------------------
@@ -342,9 +343,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         started = time.perf_counter()
 
         # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
-        shuffle_generator.manual_seed(config.seed + epoch)
-        if sampler is not None:
-            sampler.start_epoch(epoch)
+        sampler.start_epoch(epoch)
         if isinstance(train_set, ImageClassificationDataset) and recipe.augments:
             train_set.seed_augmentation(config.seed, epoch)
         batches = prepared_train_loader
@@ -869,6 +868,7 @@ def _feature_sets(
                 shuffle=False,
                 num_workers=config.num_workers,
                 worker_init_fn=ignore_interrupts_in_worker if config.num_workers else None,
+                generator=torch.Generator().manual_seed(config.seed),  # not the global RNG: see loader_generator
             )
         )
         feature_set = load_or_extract_features(

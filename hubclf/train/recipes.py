@@ -30,7 +30,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
-from hubclf.train.data import ImageClassificationData, decode_image
+from hubclf.train.data import EpochShuffleSampler, ImageClassificationData, decode_image, epoch_generator
 
 # ---- augmentation presets ------------------------------------------------------------------------------------
 # Train-transform keyword arguments for timm.data.create_transform (through data.build_transforms). "light" is for
@@ -200,8 +200,10 @@ class Recipe:
         )
         return SeededMixup(mixup, config.seed)
 
-    def train_sampler(self, labels: np.ndarray) -> BalancedSampler | None:
-        return BalancedSampler(labels, self.config.seed) if self.config.balanced_sampler else None
+    def train_sampler(self, labels: np.ndarray) -> BalancedSampler | EpochShuffleSampler:
+        if self.config.balanced_sampler:
+            return BalancedSampler(labels, self.config.seed)
+        return EpochShuffleSampler(len(labels), self.config.seed)
 
     def model_ema(self, model: nn.Module) -> ModelEmaV3 | None:
         if not self.config.model_ema:
@@ -451,9 +453,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         return len(self.weights)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-        )
+        generator = epoch_generator(self.seed, self.epoch)
         yield from torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
 
 
