@@ -51,7 +51,8 @@ class Recipe:
     compare: tuple[str, ...]
 
 
-# Why these flags (all measured on a quiet 2-core machine with AVX-512 BF16; accuracies of one seed):
+# Why these flags (all measured on a quiet 2-core machine with AVX-512 BF16; accuracies of one seed, and of the data
+# order before it stopped depending on --num-workers unless said otherwise):
 # - the base model: 12 epochs at 5e-4 and batch 32, in fp32, without label smoothing. Each cheaper or different
 #   base transferred worse (frozen head on top, 4 epochs at batch 8): 8 epochs at 5e-4 -> base 37.3%, head 63.5%;
 #   8 epochs at 1e-3 -> stuck near chance for 3 epochs, 26.6%; batch 64 at 1e-3 -> 56.8%; bf16 -> base 49.0%,
@@ -68,12 +69,17 @@ class Recipe:
 #     85.9% / 82.8%);
 #   - finetune 3e-2 with --backbone-lr-scale 0.01: the new head at 3e-2, the pretrained backbone at 3e-4. A fresh
 #     head needs a far higher rate than the backbone it sits on; at hubclf's default ratio (0.1 for pretrained
-#     weights) the head gets 3e-3 and is still half-trained after 4 epochs. Finetune's val top-1 at seeds 0 / 1 / 2:
+#     weights) the head gets 3e-3 and is still half-trained after 4 epochs. Finetune's val top-1 at seeds 0 / 1 / 2
+#     (compare's --seed; the base model fixed), measured with the data order of the time (before it stopped
+#     depending on --num-workers):
 #       lr 3e-3, scale 0.1 (the default ratio)    82.8 / 83.9 / 74.0%   mean 80.2%
 #       lr 1e-2, scale 0.03 (backbone 3e-4)       88.0 / 84.9 / 88.0%   mean 87.0%
 #       lr 3e-2, scale 0.03 (backbone 9e-4)       88.5 / 88.0 / 88.0%   mean 88.2%
 #       lr 1e-1, scale 0.003 (backbone 3e-4)      90.1 / 85.4 / 89.1%   mean 88.2%
 #       lr 3e-2, scale 0.01 (backbone 3e-4)       91.7 / 86.5 / 89.6%   mean 89.3%   <- this recipe
+#     and again with today's data order and the base model it gives (51.2%):
+#       lr 3e-3, scale 0.1                        74.0 / 74.0 / 75.0%   mean 74.3%
+#       lr 3e-2, scale 0.01                       90.1 / 88.5 / 84.4%   mean 87.7%
 #     The scale goes to compare's shared settings (TRANSFER_SETTINGS): scratch resets it to 1, and head has no
 #     trainable backbone;
 #   - scratch 3e-3 (random weights get no backbone scaling), the best of a sweep at the final budget: 1e-3 / 3e-3 /
@@ -116,7 +122,7 @@ STRATEGY_TEXT = {
 #   times (~10 s); its peak-RSS column is then the process's peak so far, not each run's own.
 # - mixed precision: "no" for the base model (bf16 transferred worse, above); `hubclf train`'s own default "auto"
 #   for the transfer runs, which is bf16 only on CPUs that have it and measure it faster (here, head / finetune /
-#   scratch: 81.8% / 91.7% / 13.5% in bf16 against 81.8% / 91.1% / 17.7% in fp32, in 40 s against 57 s). The
+#   scratch: 78.6% / 90.1% / 12.5% in bf16, and the same in fp32, in 40 s against 57 s). The
 #   accuracies may then differ a little from machine to machine, and the reload check in step 5 (fp32) allows for it.
 COMMON_TRAIN_FLAGS = ("--crop-pct", "1", "--no-augment", "--num-workers", "0", "--seed", "0")
 BASE_PRECISION = "no"
