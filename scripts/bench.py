@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -153,11 +152,10 @@ def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
         if result.returncode != 0:
             raise RuntimeError(f"hubclf train failed ({result.returncode}):\n{result.stderr[-3000:]}")
         records = [json.loads(line) for line in Path(output_dir, "metrics.jsonl").read_text().splitlines()]
+        saved = json.loads(Path(output_dir, "final", "config.json").read_text())
     epochs = [{"seconds": r["seconds"], "val_top1": r["val_top1"]} for r in records]
-    # hubclf train logs what auto chose: "--mixed-precision auto: bf16 (why)" on a CPU, or, where auto leaves it to
-    # Accelerate (a GPU), "mixed precision: no, Accelerate's setting" after it.
-    chosen = re.findall(r"(?:--mixed-precision auto|mixed precision): (no|bf16|fp16|fp8)\b", result.stderr)
-    precision = chosen[-1] if chosen else command[command.index("--mixed-precision") + 1]
+    # The precision the run trained in, as it recorded it: what auto chose on a CPU, or Accelerate's on a GPU.
+    precision = saved["hubclf"]["hyperparameters"]["mixed_precision"]
     return {"epochs": epochs, "command": " ".join(command[2:]), "precision": precision}
 
 
