@@ -746,26 +746,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
 
 # ---- data order ------------------------------------------------------------------------------------------------
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator seeded from ``(seed, epoch)`` alone, for an epoch's draws that nothing else may shift.
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """``rows`` indices per epoch, drawn from ``(seed, epoch)`` only; subclasses say how (``__iter__``).
 
-    Example::
-
-        torch.randperm(10, generator=epoch_generator(seed=0, epoch=3))
-    """
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """Every row once per epoch, in an order drawn from ``(seed, epoch)`` only.
-
-    ``DataLoader(shuffle=True, generator=g)`` shares ``g`` with the loader's iterator, which draws its worker seed
-    from it every epoch without workers and only once with persistent ones: the order then depended on
-    ``--num-workers``. Here nothing else draws from the order's generator, so any worker count, a resumed run and
-    every process (Accelerate shards the batches) see the same order. Call ``start_epoch`` before each epoch.
-    Example::
-
-        sampler = EpochShuffleSampler(4, seed=0); sampler.start_epoch(1); list(sampler)
+    Nothing else draws from the epoch's generator, so any worker count, a resumed run and every process
+    (Accelerate's batch sharding gives each its part of the same sequence) see the same indices. Call
+    ``start_epoch`` before each epoch (not ``set_epoch``: Accelerate calls that one with its own count of
+    iterations, which restarts at 0 in a resumed run).
     """
 
     def __init__(self, rows: int, seed: int) -> None:
@@ -777,5 +764,19 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return self.rows
 
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+
+
+class EpochShuffleSampler(EpochSampler):
+    """Every row once per epoch, in an order drawn from ``(seed, epoch)`` only.
+
+    ``DataLoader(shuffle=True, generator=g)`` shares ``g`` with the loader's iterator, which draws its worker seed
+    from it every epoch without workers and only once with persistent ones: the order then depended on
+    ``--num-workers``. Example::
+
+        sampler = EpochShuffleSampler(4, seed=0); sampler.start_epoch(1); list(sampler)
+    """
+
     def __iter__(self):
-        yield from torch.randperm(self.rows, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        yield from torch.randperm(self.rows, generator=self.generator()).tolist()

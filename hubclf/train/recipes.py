@@ -30,7 +30,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
-from hubclf.train.data import EpochShuffleSampler, ImageClassificationData, decode_image, epoch_generator
+from hubclf.train.data import EpochSampler, EpochShuffleSampler, ImageClassificationData, decode_image
 
 # ---- augmentation presets ------------------------------------------------------------------------------------
 # Train-transform keyword arguments for timm.data.create_transform (through data.build_transforms). "light" is for
@@ -430,12 +430,11 @@ def _smoothed_one_hot(labels: torch.Tensor, mixup: Mixup) -> torch.Tensor:
 
 
 # ---- balanced sampler ------------------------------------------------------------------------------------------
-class BalancedSampler(torch.utils.data.Sampler[int]):
+class BalancedSampler(EpochSampler):
     """Draws ``len(labels)`` rows per epoch with replacement, each class equally likely, from ``(seed, epoch)`` only.
 
     Every process draws the same sequence, and Accelerate's batch sharding gives each its own part of it, so DDP
-    needs nothing more. Call ``start_epoch`` before each epoch (not ``set_epoch``: Accelerate calls that one with
-    its own count of iterations, which restarts at 0 in a resumed run). Example::
+    needs nothing more (see ``EpochSampler``). Example::
 
         sampler = BalancedSampler(np.array([0, 0, 0, 1]), seed=0); sampler.start_epoch(0); list(sampler)
     """
@@ -444,17 +443,10 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels)
         self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
-        self.seed, self.epoch = seed, 0
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.weights)
+        super().__init__(len(labels), seed)
 
     def __iter__(self):
-        generator = epoch_generator(self.seed, self.epoch)
-        yield from torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
+        yield from torch.multinomial(self.weights, self.rows, replacement=True, generator=self.generator()).tolist()
 
 
 def dataset_labels(dataset: Any) -> np.ndarray:
