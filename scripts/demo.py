@@ -475,8 +475,8 @@ def run_story(
         )
         # Same weights, same eval transform: the same predictions, up to a float-rounding tie on one image at most
         # when training evaluated in fp32 too; bf16 evaluation may round a few close calls the other way.
-        precision = _hubclf_block(compare_dir / winner / "best")["hyperparameters"].get("mixed_precision")
-        allowed = 1 if precision in (None, "no", "fp32") else max(1, round(BF16_RELOAD_TOLERANCE * images))
+        precision = _hubclf_block(compare_dir / winner / "best")["hyperparameters"]["mixed_precision"]
+        allowed = 1 if precision == "no" else max(1, round(BF16_RELOAD_TOLERANCE * images))
         summary["reload_allowed_images"] = allowed
         if abs(reloaded["top1"] - expected) * images > allowed + 1e-6 or reloaded["labels"] != target["classes"]:
             raise DemoError(f"the model reloaded from {model_name} does not reproduce {winner}'s validation results")
