@@ -25,6 +25,7 @@ from hubclf.train.data import (
     PixelCache,
     TensorEvalTransform,
     build_transforms,
+    check_data_location,
     decode_image,
     find_columns,
     find_empty_class_folders,
@@ -152,6 +153,12 @@ def test_no_image_column_and_empty_split_fail_clearly(tmp_path):
 def test_missing_directory_is_a_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load_image_dataset(str(tmp_path / "nope" / "data"))
+    # Relative spellings that no Hub id can have: a trailing slash, three parts. (Not sent to the Hub.)
+    for missing in ("photos/", "my/photos/train"):
+        with pytest.raises(FileNotFoundError, match=f"--data {missing}: no such directory"):
+            check_data_location(missing)
+    check_data_location("user/flowers")  # could be a Hub dataset id: left to open_dataset
+    check_data_location("mnist@main")
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------------

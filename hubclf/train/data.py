@@ -24,6 +24,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image, ImageOps
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import Normalize
@@ -233,8 +234,17 @@ def check_data_location(data: str) -> None:
     if Path(data).expanduser().exists():
         return
     repo_id, _ = split_revision(data)
-    if data.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+    # huggingface_hub's own id rules also refuse "photos/", a missing folder's most likely spelling.
+    if data.startswith((".", "/", "~")) or not _is_valid_repo_id(repo_id):
         raise FileNotFoundError(f"--data {data}: no such directory (and it does not look like a Hub dataset id)")
+
+
+def _is_valid_repo_id(repo_id: str) -> bool:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
 
 
 def find_columns(
