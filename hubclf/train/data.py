@@ -774,7 +774,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return self.rows
 
-    def generator(self) -> torch.Generator:
+    # Not named `generator`: Accelerate takes a sampler's `generator` attribute for a torch.Generator to synchronise.
+    def epoch_generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
 
 
@@ -789,4 +790,4 @@ class EpochShuffleSampler(EpochSampler):
     """
 
     def __iter__(self):
-        yield from torch.randperm(self.rows, generator=self.generator()).tolist()
+        yield from torch.randperm(self.rows, generator=self.epoch_generator()).tolist()

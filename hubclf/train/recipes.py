@@ -446,7 +446,8 @@ class BalancedSampler(EpochSampler):
         super().__init__(len(labels), seed)
 
     def __iter__(self):
-        yield from torch.multinomial(self.weights, self.rows, replacement=True, generator=self.generator()).tolist()
+        draws = torch.multinomial(self.weights, self.rows, replacement=True, generator=self.epoch_generator())
+        yield from draws.tolist()
 
 
 def dataset_labels(dataset: Any) -> np.ndarray:
