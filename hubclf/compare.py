@@ -176,7 +176,7 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
-    from hubclf.train.loop import load_training_data
+    from hubclf.train.loop import check_settings_early, load_training_data
 
     strategies = parse_strategies(strategies)
     lrs, grids = dict(lrs or {}), {**LR_GRIDS, **{k: tuple(v) for k, v in (lr_grids or {}).items()}}
@@ -188,6 +188,7 @@ def compare(
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
     configs = {strategy: strategy_config(config, strategy) for strategy in strategies}  # bad settings fail early
+    check_settings_early(config)
     data = load_training_data(config)
     runs = []
     for number, strategy in enumerate(strategies, 1):

@@ -16,7 +16,6 @@ import inspect
 import json
 import math
 import os
-import typing
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import timm
 import torch.nn as nn
 from timm.models import PretrainedCfg
 
-from hubclf.models._base import ConvClassifier
+from hubclf.models._base import ConvClassifier, architecture_class
 
 __all__ = [
     "ConfigError",
@@ -223,7 +222,7 @@ def validate_config(
     if not isinstance(architecture, str) or not architecture or len(architecture) > MAX_NAME_CHARS:
         problems.append("'architecture' (a timm model name) is missing")
         architecture = ""
-    model_class = _model_class(architecture)
+    model_class = architecture_class(architecture)
     num_classes = config.get("num_classes")
     if not _is_int(num_classes) or not 0 <= num_classes <= MAX_CLASSES:
         problems.append(f"num_classes must be an integer in 0..{MAX_CLASSES:,}, got {_short(num_classes)}")
@@ -492,17 +491,6 @@ def _shape_problems(
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------------
-def _model_class(architecture: str) -> type[nn.Module] | None:
-    """The class a registered timm/hubclf architecture builds, from its entrypoint's return annotation."""
-    if not architecture or not timm.is_model(architecture):
-        return None
-    try:
-        model_class = typing.get_type_hints(timm.models.model_entrypoint(architecture)).get("return")
-    except (NameError, TypeError, AttributeError):  # an entrypoint without a resolvable annotation
-        return None
-    return model_class if isinstance(model_class, type) and issubclass(model_class, nn.Module) else None
-
-
 def _pools(architecture: str, model_class: type[nn.Module] | None) -> tuple[str, ...]:
     if model_class is not None and issubclass(model_class, ConvClassifier):
         return POOLS_SLIM if architecture.endswith("_slim") else POOLS_CLASSIC

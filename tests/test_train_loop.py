@@ -512,6 +512,30 @@ def test_a_missing_data_folder_is_one_line_before_any_hardware_probe(tmp_path, c
     assert "--mixed-precision auto" not in caplog.text and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [["train"], ["train", "--strategy", "auto"], ["lr-find"], ["compare"]])
+def test_an_img_size_below_the_minimum_is_one_line_before_any_data_is_read(tmp_path, capsys, command):
+    from hubclf.cli import main
+
+    # The data folder does not exist: the size error coming first shows that nothing was read or probed before it.
+    code = main([*command, "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
+                 "--img-size", "224", "62", "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf {command[0]}: error: --img-size 224 62 is below AlexNet's minimum 63 63 (H W)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_path):
+    from hubclf.train.loop import check_img_size
+
+    check_img_size("hubclf_vgg11", (32, 32))  # VGG's five 2×2 max-pools need 32 pixels a side
+    with pytest.raises(ValueError, match="below VGG's minimum 32 32"):
+        check_img_size("hubclf_vgg11", (32, 31))
+    check_img_size("resnet18", (8, 8))  # timm's own models state no minimum: left to them
+    check_img_size("hf-hub:me/flowers", (8, 8))  # a saved model's architecture is known once its config is read
+
+
 def test_auto_precision_left_to_accelerate_is_logged_and_recorded_as_accelerate_chose_it(
     tmp_path, image_folder, monkeypatch, caplog
 ):

@@ -7,6 +7,7 @@ No ``from __future__ import annotations`` here: torch.fx copies ``forward``'s an
 graphs it traces, and TorchScript cannot read a string annotation there.
 """
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype, to_2tuple
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, is_model, model_entrypoint
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
@@ -424,6 +425,21 @@ def _check_img_size(img_size: Any, model_cls: type[ConvClassifier]) -> tuple[int
             f"img_size {height}×{width} (H×W) is smaller than {model_cls.__name__}'s minimum {min_h}×{min_w}"
         )
     return height, width
+
+
+def architecture_class(architecture: str) -> type[nn.Module] | None:
+    """The class a registered timm architecture builds, read from its entrypoint's return annotation; None for a
+    name timm does not know or an entrypoint without a usable annotation.
+
+        architecture_class("hubclf_alexnet")   # -> hubclf.models.alexnet.AlexNet
+    """
+    if not architecture or not is_model(architecture):
+        return None
+    try:
+        model_class = typing.get_type_hints(model_entrypoint(architecture)).get("return")
+    except (NameError, TypeError, AttributeError):  # an entrypoint without a resolvable annotation
+        return None
+    return model_class if isinstance(model_class, type) and issubclass(model_class, nn.Module) else None
 
 
 def _describe_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any]) -> str:

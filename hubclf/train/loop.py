@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from hubclf._faults import fault_point
 from hubclf.atomic import atomic_write_text, restore_dir, strict_json_dumps, to_strict_json
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_card
+from hubclf.models._base import architecture_class
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
@@ -128,13 +129,12 @@ def train(config: TrainConfig) -> TrainResult:
 
         result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
+    check_settings_early(config)
     if config.strategy == "auto":  # several runs of this loop, see hubclf.train.strategy
         from hubclf.train.strategy import train_auto
 
         return train_auto(config)
     output_dir = Path(config.output_dir)
-    check_model_name(config.model)  # before any data is read: a typo should not cost a dataset load
-    check_data_location(config.data)  # before the hardware probes and their log lines
     check_trackers(config.log_with)
     config, speed_choices = _resolve_hardware_defaults(config)
     with StopOnSignal() as stop:
@@ -674,6 +674,33 @@ def load_training_data(config: TrainConfig) -> ImageClassificationData:
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
+def check_settings_early(config: TrainConfig) -> None:
+    """Refuse what the settings alone show to be wrong before any data is read or hardware probed: a typo should
+    not cost a dataset load. Used by train, lr-find and compare.
+
+        check_settings_early(TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out", img_size=(32, 32)))
+        # ValueError: --img-size 32 32 is below AlexNet's minimum 63 63 (H W)
+    """
+    check_model_name(config.model)
+    check_img_size(config.model, config.img_size)
+    check_data_location(config.data)
+
+
+def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
+    """An ``img_size`` below what an architecture's pooling can take (``min_input_size``: 63×63 for AlexNet, 32×32
+    for VGG) fails on the first batch; refuse it up front instead. Saved models (Hub ids, folders) are checked once
+    their config.json is read.
+    """
+    minimum = getattr(architecture_class(model), "min_input_size", None)
+    if img_size is None or minimum is None:
+        return
+    if img_size[0] < minimum[0] or img_size[1] < minimum[1]:
+        name = architecture_class(model).__name__
+        raise ValueError(
+            f"--img-size {img_size[0]} {img_size[1]} is below {name}'s minimum {minimum[0]} {minimum[1]} (H W)"
+        )
+
+
 def check_model_name(name: str) -> None:
     """Fail fast on a ``--model`` that is neither an architecture timm knows (after ``import hubclf``), nor an
     ``hf-hub:`` / ``local-dir:`` name, nor an existing folder; suggest close timm names.
