@@ -554,3 +554,25 @@ def test_auto_precision_left_to_accelerate_is_logged_and_recorded_as_accelerate_
     assert "mixed precision: no, Accelerate's setting" in caplog.text
     saved = json.loads((tmp_path / "auto" / "final" / "config.json").read_text())
     assert saved["hubclf"]["hyperparameters"]["mixed_precision"] == "no"
+
+
+def test_process_group_kept_finishes_the_trackers_and_leaves_the_group_to_the_caller():
+    from hubclf.train.loop import _end_training, process_group_kept
+
+    calls = []
+
+    class Tracker:
+        def finish(self):
+            calls.append("tracker finished")
+
+    class FakeAccelerator:  # the two things train() ends with: trackers, and end_training's process group
+        trackers = [Tracker()]
+
+        def end_training(self):
+            calls.append("end_training (destroys the process group)")
+
+    with process_group_kept():
+        _end_training(FakeAccelerator())
+    assert calls == ["tracker finished"]
+    _end_training(FakeAccelerator())  # outside: Accelerate's own end_training, all of it
+    assert calls == ["tracker finished", "end_training (destroys the process group)"]

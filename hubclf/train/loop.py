@@ -10,6 +10,7 @@ The same code runs as ``python``/``hubclf train`` on one CPU or GPU and under ``
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import logging
@@ -178,10 +179,41 @@ def _refuse_to_mix_runs(config: TrainConfig, output_dir: Path) -> None:
         )
 
 
+_keep_process_group = contextvars.ContextVar("hubclf_keep_process_group", default=False)
+
+
+@contextmanager
+def process_group_kept() -> Iterator[None]:
+    """``train()`` runs inside leave the distributed process group alive when they end; the caller destroys it.
+
+    ``--strategy auto`` runs ``train()`` several times in the same processes, and a second ``init_process_group``
+    there is unreliable (gloo ranks then dial the previous group's stale addresses).
+
+        with process_group_kept():
+            first, second = train(head_config), train(finetune_config)
+        PartialState().destroy_process_group()
+    """
+    token = _keep_process_group.set(True)
+    try:
+        yield
+    finally:
+        _keep_process_group.reset(token)
+
+
+def _end_training(accelerator: Accelerator) -> None:
+    """``accelerator.end_training()`` (finish the trackers, destroy the process group), or, inside
+    ``process_group_kept()``, only its first half."""
+    if not _keep_process_group.get():
+        accelerator.end_training()
+        return
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def _stop_if_requested(accelerator: Accelerator, stop: StopOnSignal, output_dir: Path, phase: str) -> None:
     """At a safe point outside the step loop: end the run if a signal arrived (on any process)."""
     if stop.requested_on_any_process(accelerator):
-        accelerator.end_training()
+        _end_training(accelerator)
         complete = list_checkpoints(output_dir)
         raise TrainingInterrupted(complete[-1] if complete else None, phase)
 
@@ -412,7 +444,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
                 totals.zero_()
                 path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
                 if interrupted:
-                    accelerator.end_training()
+                    _end_training(accelerator)
                     raise TrainingInterrupted(path)
         progress.close()
 
@@ -484,7 +516,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
         path = save_checkpoint(accelerator, output_dir, state, config.keep_checkpoints)
         fault_point("epoch.checkpointed")
         if stop.requested_on_any_process(accelerator):
-            accelerator.end_training()
+            _end_training(accelerator)
             raise TrainingInterrupted(path)
 
     # ---- final model, push (main process only; a failure there fails every process) ----------------------------
@@ -509,7 +541,7 @@ def _train(config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, ou
                     ),
                 )
                 logger.info(f"pushed the best model (epoch {state.best_epoch}) to {hub_url}")
-    accelerator.end_training()
+    _end_training(accelerator)
     fault_point("train.done")
     best = state.history[state.best_epoch - 1]
     return TrainResult(
@@ -555,7 +587,7 @@ def _count_nonfinite_step(
     )
     if state.nonfinite_in_a_row < config.max_nonfinite_steps:
         return
-    accelerator.end_training()
+    _end_training(accelerator)
     if state.best_epoch:
         best = (
             f"{output_dir / BEST_DIR} holds the model of epoch {state.best_epoch} "

@@ -26,12 +26,9 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from accelerate import PartialState
@@ -44,7 +41,16 @@ from hubclf.models import freeze as freeze_model
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
 from hubclf.train.data import ImageClassificationDataset, eval_preprocessing
-from hubclf.train.loop import BEST_DIR, CARD_COLUMNS, FINAL_DIR, METRICS_FILE, TrainResult, load_training_data, train
+from hubclf.train.loop import (
+    BEST_DIR,
+    CARD_COLUMNS,
+    FINAL_DIR,
+    METRICS_FILE,
+    TrainResult,
+    load_training_data,
+    process_group_kept,
+    train,
+)
 
 logger = get_logger(__name__)
 
@@ -168,22 +174,10 @@ def train_auto(config: TrainConfig) -> TrainResult:
 
         result = train_auto(TrainConfig(model="resnet18", data="photos/", output_dir="out", strategy="auto"))
     """
-    with _one_process_group():
+    with process_group_kept():
         result = _train_auto(config)
     _process_state().destroy_process_group()
     return result
-
-
-@contextmanager
-def _one_process_group() -> Iterator[None]:
-    """Keep a distributed run's process group alive across the phases.
-
-    Every ``train()`` ends with ``accelerator.end_training()``, which destroys the process group; a second
-    ``init_process_group`` in the same processes is unreliable (gloo ranks then dial the previous group's stale
-    addresses). So while ``auto`` runs its phases, destroying is skipped; ``train_auto`` destroys it once at the end.
-    """
-    with mock.patch.object(PartialState, "destroy_process_group", lambda self, group=None: None):
-        yield
 
 
 def _train_auto(config: TrainConfig) -> TrainResult:
