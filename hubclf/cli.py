@@ -178,6 +178,8 @@ def _run_lr_find(args: argparse.Namespace) -> int:
 
 # ---- compare ---------------------------------------------------------------------------------------------------
 def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from hubclf.train.config import IMG_SIZE_FLAG
+
     p = sub.add_parser(
         "compare",
         help="Fine-tune or freeze? Train several strategies with the same budget and compare them",
@@ -210,7 +212,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--search-epochs", type=int, default=1, help="epochs of each grid-search run (default: 1)")
     p.add_argument("--batch-size", type=int, help="images per step, the same for every strategy (default: 32)")
-    p.add_argument("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
+    p.add_argument("--img-size", **IMG_SIZE_FLAG, help="input size H W, e.g. 448 224, or one SIZE for a square")
     p.add_argument("--weights", help="local pretrained weights file for an architecture name")
     p.add_argument("--crop-pct", type=float, help="eval transform's centre-crop fraction (1.0 keeps the whole image)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no train augmentation")
@@ -462,6 +464,8 @@ def _run_app(args: argparse.Namespace) -> int:
 
 # ---- export ----------------------------------------------------------------------------------------------------
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from hubclf.train.config import IMG_SIZE_FLAG
+
     p = sub.add_parser(
         "export",
         help="Export a model to ONNX or TorchScript (labels and preprocessing inside), checked against PyTorch",
@@ -477,11 +481,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx", "torchscript"), default=None, help="default: from OUT's suffix")
     p.add_argument(
         "--img-size",
-        nargs=2,
-        type=int,
-        metavar=("HEIGHT", "WIDTH"),
+        **IMG_SIZE_FLAG,
         default=None,
-        help="export input size, e.g. 448 224 (default: the model's saved input size)",
+        help="export input size HEIGHT WIDTH, e.g. 448 224, or one SIZE for a square (default: the model's saved "
+        "input size)",
     )
     p.add_argument(
         "--dynamic",

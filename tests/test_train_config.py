@@ -33,7 +33,9 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
         ({**REQUIRED, "unfreeze_after": 2}, "needs a frozen start"),
         ({**REQUIRED, "freeze": "backbone", "unfreeze_after": 5, "epochs": 5}, "between 1 and epochs-1"),
         ({**REQUIRED, "freeze": "backbone", "cache_features": "memory", "augment": "light"}, "--no-augment"),
-        ({**REQUIRED, "img_size": [448]}, "two positive integers"),
+        ({**REQUIRED, "img_size": [448, 224, 3]}, r"img_size must be \(height, width\) or one size"),
+        ({**REQUIRED, "img_size": [448, 0]}, r"img_size must be \(height, width\) or one size"),
+        ({**REQUIRED, "img_size": "448x224"}, r"img_size must be \(height, width\) or one size"),
         ({**REQUIRED, "num_classes": 1}, "at least 2"),
         ({**REQUIRED, "on_bad_image": "ignore"}, "skip.*error"),
         ({**REQUIRED, "cache_images": "disk"}, r"cache_images must be one of \('auto', 'off'\)"),
@@ -44,6 +46,19 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
 def test_contradictions_are_clear_errors(values, error):
     with pytest.raises(ValueError, match=error):
         TrainConfig.from_dict(values)
+
+
+def test_one_size_means_a_square_as_in_timm(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("model: hubclf_vgg11\ndata: photos\noutput_dir: out\nimg_size: 224\n")
+    assert TrainConfig.from_file(tmp_path / "c.yaml").img_size == (224, 224)
+    parser = build_parser()
+    for command in (["train"], ["compare"], ["export", "me/model", "out.onnx"]):
+        assert parser.parse_args([*command, "--img-size", "224"]).img_size == (224, 224)
+        assert parser.parse_args([*command, "--img-size", "448", "224"]).img_size == (448, 224)
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([*command, "--img-size", "448", "224", "3"])
+        assert exit_info.value.code == 2
+        assert "--img-size: give HEIGHT WIDTH, or one SIZE for a square; got 3 numbers" in capsys.readouterr().err
 
 
 def test_feature_cache_is_used_exactly_when_it_is_exact():

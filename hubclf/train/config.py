@@ -25,6 +25,33 @@ STRATEGIES = ("auto", "head", "finetune", "staged")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16", "fp8")
 
 
+def square_or_pair(img_size: Any) -> tuple[int, int]:
+    """An input size as (height, width) from ``(H, W)``, a list (YAML/JSON), or one int for a square, as timm takes.
+
+        square_or_pair(224) == (224, 224); square_or_pair([448, 224]) == (448, 224)
+    """
+    values = [img_size] if isinstance(img_size, int) else img_size
+    try:
+        values = [int(v) for v in values] if not isinstance(values, str) else []
+    except (TypeError, ValueError):
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"img_size must be (height, width) or one size for a square, in pixels; got {img_size!r}")
+    return values[0], values[-1]
+
+
+class ImgSizeAction(argparse.Action):
+    """``--img-size HEIGHT WIDTH``, or ``--img-size SIZE`` for a square (how timm's train.py spells it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        if len(values) > 2:
+            parser.error(f"{option}: give HEIGHT WIDTH, or one SIZE for a square; got {len(values)} numbers")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
+IMG_SIZE_FLAG = {"nargs": "+", "type": int, "metavar": "SIZE", "action": ImgSizeAction}
+
+
 @dataclass
 class TrainConfig:
     """Settings of one ``hubclf train`` run. Field names match the CLI flags (``img_size`` <-> ``--img-size``).
@@ -111,9 +138,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._apply_strategy()
         if self.img_size is not None:
-            self.img_size = tuple(int(v) for v in self.img_size)  # YAML/JSON give lists
-            if len(self.img_size) != 2 or min(self.img_size) < 1:
-                raise ValueError(f"img_size must be two positive integers (height, width), got {self.img_size}")
+            self.img_size = square_or_pair(self.img_size)
         self._check_recipe()
         if isinstance(self.log_with, str):
             self.log_with = [self.log_with]
@@ -310,7 +335,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
         "rows, or a datasets.save_to_disk directory",
     )
     add("--output-dir", help="where checkpoints, metrics.jsonl and the best/ and final/ models go")
-    add("--img-size", nargs=2, type=int, metavar=("HEIGHT", "WIDTH"), help="input size, e.g. 448 224")
+    add("--img-size", **IMG_SIZE_FLAG, help="input size HEIGHT WIDTH, e.g. 448 224, or one SIZE for a square")
     add("--num-classes", type=int, help="expected number of classes; an error if the data disagrees")
     add("--no-pretrained", dest="pretrained", action="store_false", help="start from random weights")
     add("--weights", help="local pretrained weights file (.safetensors/.pth) instead of downloading them")
