@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 
@@ -542,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; a user-facing error is ONE line on stderr and exit status 2, never a traceback.
+    """Run one sub-command; an error is ONE line on stderr and exit status 2, never a traceback. One that bad input
+    cannot explain (an AssertionError deep in a library, say) is labelled an internal error.
 
     HUBCLF_DEBUG=1 re-raises it with its traceback instead.
 
@@ -554,12 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with redacted_logs():  # no Hub token or signed storage URL in any log line of any command
             return int(args.func(args) or 0)
-    except _user_errors() as e:
-        import os
-
+    except Exception as e:
         if os.environ.get("HUBCLF_DEBUG"):
             raise
-        print(f"hubclf {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        message = _one_line(e)
+        if not isinstance(e, _user_errors()):  # a bug of hubclf's or a library's: still one line, and how to report it
+            name = type(e).__name__
+            message = (
+                f"internal error, {message if message.startswith(name) else f'{name}: {message}'} "
+                "(HUBCLF_DEBUG=1 shows the traceback; please report it)"
+            )
+        print(f"hubclf {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

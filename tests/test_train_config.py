@@ -41,6 +41,18 @@ def test_yaml_and_json_files_with_overrides(tmp_path):
         ({**REQUIRED, "cache_images": "disk"}, r"cache_images must be one of \('auto', 'off'\)"),
         ({**REQUIRED, "crop_pct": 0}, r"crop_pct.*\(0, 1\]"),
         ({**REQUIRED, "crop_pct": 1.2}, r"crop_pct.*\(0, 1\]"),
+        # optimisation values the optimizer or scheduler would take silently, or refuse only after the data loads
+        ({**REQUIRED, "lr": 0.0}, "lr must be positive, got 0.0"),
+        ({**REQUIRED, "lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({**REQUIRED, "backbone_lr_scale": float("nan")}, "backbone_lr_scale must be a finite number"),
+        ({**REQUIRED, "mixup": float("inf")}, "mixup must be a finite number, got inf"),
+        ({**REQUIRED, "min_lr": -1e-5}, "min_lr must be at least 0"),
+        ({**REQUIRED, "weight_decay": -0.01}, "weight_decay must be at least 0"),
+        ({**REQUIRED, "warmup_epochs": -1}, "warmup_epochs must be at least 0"),
+        ({**REQUIRED, "clip_grad": -1.0}, "clip_grad is the largest gradient norm, above 0"),
+        ({**REQUIRED, "save_every_steps": 0}, "save_every_steps must be at least 1"),
+        ({**REQUIRED, "seed": -1}, r"seed must be between 0 and 2\*\*32 - 1"),
+        ({**REQUIRED, "seed": 2**32}, r"seed must be between 0 and 2\*\*32 - 1"),
     ],
 )
 def test_contradictions_are_clear_errors(values, error):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self._check_optimisation()
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.weights is not None and not self.pretrained:
@@ -189,6 +191,28 @@ class TrainConfig:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         elif self.backbone_lr_scale <= 0:
             raise ValueError(f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+
+    def _check_optimisation(self) -> None:
+        """Values the optimizer, scheduler and clipping would take without complaint but train wrongly with (lr 0,
+        a negative clip norm flips the gradients), or reject only after the data is loaded (timm asserts min_lr)."""
+        floats = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float)]
+        for name in floats:  # NaN passes every comparison below: refuse it, and infinities, first
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("min_lr", "weight_decay", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad is the largest gradient norm, above 0 (unset: none); got {self.clip_grad}")
+        if self.save_every_steps is not None and self.save_every_steps < 1:
+            raise ValueError(
+                f"save_every_steps must be at least 1 (leave it unset to checkpoint once per epoch); got "
+                f"{self.save_every_steps}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be between 0 and 2**32 - 1, got {self.seed}")
 
     def _apply_strategy(self) -> None:
         """``head``/``finetune``/``staged`` name freeze settings; ``auto`` needs them left at their defaults."""

@@ -1,0 +1,45 @@
+"""hubclf.cli: every error is one line on stderr and exit status 2, also one that bad input cannot explain."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubclf import cli
+
+
+def fail_like_a_library(args):
+    # What a bare `assert lr_min >= 0` deep inside a library raises (pytest would rewrite an assert written here).
+    raise AssertionError
+
+
+def test_an_internal_error_is_one_line_and_exit_2_naming_itself(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_run_train", fail_like_a_library)
+    code = cli.main(["train", "--model", "hubclf_alexnet", "--data", "photos", "--output-dir", "out", "--epochs", "3"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hubclf train: error: internal error, AssertionError (HUBCLF_DEBUG=1 shows the traceback; please report it)"
+    ]
+
+
+def test_hubclf_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "_run_train", fail_like_a_library)
+    monkeypatch.setenv("HUBCLF_DEBUG", "1")
+    with pytest.raises(AssertionError):
+        cli.main(["train", "--model", "hubclf_alexnet", "--data", "photos", "--output-dir", "out", "--epochs", "3"])
+
+
+def test_a_user_error_is_not_called_internal(monkeypatch, capsys):
+    def missing_file(args):
+        raise FileNotFoundError("photos/ does not exist")
+
+    monkeypatch.setattr(cli, "_run_train", missing_file)
+    assert cli.main(["train", "--model", "m", "--data", "photos", "--output-dir", "out"]) == 2
+    assert capsys.readouterr().err == "hubclf train: error: photos/ does not exist\n"
+
+
+def test_a_bad_optimisation_value_is_refused_before_anything_runs(tmp_path, capsys):
+    # min_lr -1 used to reach timm's CosineLRScheduler after the data was loaded, as a bare AssertionError traceback.
+    code = cli.main(["train", "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
+                     "--output-dir", str(tmp_path / "out"), "--min-lr", "-1"])  # fmt: skip
+    assert code == 2 and capsys.readouterr().err == "hubclf train: error: min_lr must be at least 0, got -1.0\n"
+    assert not (tmp_path / "out").exists()
