@@ -419,7 +419,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         "--examples", nargs="+", default=[], metavar="DIR_OR_FILE", help="example images: files and/or folders"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     p.add_argument("--share", action="store_true", help="also ask gradio.live for a public link (off by default)")
     p.add_argument("--title", default=None, help="page title (default: hubclf · MODEL)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -529,6 +529,16 @@ def _messages_on_stderr(logger_name: str, fmt: str, level: str | None = None) ->
     finally:
         module_logger.removeHandler(handler)
         module_logger.setLevel(previous_level)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a number between 1 and 65535, got {text!r}")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -643,6 +643,13 @@ def _check_model_folder(folder: Path) -> None:
         what = "is a file, not a model folder" if folder.exists() else "does not exist"
         raise FileNotFoundError(f"model folder {folder} {what}")
     if not (folder / CONFIG_NAME).is_file():
+        # `hubclf train`'s output folder holds the models in best/ and final/: the likeliest folder one level too high.
+        models = sorted(sub.name for sub in folder.iterdir() if (sub / CONFIG_NAME).is_file())
+        if models:
+            raise FileNotFoundError(
+                f"{folder} has no {CONFIG_NAME}, but its subfolder(s) {', '.join(f'{m}/' for m in models[:5])} do: "
+                f"give one of them, e.g. {folder / models[0]}"
+            )
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; write the folder with hubclf.save_pretrained()")
     if not (folder / WEIGHTS_NAME).is_file():
         raise _no_safetensors_error(

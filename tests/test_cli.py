@@ -43,3 +43,14 @@ def test_a_bad_optimisation_value_is_refused_before_anything_runs(tmp_path, caps
                      "--output-dir", str(tmp_path / "out"), "--min-lr", "-1"])  # fmt: skip
     assert code == 2 and capsys.readouterr().err == "hubclf train: error: min_lr must be at least 0, got -1.0\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("port", ["-1", "0", "65536", "http"])
+def test_app_port_outside_the_tcp_range_is_an_argument_error(port, capsys):
+    # It reached the socket's bind() as an OverflowError.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["app", "me/model", "--port", port])
+    assert exit_info.value.code == 2
+    error = f"hubclf app: error: argument --port: a TCP port is a number between 1 and 65535, got '{port}'"
+    assert capsys.readouterr().err.splitlines()[-1] == error
+    assert cli.build_parser().parse_args(["app", "me/model", "--port", "65535"]).port == 65535

@@ -326,6 +326,18 @@ def test_a_file_is_not_a_model_folder(good):
         from_pretrained(good / "config.json")
 
 
+def test_a_training_runs_folder_points_to_the_models_inside(good, tmp_path):
+    run = tmp_path / "run"  # what `hubclf train --output-dir run` leaves: the models are in best/ and final/
+    for model in ("final", "best"):
+        shutil.copytree(good, run / model)
+    (run / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"^{run} has no config.json, but its subfolder\(s\) best/, final/ do: "
+                       rf"give one of them, e.g. {run / 'best'}$"):  # fmt: skip
+        from_pretrained(run)
+    with pytest.raises(FileNotFoundError, match=r"checkpoints has no config.json; write the folder with hubclf"):
+        from_pretrained(run / "checkpoints")
+
+
 def test_missing_hub_repo_and_revision_are_one_line(use_hub, new_repo_id, good, image, monkeypatch, capsys):
     monkeypatch.chdir(good.parent)  # no folder named like the repo owner here
     missing = new_repo_id("missing")
