@@ -592,3 +592,21 @@ def test_epoch_shuffle_is_a_permutation_drawn_from_seed_and_epoch_only():
     other_seed = EpochShuffleSampler(50, seed=8)
     other_seed.start_epoch(3)
     assert list(other_seed) != order
+
+
+def test_image_folder_layouts_that_give_no_labels_are_named(tmp_path):
+    from hubclf.train.data import open_dataset
+
+    one_class = make_image_folder(tmp_path / "one", 1, 3)
+    stray = make_image_folder(tmp_path / "stray", 2, 3)
+    (stray / "class_0" / "0.png").rename(stray / "loose.png")  # one image above the class folders
+    for folder in (one_class, stray):  # 🤗 imagefolder then silently returns images without a label column
+        with pytest.raises(ValueError, match=rf"^--data {folder}: no class labels: an image folder needs one subfolder "
+                           rf"per class, at least 2, with every image at the same depth"):  # fmt: skip
+            open_dataset(str(folder))
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"^--data .*empty: no images found; an image folder holds one"):
+        open_dataset(str(tmp_path / "empty"))
+    assert open_dataset(str(make_image_folder(tmp_path / "two", 2, 3)))["train"].features["label"].names == [
+        "class_0", "class_1"
+    ]

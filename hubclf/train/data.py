@@ -207,7 +207,7 @@ def open_dataset(
         if any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+            loaded = _load_image_folder(path, data)
     elif path.suffix.lower() == ".csv":
         return read_labels_csv(path, path_column=path_column, label_column=label_column, unsplit_name=unsplit_name)
     elif path.exists():
@@ -222,6 +222,25 @@ def open_dataset(
         loaded = datasets.DatasetDict(train=loaded)
     if not isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"--data {data} loaded as {type(loaded).__name__}; streaming datasets are not supported")
+    return loaded
+
+
+def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
+    """🤗 datasets' imagefolder, with its two silent layout outcomes named: no images, and no labels (it infers
+    labels only from at least 2 class folders holding every image at the same depth)."""
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except datasets.data_files.EmptyDatasetError:
+        raise FileNotFoundError(
+            f"--data {data}: no images found; an image folder holds one subfolder of images per class "
+            f"({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'})"
+        ) from None
+    if all(list(split.features) == ["image"] for split in loaded.values()):  # no labels, and no metadata file
+        raise ValueError(
+            f"--data {data}: no class labels: an image folder needs one subfolder per class, at least 2, with every "
+            f"image at the same depth ({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'}); "
+            "or give the labels in a CSV with --labels"
+        )
     return loaded
 
 
