@@ -176,6 +176,7 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
+    from hubclf.hub import check_repo_id
     from hubclf.train.loop import check_settings_early, load_training_data
 
     strategies = parse_strategies(strategies)
@@ -189,6 +190,8 @@ def compare(
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
     configs = {strategy: strategy_config(config, strategy) for strategy in strategies}  # bad settings fail early
     check_settings_early(config)
+    if push_best:
+        check_repo_id(push_best)
     data = load_training_data(config)
     runs = []
     for number, strategy in enumerate(strategies, 1):

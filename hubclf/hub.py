@@ -401,7 +401,7 @@ def push_to_hub(
 
         url = push_to_hub("out/flowers", "me/flowers-alexnet", private=True, verify=True)
     """
-    validate_repo_id(repo_id)
+    check_repo_id(repo_id)
     with redacted_logs():
         return _push(
             model_or_dir, repo_id, private=private, revision=revision, create_pr=create_pr,
@@ -766,6 +766,18 @@ def _check_json(what: str, value: Any) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must be JSON-serialisable plain numbers/strings/lists/dicts: {e}") from e
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse, before any work, a repo id the Hub would refuse at push time (huggingface_hub's own rules).
+
+        check_repo_id("me/flowers-alexnet")   # fine; "me//flowers" raises ValueError
+    """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        reason = str(e).replace(" Use `repo_type` argument if needed.", "")
+        raise ValueError(f"{repo_id!r} is not a Hub repo id: {reason}") from None
 
 
 def _is_hub_id(name: str) -> bool:

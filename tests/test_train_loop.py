@@ -526,6 +526,20 @@ def test_an_img_size_below_the_minimum_is_one_line_before_any_data_is_read(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("command", "flag"), [(["train"], "--push-to-hub"), (["compare"], "--push-best")])
+def test_a_bad_repo_id_to_push_to_is_refused_before_training(tmp_path, image_folder, capsys, command, flag):
+    from hubclf.cli import main
+
+    code = main([*command, "--model", "hubclf_alexnet_slim", "--data", str(image_folder), flag, "me//flowers",
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf {command[0]}: error: 'me//flowers' is not a Hub repo id: Repo id must be in the form 'repo_name' "
+        "or 'namespace/repo_name': 'me//flowers'."
+    ]
+    assert not (tmp_path / "out").exists()  # it was found when the run had to push, after all its epochs
+
+
 def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_path):
     from hubclf.train.loop import check_img_size
 

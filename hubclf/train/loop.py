@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from hubclf._faults import fault_point
 from hubclf.atomic import atomic_write_text, restore_dir, strict_json_dumps, to_strict_json
-from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_card
+from hubclf.hub import check_repo_id, from_pretrained, push_to_hub, save_pretrained, update_card
 from hubclf.models._base import architecture_class
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
@@ -716,6 +716,8 @@ def check_settings_early(config: TrainConfig) -> None:
     check_model_name(config.model)
     check_img_size(config.model, config.img_size)
     check_data_location(config.data)
+    if config.push_to_hub:  # a bad id would otherwise surface only after the whole run
+        check_repo_id(config.push_to_hub)
 
 
 def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
