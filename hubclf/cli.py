@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 
 # ---- convert ---------------------------------------------------------------------------------------------
@@ -541,10 +542,38 @@ def _port(text: str) -> int:
     return port
 
 
+def _versions() -> str:
+    """hubclf's version and those of the libraries a bug report needs, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hubclf import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ("torch", "torchvision", "timm", "huggingface_hub", "accelerate", "datasets", "safetensors")
+    return f"hubclf {__version__} (" + ", ".join(f"{name} {installed(name)}" for name in libraries) + ")"
+
+
+class _PrintVersions(argparse.Action):
+    """argparse's own "version" action re-wraps the text to the terminal; a bug report wants it on one line."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(_versions())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
     )
+    parser.add_argument("--version", action=_PrintVersions, help="print the versions of hubclf and its libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = (_add_convert, _add_push, _add_train, _add_lr_find, _add_compare, _add_predict, _add_eval, _add_app)
     for add in (*adders, _add_export):

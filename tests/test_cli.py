@@ -54,3 +54,17 @@ def test_app_port_outside_the_tcp_range_is_an_argument_error(port, capsys):
     error = f"hubclf app: error: argument --port: a TCP port is a number between 1 and 65535, got '{port}'"
     assert capsys.readouterr().err.splitlines()[-1] == error
     assert cli.build_parser().parse_args(["app", "me/model", "--port", "65535"]).port == 65535
+
+
+def test_version_names_hubclf_and_the_libraries_a_bug_report_needs(capsys):
+    import timm
+    import torch
+
+    import hubclf
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"hubclf {hubclf.__version__} (torch {torch.__version__.split('+')[0]}, ")
+    assert f"timm {timm.__version__}" in printed and printed.count("\n") == 1
