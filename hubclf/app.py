@@ -28,6 +28,7 @@ from PIL import Image
 from hubclf.atomic import staged_dir
 from hubclf.predict import find_images, label_names_of, load_model
 from hubclf.train.data import decode_image, eval_preprocessing
+from hubclf.train.hardware import resolve_device
 
 if TYPE_CHECKING:
     import gradio
@@ -86,7 +87,7 @@ class ImageScorer:
     """
 
     def __init__(self, model: nn.Module, *, device: str | torch.device | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.label_names = label_names_of(model) or [str(i) for i in range(model.num_classes)]
         # The transform path of hubclf predict: the model's own input size, crop and normalisation.

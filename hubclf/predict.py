@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from hubclf.config_check import printable
 from hubclf.hub import from_pretrained
 from hubclf.train.data import BadImageError, decode_image, eval_preprocessing
+from hubclf.train.hardware import resolve_device
 
 __all__ = [
     "ImagePrediction",
@@ -160,13 +161,13 @@ def predict(
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = resolve_device(device)  # before the model download a wrong --device would waste
     files = find_images(paths)
     model = load_model(model, revision=revision)
     names = label_names_of(model)
     if names is None:
         logger.warning("the model has no label names: predictions show class indices")
         names = [str(i) for i in range(model.num_classes)]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     was_training = model.training
     model.eval().to(device)
 

@@ -93,3 +93,23 @@ def test_auto_keeps_the_precision_an_earlier_run_in_this_process_fixed(monkeypat
         assert isinstance(config.num_workers, int) and config.channels_last is True  # a CPU process
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_resolve_device_names_what_this_machine_has(monkeypatch):
+    from hubclf.train.hardware import resolve_device
+
+    assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'bogus' is not a torch device: write cpu, cuda, cuda:1, mps"):
+        resolve_device("bogus")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device cuda: torch sees no CUDA GPU on this machine; use cpu$"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU machine, as torch reports it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"^device cuda:2: this machine has 2 CUDA GPU\(s\) \(cuda:0 to cuda:1\)$"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device mps: MPS \(Apple silicon\) is not available here; use cpu$"):
+        resolve_device("mps")

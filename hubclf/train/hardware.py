@@ -31,6 +31,32 @@ BF16_MIN_SPEEDUP = 1.15
 MAX_AUTO_WORKERS = 8
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``, checked against this machine; ``None`` is the GPU when there is one.
+
+    A device torch cannot parse, or one this machine lacks (``cuda`` without a CUDA GPU, ``cuda:3`` on a 2-GPU
+    machine, ``mps`` off Apple silicon), is a ``ValueError`` naming what is here, instead of a driver error at the
+    first tensor moved.
+
+        resolve_device("cuda:1")   # ValueError "device cuda:1: this machine has 1 CUDA GPU(s) (cuda:0 ...)" on 1 GPU
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device: write cpu, cuda, cuda:1, mps...") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device}: torch sees no CUDA GPU on this machine; use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device}: MPS (Apple silicon) is not available here; use cpu")
+    return resolved
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is no such file, e.g. macOS)."""
     path = Path("/proc/cpuinfo")

@@ -41,7 +41,7 @@ from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms
 from hubclf.train.features import backbone_features
-from hubclf.train.hardware import resolve_num_workers
+from hubclf.train.hardware import resolve_device, resolve_num_workers
 from hubclf.train.loop import check_settings_early, create_model, load_training_data
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
@@ -127,7 +127,7 @@ def lr_find(
         raise RuntimeError("lr-find runs in one process: start it with python/hubclf, not accelerate launch")
     if model is None:
         check_settings_early(config)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
 
     data = load_training_data(config)
     if model is None:
