@@ -186,7 +186,7 @@ def compare(
     if lr_search not in LR_SEARCHES:
         raise ValueError(f"--lr-search must be one of {', '.join(LR_SEARCHES)}, got {lr_search!r}")
     output_dir = Path(config.output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
+    if output_dir.is_dir() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
     configs = {strategy: strategy_config(config, strategy) for strategy in strategies}  # bad settings fail early
     check_settings_early(config)

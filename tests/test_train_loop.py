@@ -540,6 +540,23 @@ def test_a_bad_repo_id_to_push_to_is_refused_before_training(tmp_path, image_fol
     assert not (tmp_path / "out").exists()  # it was found when the run had to push, after all its epochs
 
 
+def test_an_output_dir_inside_a_file_is_one_line_before_any_data_is_read(tmp_path, image_folder, capsys):
+    from hubclf.cli import main
+    from hubclf.train.loop import check_output_dir
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    for output_dir in (notes, notes / "run1"):  # were "[Errno 17] File exists" / "[Errno 20] Not a directory"
+        code = main(["train", "--model", "hubclf_alexnet_slim", "--data", str(image_folder),
+                     "--output-dir", str(output_dir)])  # fmt: skip
+        assert code == 2
+        assert capsys.readouterr().err == (
+            f"hubclf train: error: --output-dir {output_dir}: {notes} is a file, not a folder\n"
+        )
+    check_output_dir(str(tmp_path / "new" / "nested" / "run"))  # missing folders are the run's to create
+    assert not (tmp_path / "new").exists()
+
+
 def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_path):
     from hubclf.train.loop import check_img_size
 

@@ -716,8 +716,23 @@ def check_settings_early(config: TrainConfig) -> None:
     check_model_name(config.model)
     check_img_size(config.model, config.img_size)
     check_data_location(config.data)
+    check_output_dir(config.output_dir)
     if config.push_to_hub:  # a bad id would otherwise surface only after the whole run
         check_repo_id(config.push_to_hub)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """The output folder, or the nearest part of its path that exists, must be a folder this process can write in;
+    the run creates what is missing.
+
+        check_output_dir("notes.txt/run1")   # ValueError: notes.txt is a file, not a folder
+    """
+    path = Path(output_dir).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output-dir {output_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output-dir {output_dir}: no permission to write in {existing}")
 
 
 def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
