@@ -326,9 +326,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="Score a model on a labelled dataset: top-1/top-5, per-class accuracy, confusion matrix",
         description="Works under `accelerate launch` (only the main process prints). The dataset's label names must "
-        "be the model's (in any order). Unreadable images are skipped, reported on stderr and left out of the "
-        "metrics. Exit status: 0 evaluated, 2 usage error (bad arguments, label mismatch, model or data not "
-        "found). Example: hubclf eval me/flowers-alexnet --data photos/ --split validation --json",
+        "be among the model's (in any order; fewer is fine). Unreadable images are skipped, reported on stderr and "
+        "left out of the metrics. Exit status: 0 evaluated, 2 usage error (bad arguments, label mismatch, model or "
+        "data not found). Example: hubclf eval me/flowers-alexnet --data photos/ --split validation --json",
     )
     p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
     p.add_argument(

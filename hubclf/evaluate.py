@@ -228,7 +228,7 @@ class _LabelsToModelOrder:
         feature = dataset.features[column]
         index_of_name = {name: i for i, name in enumerate(model_names)}
         if isinstance(feature, datasets.ClassLabel):
-            _check_same_names(list(feature.names), model_names)
+            _check_names_are_the_models(list(feature.names), model_names)
             return cls(index_of_name, [index_of_name[name] for name in feature.names])
         if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
             unknown = sorted(set(dataset.unique(column)) - set(model_names))
@@ -259,12 +259,20 @@ class _LabelsToModelOrder:
         return batch
 
 
-def _check_same_names(dataset_names: list[str], model_names: list[str]) -> None:
-    if set(dataset_names) == set(model_names) and len(dataset_names) == len(model_names):
-        if dataset_names != model_names:
+def _check_names_are_the_models(dataset_names: list[str], model_names: list[str]) -> None:
+    """Every class of the dataset must be one of the model's, matched by name; the dataset may hold fewer (a folder
+    of one class's photos is a fair test), as string labels may."""
+    only_data = [name for name in dataset_names if name not in model_names]
+    if not only_data:
+        absent = [name for name in model_names if name not in dataset_names]
+        if absent:
+            logger.info(
+                f"the dataset holds {len(dataset_names)} of the model's {len(model_names)} classes; no images of "
+                f"{absent[:10]}{' ...' if len(absent) > 10 else ''}, so they get no per-class accuracy"
+            )
+        elif dataset_names != model_names:
             logger.info("the dataset lists the model's classes in another order: matching them by name")
         return
-    only_data = [name for name in dataset_names if name not in model_names]
     only_model = [name for name in model_names if name not in dataset_names]
     raise ValueError(
         "the dataset's label names do not match the model's: "

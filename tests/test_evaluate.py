@@ -100,6 +100,18 @@ def test_integer_labels_without_names_are_the_models_class_indices(model_dir, tm
         evaluate_model(str(model_dir), str(out_of_range))
 
 
+def test_a_folder_of_some_of_the_models_classes_is_scored_on_those(model_dir, tmp_path, capsys):
+    # One class folder: 🤗 imagefolder reads it without labels; hubclf reads it again with the folder's name.
+    zebras = make_folder(tmp_path / "zebras", {"zebra": 3})
+    result = evaluate_model(str(model_dir), str(zebras))
+    assert (result["top1"], result["num_samples"]) == (1.0, 3)  # the known model answers zebra for every image
+    assert result["per_class_accuracy"] == {"zebra": 1.0, "ant": None, "cat": None}
+    assert result["confusion_matrix"] == [[3, 0, 0], [0, 0, 0], [0, 0, 0]]
+    two_of_three = make_folder(tmp_path / "two", {"ant": 1, "zebra": 1})
+    assert main(["eval", str(model_dir), "--data", str(two_of_three), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 0.5
+
+
 def test_mismatched_label_names_are_a_clear_error(model_dir, tmp_path, capsys):
     data = make_folder(tmp_path / "other", {"ant": 1, "cat": 1, "dog": 1})
     with pytest.raises(ValueError, match=r"only in the dataset: \['dog'\]; only in the model: \['zebra'\]"):

@@ -597,16 +597,20 @@ def test_epoch_shuffle_is_a_permutation_drawn_from_seed_and_epoch_only():
 def test_image_folder_layouts_that_give_no_labels_are_named(tmp_path):
     from hubclf.train.data import open_dataset
 
-    one_class = make_image_folder(tmp_path / "one", 1, 3)
     stray = make_image_folder(tmp_path / "stray", 2, 3)
     (stray / "class_0" / "0.png").rename(stray / "loose.png")  # one image above the class folders
-    for folder in (one_class, stray):  # 🤗 imagefolder then silently returns images without a label column
-        with pytest.raises(ValueError, match=rf"^--data {folder}: no class labels: an image folder needs one subfolder "
-                           rf"per class, at least 2, with every image at the same depth"):  # fmt: skip
-            open_dataset(str(folder))
+    # 🤗 imagefolder then silently returns images without a label column
+    with pytest.raises(ValueError, match=rf"^--data {stray}: no class labels: an image folder needs one subfolder "
+                       rf"per class with every image at the same depth"):  # fmt: skip
+        open_dataset(str(stray))
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"^--data .*empty: no images found; an image folder holds one"):
         open_dataset(str(tmp_path / "empty"))
     assert open_dataset(str(make_image_folder(tmp_path / "two", 2, 3)))["train"].features["label"].names == [
         "class_0", "class_1"
     ]
+    # A single class folder is read with its label (imagefolder drops it): fine to evaluate on; training says no.
+    one = make_image_folder(tmp_path / "one", 1, 3)
+    assert open_dataset(str(one))["train"].features["label"].names == ["class_0"]
+    with pytest.raises(ValueError, match=r"the data has 1 class\(es\) \['class_0'\]; a classifier needs at least 2"):
+        load_image_dataset(str(one))

@@ -226,8 +226,9 @@ def open_dataset(
 
 
 def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
-    """🤗 datasets' imagefolder, with its two silent layout outcomes named: no images, and no labels (it infers
-    labels only from at least 2 class folders holding every image at the same depth)."""
+    """🤗 datasets' imagefolder, with its silent layout outcomes handled: no images is an error; and as it infers
+    labels only from at least 2 class folders holding every image at the same depth, a single class folder (fine
+    to evaluate on) is read again with its label, and images at mixed depths are an error."""
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except datasets.data_files.EmptyDatasetError:
@@ -235,13 +236,18 @@ def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
             f"--data {data}: no images found; an image folder holds one subfolder of images per class "
             f"({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'})"
         ) from None
-    if all(list(split.features) == ["image"] for split in loaded.values()):  # no labels, and no metadata file
-        raise ValueError(
-            f"--data {data}: no class labels: an image folder needs one subfolder per class, at least 2, with every "
-            f"image at the same depth ({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'}); "
-            "or give the labels in a CSV with --labels"
-        )
-    return loaded
+    if any(list(split.features) != ["image"] for split in loaded.values()):  # labels, or a metadata file's columns
+        return loaded
+    # Forced labels come from each image's folder: one name means a single class folder; more, mixed depths
+    # (photos/cat/1.jpg next to photos/2.jpg would make a class "photos").
+    labelled = datasets.load_dataset("imagefolder", data_dir=str(path), drop_labels=False)
+    if all(len(split.features["label"].names) == 1 for split in labelled.values()):
+        return labelled
+    raise ValueError(
+        f"--data {data}: no class labels: an image folder needs one subfolder per class with every image at the "
+        f"same depth ({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'}); or give the labels in a CSV "
+        "with --labels"
+    )
 
 
 def check_data_location(data: str) -> None:
