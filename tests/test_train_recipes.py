@@ -291,9 +291,10 @@ def test_early_stopping_counts_epochs_since_the_best():
 
 # ---- in the loop ---------------------------------------------------------------------------------------------------
 def test_early_stopping_ends_the_run_and_keeps_best_and_last(tmp_path, image_folder, backbone_weights, caplog):
-    # lr 0: the val top-1 never improves after epoch 1, so patience 1 stops the run after epoch 2.
+    # lr 1e-12 (0 is refused): updates of about 1e-12 cannot change the val top-1 after epoch 1, so patience 1 stops
+    # the run after epoch 2.
     config = make_config(
-        tmp_path, image_folder, backbone_weights, "early", freeze="backbone", augment="none", epochs=5, lr=0.0,
+        tmp_path, image_folder, backbone_weights, "early", freeze="backbone", augment="none", epochs=5, lr=1e-12,
         patience=1,
     )  # fmt: skip
     caplog.set_level("INFO", logger="hubclf.train.loop")
