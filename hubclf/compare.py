@@ -177,7 +177,8 @@ def compare(
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
     from hubclf.hub import check_repo_id
-    from hubclf.train.loop import check_settings_early, load_training_data
+    from hubclf.train.loop import load_training_data
+    from hubclf.train.preflight import preflight_checks
 
     strategies = parse_strategies(strategies)
     lrs, grids = dict(lrs or {}), {**LR_GRIDS, **{k: tuple(v) for k, v in (lr_grids or {}).items()}}
@@ -189,7 +190,7 @@ def compare(
     if output_dir.is_dir() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} is not empty: hubclf compare writes a new folder, use another --output-dir")
     configs = {strategy: strategy_config(config, strategy) for strategy in strategies}  # bad settings fail early
-    check_settings_early(config)
+    preflight_checks(config)
     if push_best:
         check_repo_id(push_best)
     data = load_training_data(config)

@@ -9,7 +9,6 @@ import pytest
 from hubclf.cli import build_parser
 from hubclf.train import TrainConfig
 from hubclf.train.config import config_from_args
-from hubclf.train.loop import check_trackers
 
 REQUIRED = dict(model="hubclf_alexnet", data="photos", output_dir="out")
 
@@ -93,15 +92,6 @@ def test_cli_flags_override_the_config_file(tmp_path):
     args = build_parser().parse_args(["train", "--model", "hubclf_alexnet", "--data", "photos"])
     with pytest.raises(ValueError, match="missing required setting.*output_dir"):
         config_from_args(args)
-
-
-def test_trackers_must_exist_and_be_installed(monkeypatch):
-    with pytest.raises(ValueError, match="unknown tracker"):
-        check_trackers(["tensorbored"])
-    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
-    with pytest.raises(ValueError, match="the tensorboard package is not installed"):
-        check_trackers(["tensorboard"])  # Accelerate alone would drop it with a debug-level message
-    check_trackers([])
 
 
 def test_backbone_lr_scale_defaults_to_protecting_only_pretrained_weights():

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import difflib
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +39,7 @@ from tqdm.auto import tqdm
 
 from hubclf._faults import fault_point
 from hubclf.atomic import atomic_write_text, restore_dir, strict_json_dumps, to_strict_json
-from hubclf.hub import check_repo_id, from_pretrained, push_to_hub, save_pretrained, update_card
-from hubclf.models._base import architecture_class
+from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_card
 from hubclf.plots import model_pictures
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
@@ -52,7 +49,6 @@ from hubclf.train.data import (
     PixelCache,
     TensorEvalTransform,
     build_transforms,
-    check_data_location,
     load_image_dataset,
 )
 from hubclf.train.features import (
@@ -71,6 +67,7 @@ from hubclf.train.hardware import (
     shared_memory_budget,
 )
 from hubclf.train.metrics import evaluate, format_metrics
+from hubclf.train.preflight import check_model_name, preflight_checks
 from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
 from hubclf.train.safety import RunLock, StopOnSignal, ignore_interrupts_in_worker, main_process_work
 from hubclf.train.stages import HEAD, apply_stage, param_groups, prepare_stage, set_stage_modes, stage_for_epoch
@@ -130,13 +127,12 @@ def train(config: TrainConfig) -> TrainResult:
 
         result = train(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
-    check_settings_early(config)
+    preflight_checks(config)
     if config.strategy == "auto":  # several runs of this loop, see hubclf.train.strategy
         from hubclf.train.strategy import train_auto
 
         return train_auto(config)
     output_dir = Path(config.output_dir)
-    check_trackers(config.log_with)
     config, speed_choices = _resolve_hardware_defaults(config)
     with StopOnSignal() as stop:
         accelerator = Accelerator(
@@ -669,19 +665,6 @@ def _pixel_cache_plan(
     return "train" in names, "eval" in names
 
 
-def check_trackers(names: list[str]) -> None:
-    """Fail on a ``--log-with`` tracker whose package is missing: Accelerate would silently log nowhere."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    available = {str(tracker) for tracker in get_available_trackers()}
-    for name in names:
-        if name not in LoggerType.list():
-            raise ValueError(f"--log-with {name}: unknown tracker; Accelerate knows {LoggerType.list()}")
-        if name != "all" and name not in available:
-            raise ValueError(f"--log-with {name}: the {name} package is not installed (pip install {name})")
-
-
 # ---- data -----------------------------------------------------------------------------------------------------
 def load_training_data(config: TrainConfig) -> ImageClassificationData:
     """The checked train/eval splits that ``config`` names: the same for ``train``, ``lr-find``, ``--strategy auto``
@@ -706,68 +689,6 @@ def load_training_data(config: TrainConfig) -> ImageClassificationData:
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
-def check_settings_early(config: TrainConfig) -> None:
-    """Refuse what the settings alone show to be wrong before any data is read or hardware probed: a typo should
-    not cost a dataset load. Used by train, lr-find and compare.
-
-        check_settings_early(TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out", img_size=(32, 32)))
-        # ValueError: --img-size 32 32 is below AlexNet's minimum 63 63 (H W)
-    """
-    check_model_name(config.model)
-    check_img_size(config.model, config.img_size)
-    check_data_location(config.data)
-    check_output_dir(config.output_dir)
-    if config.push_to_hub:  # a bad id would otherwise surface only after the whole run
-        check_repo_id(config.push_to_hub)
-
-
-def check_output_dir(output_dir: str) -> None:
-    """The output folder, or the nearest part of its path that exists, must be a folder this process can write in;
-    the run creates what is missing.
-
-        check_output_dir("notes.txt/run1")   # ValueError: notes.txt is a file, not a folder
-    """
-    path = Path(output_dir).expanduser()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"--output-dir {output_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"--output-dir {output_dir}: no permission to write in {existing}")
-
-
-def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
-    """An ``img_size`` below what an architecture's pooling can take (``min_input_size``: 63×63 for AlexNet, 32×32
-    for VGG) fails on the first batch; refuse it up front instead. Saved models (Hub ids, folders) are checked once
-    their config.json is read.
-    """
-    minimum = getattr(architecture_class(model), "min_input_size", None)
-    if img_size is None or minimum is None:
-        return
-    if img_size[0] < minimum[0] or img_size[1] < minimum[1]:
-        name = architecture_class(model).__name__
-        raise ValueError(
-            f"--img-size {img_size[0]} {img_size[1]} is below {name}'s minimum {minimum[0]} {minimum[1]} (H W)"
-        )
-
-
-def check_model_name(name: str) -> None:
-    """Fail fast on a ``--model`` that is neither an architecture timm knows (after ``import hubclf``), nor an
-    ``hf-hub:`` / ``local-dir:`` name, nor an existing folder; suggest close timm names.
-
-        check_model_name("resnet18")   # fine; "resnet81" raises ValueError naming resnet18 among the suggestions
-    """
-    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir() or timm.is_model(name):
-        return
-    if "/" in name or os.sep in name:
-        raise ValueError(f"--model {name}: no such model folder (a Hub repo is spelled 'hf-hub:{name}')")
-    close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3, cutoff=0.75)
-    hint = f"; did you mean {', '.join(close)}?" if close else f" (timm.list_models('*{name[:4]}*') lists names)"
-    raise ValueError(
-        f"--model {name}: no such architecture in timm {timm.__version__} nor among hubclf's "
-        f"({', '.join(timm.list_models('hubclf_*'))}), and no such folder{hint}"
-    )
-
-
 def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
     """The model to train, with a fresh ``len(label_names)``-class classifier unless a saved one already fits.
 

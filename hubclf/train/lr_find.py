@@ -42,7 +42,8 @@ from hubclf.train.config import TrainConfig
 from hubclf.train.data import ImageClassificationDataset, build_transforms
 from hubclf.train.features import backbone_features
 from hubclf.train.hardware import resolve_device, resolve_num_workers
-from hubclf.train.loop import check_settings_early, create_model, load_training_data
+from hubclf.train.loop import create_model, load_training_data
+from hubclf.train.preflight import preflight_checks
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
 
@@ -126,7 +127,7 @@ def lr_find(
     if PartialState().num_processes > 1:  # also sets up the Accelerate logging that create_model uses
         raise RuntimeError("lr-find runs in one process: start it with python/hubclf, not accelerate launch")
     if model is None:
-        check_settings_early(config)
+        preflight_checks(config)
     device = resolve_device(device)
 
     data = load_training_data(config)

@@ -1,0 +1,78 @@
+"""hubclf.train.preflight: what train, lr-find and compare refuse from the settings alone, before any data is read.
+
+The --data folders here are empty or missing on purpose: each error coming first shows nothing was read before it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hubclf.cli import main
+from hubclf.train.preflight import check_img_size, check_output_dir, check_trackers
+
+
+def test_a_missing_data_folder_is_one_line_before_any_hardware_probe(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="hubclf.train.loop")
+    code = main(["train", "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf train: error: --data {tmp_path / 'no-such-data'}: no such directory (and it does not look like a "
+        "Hub dataset id)"
+    ]
+    assert "--mixed-precision auto" not in caplog.text and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["train"], ["train", "--strategy", "auto"], ["lr-find"], ["compare"]])
+def test_an_img_size_below_the_minimum_is_one_line_before_any_data_is_read(tmp_path, capsys, command):
+    # The data folder does not exist: the size error coming first shows that nothing was read or probed before it.
+    code = main([*command, "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
+                 "--img-size", "224", "62", "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf {command[0]}: error: --img-size 224 62 is below AlexNet's minimum 63 63 (H W)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("command", "flag"), [(["train"], "--push-to-hub"), (["compare"], "--push-best")])
+def test_a_bad_repo_id_to_push_to_is_refused_before_training(tmp_path, capsys, command, flag):
+    code = main([*command, "--model", "hubclf_alexnet_slim", "--data", str(tmp_path), flag, "me//flowers",
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [
+        f"hubclf {command[0]}: error: 'me//flowers' is not a Hub repo id: Repo id must be in the form 'repo_name' "
+        "or 'namespace/repo_name': 'me//flowers'."
+    ]
+    assert not (tmp_path / "out").exists()  # it was found when the run had to push, after all its epochs
+
+
+def test_an_output_dir_inside_a_file_is_one_line_before_any_data_is_read(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    for output_dir in (notes, notes / "run1"):  # were "[Errno 17] File exists" / "[Errno 20] Not a directory"
+        code = main(["train", "--model", "hubclf_alexnet_slim", "--data", str(tmp_path),
+                     "--output-dir", str(output_dir)])  # fmt: skip
+        assert code == 2
+        assert capsys.readouterr().err == (
+            f"hubclf train: error: --output-dir {output_dir}: {notes} is a file, not a folder\n"
+        )
+    check_output_dir(str(tmp_path / "new" / "nested" / "run"))  # missing folders are the run's to create
+    assert not (tmp_path / "new").exists()
+
+
+def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_path):
+    check_img_size("hubclf_vgg11", (32, 32))  # VGG's five 2×2 max-pools need 32 pixels a side
+    with pytest.raises(ValueError, match="below VGG's minimum 32 32"):
+        check_img_size("hubclf_vgg11", (32, 31))
+    check_img_size("resnet18", (8, 8))  # timm's own models state no minimum: left to them
+    check_img_size("hf-hub:me/flowers", (8, 8))  # a saved model's architecture is known once its config is read
+
+
+def test_trackers_must_exist_and_be_installed(monkeypatch):
+    with pytest.raises(ValueError, match="unknown tracker"):
+        check_trackers(["tensorbored"])
+    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
+    with pytest.raises(ValueError, match="the tensorboard package is not installed"):
+        check_trackers(["tensorboard"])  # Accelerate alone would drop it with a debug-level message
+    check_trackers([])
