@@ -92,13 +92,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    import logging
+# huggingface_hub and 🤗 datasets print their warnings through handlers of their own; through ours too, each line
+# came out twice (an offline Hub retry: 12 lines instead of 6).
+_LIBRARIES_THAT_PRINT_THEIR_OWN = ("huggingface_hub", "datasets")
 
+
+def _log_to_stderr() -> None:
+    """INFO and above on stderr with a timestamp, as ``logging.basicConfig``, unless logging is already set up."""
+    root = logging.getLogger()
+    if root.handlers:  # the caller's (or pytest's) configuration wins, as with basicConfig
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: not record.name.startswith(_LIBRARIES_THAT_PRINT_THEIR_OWN))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from hubclf.train import TrainingInterrupted, train
     from hubclf.train.config import config_from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours to print
     config = config_from_args(args)
     try:

@@ -68,3 +68,25 @@ def test_version_names_hubclf_and_the_libraries_a_bug_report_needs(capsys):
     printed = capsys.readouterr().out
     assert printed.startswith(f"hubclf {hubclf.__version__} (torch {torch.__version__.split('+')[0]}, ")
     assert f"timm {timm.__version__}" in printed and printed.count("\n") == 1
+
+
+def test_train_logs_once_per_line_with_libraries_that_print_their_own(monkeypatch):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # a fresh process, as `hubclf train` runs in; restored afterwards
+    monkeypatch.setattr(root, "level", root.level)
+    cli._log_to_stderr()
+    [handler] = root.handlers
+    assert root.level == logging.INFO
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, "Retrying in 1s [Retry 1/5].", None, None)
+
+    # huggingface_hub's and datasets' own handlers already print these; hubclf's and other libraries' come out here
+    assert not handler.filter(record("huggingface_hub.utils._http"))
+    assert not handler.filter(record("datasets.load"))
+    assert handler.filter(record("hubclf.train.loop")) and handler.filter(record("timm.models._builder"))
+    monkeypatch.setattr(root, "handlers", [handler])
+    cli._log_to_stderr()  # logging already set up (by the caller, or pytest): left alone
+    assert root.handlers == [handler]
