@@ -90,6 +90,20 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def make_parent_dirs(path: str | os.PathLike) -> None:
+    """``path``'s missing parent folders, created; a file where a folder must be is named, where ``mkdir`` says only
+    "[Errno 17] File exists" about a path the user did not type.
+
+        make_parent_dirs("out/run1/model.safetensors")   # creates out/run1/
+    """
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), parent)
+        raise NotADirectoryError(f"cannot write {path}: {blocking} is a file, not a folder") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers (and a crash) see the old file or the new one, never half of it.
 
@@ -109,7 +123,7 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
         atomic_write_file("cache/features.safetensors", lambda tmp: save_file(tensors, tmp))
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -246,7 +260,7 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             save_file(tensors, tmp / "model.safetensors")
     """
     final_dir = Path(final_dir).resolve()  # "." has no name to put a sibling next to
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(final_dir)
     restore_dir(final_dir)
     prefix = f".{final_dir.name}.tmp-"
     for stale in final_dir.parent.glob(f"{prefix}*"):

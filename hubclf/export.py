@@ -33,6 +33,7 @@ import timm.data
 import torch
 import torch.nn as nn
 
+from hubclf.atomic import make_parent_dirs
 from hubclf.models._base import GridMlpHead
 from hubclf.predict import label_names_of, load_model
 
@@ -117,7 +118,7 @@ def export_model(
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(shape, generator=generator) for shape in check_shapes]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(out)
     # Same folder as `out`, so the final rename is atomic; same suffix, so tools that look at it are not confused.
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
     os.close(fd)

@@ -91,3 +91,19 @@ def test_pid_alive():
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert not pid_alive(int(dead.stdout))
     assert not pid_alive(0)
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    from hubclf.atomic import atomic_write_text, make_parent_dirs, staged_dir
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file")
+    expected = rf"^cannot write {notes}/run/a.json: {notes} is a file, not a folder$"
+    with pytest.raises(NotADirectoryError, match=expected):
+        atomic_write_text(notes / "run" / "a.json", "{}")  # mkdir alone said "[Errno 17] File exists"
+    with pytest.raises(NotADirectoryError, match=rf"{notes} is a file, not a folder$"):
+        with staged_dir(notes / "best"):
+            pass
+    assert notes.read_text() == "a file"
+    make_parent_dirs(tmp_path / "a" / "b" / "c.txt")
+    assert (tmp_path / "a" / "b").is_dir() and not (tmp_path / "a" / "b" / "c.txt").exists()
