@@ -69,6 +69,24 @@ def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_pa
     check_img_size("hf-hub:me/flowers", (8, 8))  # a saved model's architecture is known once its config is read
 
 
+def test_a_local_model_folder_is_checked_through_its_config(tmp_path):
+    import timm
+
+    import hubclf
+
+    folder = tmp_path / "base" / "best"
+    hubclf.save_pretrained(timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(64, 64)), folder)
+    for model in (str(folder), f"local-dir:{folder}"):
+        with pytest.raises(ValueError, match=r"^--img-size 16 64 is below AlexNet's minimum 63 63 \(H W\)$"):
+            check_img_size(model, (16, 64))
+        check_img_size(model, (63, 63))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"architecture": "hubclf_alexnet", "architecture": 1}')
+    # read with config_check's rules, as loading the model would
+    with pytest.raises(ValueError, match="repeats the key .architecture."):
+        check_img_size(str(tmp_path / "broken"), (16, 16))
+
+
 def test_trackers_must_exist_and_be_installed(monkeypatch):
     with pytest.raises(ValueError, match="unknown tracker"):
         check_trackers(["tensorbored"])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import timm
 
-from hubclf.hub import check_repo_id
+from hubclf.config_check import read_config_file
+from hubclf.hub import CONFIG_NAME, check_repo_id
 from hubclf.models._base import architecture_class
 from hubclf.train.config import TrainConfig
 from hubclf.train.data import check_data_location
@@ -51,17 +52,27 @@ def check_output_dir(output_dir: str) -> None:
 
 def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
     """An ``img_size`` below what an architecture's pooling can take (``min_input_size``: 63×63 for AlexNet, 32×32
-    for VGG) fails on the first batch; refuse it up front instead. Saved models (Hub ids, folders) are checked once
-    their config.json is read.
+    for VGG) fails on the first batch; refuse it up front instead. A local model folder is checked through its
+    config.json's architecture; a Hub model once it is downloaded.
     """
-    minimum = getattr(architecture_class(model), "min_input_size", None)
-    if img_size is None or minimum is None:
+    if img_size is None:
         return
-    if img_size[0] < minimum[0] or img_size[1] < minimum[1]:
-        name = architecture_class(model).__name__
+    model_class = architecture_class(_local_architecture(model) or model)
+    minimum = getattr(model_class, "min_input_size", None)
+    if minimum is not None and (img_size[0] < minimum[0] or img_size[1] < minimum[1]):
         raise ValueError(
-            f"--img-size {img_size[0]} {img_size[1]} is below {name}'s minimum {minimum[0]} {minimum[1]} (H W)"
+            f"--img-size {img_size[0]} {img_size[1]} is below {model_class.__name__}'s minimum "
+            f"{minimum[0]} {minimum[1]} (H W)"
         )
+
+
+def _local_architecture(model: str) -> str | None:
+    """The ``architecture`` in a local model folder's config.json (read with config_check's bounds), else None."""
+    folder = Path(model.removeprefix("local-dir:")).expanduser()
+    if not (model.startswith("local-dir:") or folder.is_dir()) or not (folder / CONFIG_NAME).is_file():
+        return None
+    architecture = read_config_file(folder / CONFIG_NAME).get("architecture")
+    return architecture if isinstance(architecture, str) else None
 
 
 def check_model_name(name: str) -> None:
