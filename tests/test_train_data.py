@@ -614,3 +614,17 @@ def test_image_folder_layouts_that_give_no_labels_are_named(tmp_path):
     assert open_dataset(str(one))["train"].features["label"].names == ["class_0"]
     with pytest.raises(ValueError, match=r"the data has 1 class\(es\) \['class_0'\]; a classifier needs at least 2"):
         load_image_dataset(str(one))
+
+
+def test_a_name_that_is_neither_a_folder_nor_a_reachable_hub_dataset_says_both(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from hubclf.train.data import open_dataset
+
+    # HF_HUB_OFFLINE=1 as the README advises offline: no retries, and no cached copy of this name
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^--data Photos: no such folder here, and as a Hub dataset id: "
+                       r"Couldn't reach 'Photos' on the Hub \(OfflineModeIsEnabled\)$"):  # fmt: skip
+        open_dataset("Photos")

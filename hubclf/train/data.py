@@ -217,7 +217,10 @@ def open_dataset(
     else:
         check_data_location(data)
         repo_id, revision = split_revision(data)
-        loaded = datasets.load_dataset(repo_id, revision=revision)
+        try:
+            loaded = datasets.load_dataset(repo_id, revision=revision)
+        except ConnectionError as e:  # say both readings: a mistyped folder is the likelier one offline
+            raise FileNotFoundError(f"--data {data}: no such folder here, and as a Hub dataset id: {e}") from e
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict(train=loaded)
     if not isinstance(loaded, datasets.DatasetDict):
