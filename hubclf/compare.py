@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubclf.atomic import atomic_write_file, atomic_write_text
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig, staged_unfreeze_epoch
 
 logger = logging.getLogger(__name__)
@@ -367,10 +367,8 @@ def plot(result: CompareResult, path: Path) -> Path:
     axes.set_ylabel("validation top-1 (%)")
     axes.set_title(f"hubclf compare: {result.epochs} epochs each, seed {result.seed}")
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    figure.savefig(partial)
+    atomic_write_file(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
-    partial.replace(path)
     return path
 
 
@@ -385,9 +383,7 @@ def _write_json(result: CompareResult) -> None:
         "hub_url": result.hub_url,
         "runs": [dataclasses.asdict(run) for run in result.runs],
     }
-    partial = result.json_path.with_name(f".{result.json_path.name}.tmp{os.getpid()}")
-    partial.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
-    partial.replace(result.json_path)
+    atomic_write_text(result.json_path, json.dumps(values, indent=2) + "\n")
 
 
 def card_section(result: CompareResult) -> dict[str, Any]:

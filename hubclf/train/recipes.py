@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from hubclf.atomic import atomic_write_text
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 from hubclf.train.data import EpochSampler, EpochShuffleSampler, ImageClassificationData, decode_image
 
@@ -178,10 +178,7 @@ class Recipe:
             "transform_options": self.transform_options,
             "class_weights": self.class_weights,
         }
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
     def criterion(self, device: torch.device | str = "cpu") -> Criterion:
         weights = torch.tensor(self.class_weights, dtype=torch.float32, device=device) if self.class_weights else None

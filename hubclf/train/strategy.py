@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import parse_flag_from_env
 from torch.utils.data import DataLoader
 
+from hubclf.atomic import atomic_write_text
 from hubclf.hub import from_pretrained, push_to_hub, render_model_card, save_pretrained
 from hubclf.models import freeze as freeze_model
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
@@ -235,7 +235,7 @@ def _train_auto(config: TrainConfig) -> TrainResult:
     if state.is_main_process and not decision_file.is_file():
         head_correct, probe_correct = _paired_correctness(config, control.best_model_dir, probe.best_model_dir)
         decision = decide(head_correct, probe_correct)
-        _write_json(decision_file, decision.to_dict())
+        atomic_write_text(decision_file, json.dumps(decision.to_dict(), indent=2) + "\n")
     state.wait_for_everyone()
     decision = StrategyDecision(**json.loads(decision_file.read_text(encoding="utf-8")))
     state.print(f"--strategy auto chose {decision.choice}. {decision.reason}")
@@ -361,7 +361,7 @@ def _finish(
             config_json = json.loads((output_dir / name / "config.json").read_text(encoding="utf-8"))
             render_model_card(config_json, str((output_dir / name).resolve())).save(output_dir / name / "README.md")
         lines = "".join(json.dumps(record) + "\n" for record in [*history, event])
-        _write_text(output_dir / METRICS_FILE, lines)
+        atomic_write_text(output_dir / METRICS_FILE, lines)
         if config.push_to_hub:
             hub_url = push_to_hub(
                 output_dir / BEST_DIR,
@@ -444,12 +444,3 @@ def add_card_section(
     )
 
 
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)  # atomic: readers see the old file or the new one, never half of one
