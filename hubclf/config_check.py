@@ -16,7 +16,6 @@ import inspect
 import json
 import math
 import os
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ import timm
 import torch.nn as nn
 from timm.models import PretrainedCfg
 
-from hubclf.models._base import ConvClassifier, architecture_class
+from hubclf.models._base import ConvClassifier, architecture_class, input_size_problem
+from hubclf.text import is_printable, short, shorts
 
 __all__ = [
     "ConfigError",
@@ -33,7 +33,6 @@ __all__ = [
     "safetensors_header_shapes",
     "validate_config",
     "label_name_problems",
-    "printable",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a hubclf config is a few KB, 100,000 label names fit
@@ -225,13 +224,13 @@ def validate_config(
     model_class = architecture_class(architecture)
     num_classes = config.get("num_classes")
     if not _is_int(num_classes) or not 0 <= num_classes <= MAX_CLASSES:
-        problems.append(f"num_classes must be an integer in 0..{MAX_CLASSES:,}, got {_short(num_classes)}")
+        problems.append(f"num_classes must be an integer in 0..{MAX_CLASSES:,}, got {short(num_classes)}")
         num_classes = None
     if "num_features" in config and not (_is_int(config["num_features"]) and 0 <= config["num_features"] <= 1 << 20):
-        problems.append(f"num_features must be a non-negative integer, got {_short(config['num_features'])}")
+        problems.append(f"num_features must be a non-negative integer, got {short(config['num_features'])}")
     pools = _pools(architecture, model_class)
     if "global_pool" in config and config["global_pool"] not in pools:
-        problems.append(f"global_pool must be one of {pools}, got {_short(config['global_pool'])}")
+        problems.append(f"global_pool must be one of {pools}, got {short(config['global_pool'])}")
 
     pretrained_cfg = config.get("pretrained_cfg")
     input_sizes: list[tuple[str, Any]] = []
@@ -300,48 +299,37 @@ def label_name_problems(label_names: Any, num_classes: int) -> list[str]:
         problems.append(f"{len(label_names)} label_names for a model with num_classes={num_classes}")
     not_strings = [name for name in label_names if not isinstance(name, str)]
     if not_strings:
-        return [*problems, f"must be strings, got {_shorts(not_strings[:5])}"]
+        return [*problems, f"must be strings, got {shorts(not_strings[:5])}"]
     blank = [name for name in label_names if not name.strip()]
     if blank:
-        problems.append(f"must be non-empty strings, got {_shorts(blank[:5])}")
+        problems.append(f"must be non-empty strings, got {shorts(blank[:5])}")
     too_long = [f"{name[:20]!r}... ({len(name)} characters)" for name in label_names if len(name) > MAX_LABEL_CHARS]
     if too_long:
         problems.append(f"must have at most {MAX_LABEL_CHARS} characters: {too_long[:3]}")
-    unprintable = [name for name in label_names if not _is_printable(name)]
+    unprintable = [name for name in label_names if not is_printable(name)]
     if unprintable:
-        problems.append(f"must not hold control characters or line breaks: {_shorts(unprintable[:5])}")
+        problems.append(f"must not hold control characters or line breaks: {shorts(unprintable[:5])}")
     seen: set[str] = set()
     repeated = sorted({name for name in label_names if name in seen or seen.add(name)})
     if repeated:
-        problems.append(f"must be unique, repeated: {_shorts(repeated[:10])}")
+        problems.append(f"must be unique, repeated: {shorts(repeated[:10])}")
     return problems
-
-
-def printable(text: Any) -> str:
-    r"""``text`` with control characters and line breaks escaped, for one line of terminal output.
-
-    printable("rose\x1b[31m\n")   # 'rose\\x1b[31m\\n'
-    """
-    text = str(text)
-    if _is_printable(text):
-        return text
-    return "".join(ch if _is_printable(ch) else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 # ---- field checks ---------------------------------------------------------------------------------------------
 def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
     problems = []
     if not _is_size(cfg.get("input_size"), 3):
-        problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {_short(cfg.get('input_size'))}")
+        problems.append(f"pretrained_cfg.input_size must be [C, H, W], got {short(cfg.get('input_size'))}")
     unknown = sorted(set(cfg) - PRETRAINED_CFG_FIELDS)
     if unknown:
-        problems.append(f"pretrained_cfg has fields timm does not know: {_shorts(unknown[:10])}")
+        problems.append(f"pretrained_cfg has fields timm does not know: {shorts(unknown[:10])}")
     for field in ("min_input_size", "test_input_size"):
         if cfg.get(field) is not None and not _is_size(cfg[field], 3):
-            problems.append(f"pretrained_cfg.{field} must be [C, H, W], got {_short(cfg[field])}")
+            problems.append(f"pretrained_cfg.{field} must be [C, H, W], got {short(cfg[field])}")
     for field in ("pool_size", "test_pool_size"):
         if cfg.get(field) is not None and not _is_size(cfg[field], 2):
-            problems.append(f"pretrained_cfg.{field} must be [H, W], got {_short(cfg[field])}")
+            problems.append(f"pretrained_cfg.{field} must be [H, W], got {short(cfg[field])}")
     for field in ("input_size", "min_input_size", "test_input_size"):
         size = cfg.get(field)
         if _is_size(size, 3) and not 1 <= size[0] <= MAX_CHANNELS:
@@ -352,20 +340,20 @@ def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
         problems += _size_problems("pretrained_cfg.test_input_size", *cfg["test_input_size"][1:], test_crop, None)
     if cfg.get("interpolation", "bilinear") not in INTERPOLATIONS:
         problems.append(
-            f"pretrained_cfg.interpolation must be one of {INTERPOLATIONS}, got {_short(cfg['interpolation'])}"
+            f"pretrained_cfg.interpolation must be one of {INTERPOLATIONS}, got {short(cfg['interpolation'])}"
         )
     if cfg.get("crop_mode", "center") not in CROP_MODES:
-        problems.append(f"pretrained_cfg.crop_mode must be one of {CROP_MODES}, got {_short(cfg['crop_mode'])}")
+        problems.append(f"pretrained_cfg.crop_mode must be one of {CROP_MODES}, got {short(cfg['crop_mode'])}")
     for field in ("crop_pct", "test_crop_pct"):
         value = cfg.get(field, 1.0 if field == "crop_pct" else None)
         if value is not None and not (_is_number(value) and 0 < value <= 1):
-            problems.append(f"pretrained_cfg.{field} must be a number in (0, 1], got {_short(value)}")
+            problems.append(f"pretrained_cfg.{field} must be a number in (0, 1], got {short(value)}")
     for field in ("mean", "std"):
         value = cfg.get(field, [0.5])
         if not (isinstance(value, list) and 1 <= len(value) <= 4 and all(_is_number(v) for v in value)):
-            problems.append(f"pretrained_cfg.{field} must be a list of 1 to 4 finite numbers, got {_short(value)}")
+            problems.append(f"pretrained_cfg.{field} must be a list of 1 to 4 finite numbers, got {short(value)}")
         elif not all(abs(v) <= MAX_PIXEL_STAT for v in value):
-            problems.append(f"pretrained_cfg.{field} values must lie within ±{MAX_PIXEL_STAT}, got {_short(value)}")
+            problems.append(f"pretrained_cfg.{field} values must lie within ±{MAX_PIXEL_STAT}, got {short(value)}")
         elif field == "std" and not all(v > 0 for v in value):
             problems.append(f"pretrained_cfg.std must be positive (images are divided by it), got {value}")
     mean, std = cfg.get("mean"), cfg.get("std")
@@ -374,19 +362,19 @@ def _pretrained_cfg_problems(cfg: dict[str, Any]) -> list[str]:
     for field in ("num_classes", "label_offset"):
         value = cfg.get(field)
         if value is not None and not (_is_int(value) and 0 <= value <= MAX_CLASSES):
-            problems.append(f"pretrained_cfg.{field} must be an integer in 0..{MAX_CLASSES:,}, got {_short(value)}")
+            problems.append(f"pretrained_cfg.{field} must be an integer in 0..{MAX_CLASSES:,}, got {short(value)}")
     for field in ("custom_load", "fixed_input_size"):
         if field in cfg and not isinstance(cfg[field], bool):
-            problems.append(f"pretrained_cfg.{field} must be true or false, got {_short(cfg[field])}")
+            problems.append(f"pretrained_cfg.{field} must be true or false, got {short(cfg[field])}")
     if cfg.get("state_dict") is not None:
         problems.append("pretrained_cfg.state_dict must be null (weights come from model.safetensors)")
     for field in TEXT_FIELDS:
         if cfg.get(field) is not None and not isinstance(cfg[field], str):
-            problems.append(f"pretrained_cfg.{field} must be a string, got {_short(cfg[field])}")
+            problems.append(f"pretrained_cfg.{field} must be a string, got {short(cfg[field])}")
     for field in ("paper_ids", "notes"):
         value = cfg.get(field)
         if value is not None and not (isinstance(value, str) or _is_list_of(value, str)):
-            problems.append(f"pretrained_cfg.{field} must be a string or a list of strings, got {_short(value)}")
+            problems.append(f"pretrained_cfg.{field} must be a string or a list of strings, got {short(value)}")
     return problems
 
 
@@ -407,19 +395,19 @@ def _model_args_problems(
         defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
     unknown = sorted(set(model_args) - accepted - {"num_classes"})
     if unknown:
-        problems.append(f"model_args {_shorts(unknown[:10])} are not accepted (allowed: {sorted(accepted)})")
+        problems.append(f"model_args {shorts(unknown[:10])} are not accepted (allowed: {sorted(accepted)})")
     if "img_size" in model_args:
         size = model_args["img_size"]
         if not (_is_int(size) and size > 0 or _is_size(size, 2)):
-            problems.append(f"model_args.img_size must be an integer or [H, W], got {_short(size)}")
+            problems.append(f"model_args.img_size must be an integer or [H, W], got {short(size)}")
     in_chans = model_args.get("in_chans", defaults.get("in_chans"))
     if "in_chans" in model_args and not (_is_int(in_chans) and 1 <= in_chans <= MAX_CHANNELS):
-        problems.append(f"model_args.in_chans must be an integer in 1..{MAX_CHANNELS}, got {_short(in_chans)}")
+        problems.append(f"model_args.in_chans must be an integer in 1..{MAX_CHANNELS}, got {short(in_chans)}")
         in_chans = None
     if "global_pool" in model_args and model_args["global_pool"] not in pools:
-        problems.append(f"model_args.global_pool must be one of {pools}, got {_short(model_args['global_pool'])}")
+        problems.append(f"model_args.global_pool must be one of {pools}, got {short(model_args['global_pool'])}")
     if "drop_rate" in model_args and not (_is_number(model_args["drop_rate"]) and 0 <= model_args["drop_rate"] < 1):
-        problems.append(f"model_args.drop_rate must be a number in [0, 1), got {_short(model_args['drop_rate'])}")
+        problems.append(f"model_args.drop_rate must be a number in [0, 1), got {short(model_args['drop_rate'])}")
     return problems, in_chans if _is_int(in_chans) else None
 
 
@@ -437,10 +425,8 @@ def _size_problems(
             f"{field} {height}×{width} with crop_pct {crop_pct} resizes images to {resized_h}×{resized_w}: at most "
             f"{MAX_SIDE} per side and {MAX_PIXELS:,} pixels"
         ]
-    minimum = getattr(model_class, "min_input_size", (1, 1))
-    if height < minimum[0] or width < minimum[1]:
-        return [f"{field} {height}×{width} (H×W) is below {model_class.__name__}'s minimum {minimum[0]}×{minimum[1]}"]
-    return []
+    problem = input_size_problem(model_class, height, width, what=field)
+    return [problem] if problem else []
 
 
 def _label_descriptions_problems(descriptions: Any) -> list[str]:
@@ -448,9 +434,9 @@ def _label_descriptions_problems(descriptions: Any) -> list[str]:
         return []
     if not isinstance(descriptions, dict) or not all(isinstance(v, str) for v in descriptions.values()):
         return ["label_descriptions must be an object of strings"]
-    unprintable = [k for k, v in descriptions.items() if not (_is_printable(k) and _is_printable(v))]
+    unprintable = [k for k, v in descriptions.items() if not (is_printable(k) and is_printable(v))]
     if unprintable:
-        return [f"label_descriptions must not hold control characters or line breaks: {_shorts(unprintable[:5])}"]
+        return [f"label_descriptions must not hold control characters or line breaks: {shorts(unprintable[:5])}"]
     return []
 
 
@@ -519,17 +505,3 @@ def _is_size(value: Any, length: int) -> bool:
 
 def _is_list_of(value: Any, kind: type) -> bool:
     return isinstance(value, list) and all(isinstance(v, kind) for v in value)
-
-
-def _is_printable(text: str) -> bool:
-    return all(not unicodedata.category(ch).startswith("C") and ch not in "\u2028\u2029" for ch in text)
-
-
-def _shorts(values: list[Any]) -> str:
-    return "[" + ", ".join(_short(v) for v in values) + "]"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for an error message: repr (so control characters are escaped), cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

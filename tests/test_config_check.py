@@ -26,7 +26,6 @@ from hubclf.config_check import (
     INTERPOLATIONS,
     ConfigError,
     label_name_problems,
-    printable,
     read_config_file,
     safetensors_header_shapes,
     validate_config,
@@ -446,11 +445,6 @@ def test_every_interpolation_accepted_is_one_timm_knows():
 
     for name in INTERPOLATIONS:
         str_to_interp_mode(name)
-
-
-def test_printable_escapes_control_characters_only():
-    assert printable("rosé 🌹") == "rosé 🌹"
-    assert printable("red\x1b[31m\nnext\u2028") == "red\\x1b[31m\\nnext\\u2028"
 
 
 def test_label_names_are_escaped_when_printed():

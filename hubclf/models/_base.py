@@ -326,11 +326,9 @@ class ConvClassifier(nn.Module):
                 f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                 f"create the model with in_chans={x.shape[1]} to adapt the first conv"
             )
-        min_h, min_w = self.min_input_size
-        if x.shape[2] < min_h or x.shape[3] < min_w:
-            raise ValueError(
-                f"input {x.shape[2]}×{x.shape[3]} (H×W) is smaller than {name}'s minimum {min_h}×{min_w}"
-            )
+        problem = input_size_problem(self, x.shape[2], x.shape[3], what="input")
+        if problem:
+            raise ValueError(problem)
 
 
 # ---- torchvision checkpoints ----------------------------------------------------------------------------------
@@ -419,12 +417,41 @@ def _check_img_size(img_size: Any, model_cls: type[ConvClassifier]) -> tuple[int
         height, width = (int(s) for s in to_2tuple(img_size))
     except (TypeError, ValueError):
         raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}") from None
-    min_h, min_w = model_cls.min_input_size
-    if height < min_h or width < min_w:
-        raise ValueError(
-            f"img_size {height}×{width} (H×W) is smaller than {model_cls.__name__}'s minimum {min_h}×{min_w}"
-        )
+    problem = input_size_problem(model_cls, height, width)
+    if problem:
+        raise ValueError(problem)
     return height, width
+
+
+def min_input_size(model: nn.Module | type[nn.Module] | None) -> tuple[int, int] | None:
+    """The smallest (H, W) a model or architecture class takes: hubclf's own state it (``min_input_size``: the
+    pooling needs a few pixels), a timm model may in its ``pretrained_cfg``; None when neither says.
+
+        min_input_size(AlexNet)   # (63, 63)
+    """
+    minimum = getattr(model, "min_input_size", None)
+    if minimum is None and isinstance(model, nn.Module):
+        cfg_minimum = (getattr(model, "pretrained_cfg", None) or {}).get("min_input_size")
+        minimum = tuple(cfg_minimum[1:]) if cfg_minimum else None
+    return tuple(minimum) if minimum is not None else None
+
+
+def input_size_problem(
+    model: nn.Module | type[nn.Module] | None, height: int, width: int, *, what: str = "img_size", cli: bool = False
+) -> str | None:
+    """The one input-size rule: what is wrong with ``height`` × ``width`` for ``model`` (an instance or an
+    architecture class), or None. ``what`` names the setting; ``cli=True`` spells sizes as the flag takes them.
+
+        input_size_problem(AlexNet, 32, 32)   # "img_size 32×32 (H×W) is below AlexNet's minimum 63×63"
+        input_size_problem(AlexNet, 32, 32, what="--img-size", cli=True)   # "--img-size 32 32 is below ... (H W)"
+    """
+    minimum = min_input_size(model)
+    if minimum is None or (height >= minimum[0] and width >= minimum[1]):
+        return None
+    name = (model if isinstance(model, type) else type(model)).__name__
+    if cli:
+        return f"{what} {height} {width} is below {name}'s minimum {minimum[0]} {minimum[1]} (H W)"
+    return f"{what} {height}×{width} (H×W) is below {name}'s minimum {minimum[0]}×{minimum[1]}"
 
 
 def architecture_class(architecture: str) -> type[nn.Module] | None:
