@@ -1,0 +1,207 @@
+"""The torch side of the data: a ``Dataset`` over a 🤗 split that never fails a batch on a bad image, a shared
+pixel cache for fixed inputs, and samplers whose order depends on (seed, epoch) alone.
+
+    images = ImageClassificationDataset(data.train, data.image_column, data.label_column, eval_tf)
+    sampler = EpochShuffleSampler(len(images), seed=0); sampler.start_epoch(1)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from hubclf.data.images import BadImageError, TensorEvalTransform, decode_image
+from hubclf.data.labels import label_values
+
+
+class PixelCache:
+    """Every row's resized and cropped uint8 pixels, in shared memory: decoded once, then read by any process.
+
+    For fixed inputs only (``TensorEvalTransform``: no random augmentation), where every epoch would decode and
+    resize the same file to the same pixels again. DataLoader workers fill it during the first pass and see each
+    other's rows, because the storage is shared; a row's float pixels are then normalised from the uint8 copy by
+    the same operations as without the cache, so the tensors are identical. ``nbytes`` is what it holds.
+
+    Example::
+
+        cache = PixelCache(len(split), (3, 448, 224))   # 0.3 MB per image at 448×224
+    """
+
+    UNKNOWN, CACHED, BAD = 0, 1, 2
+
+    def __init__(self, rows: int, input_size: tuple[int, int, int]) -> None:
+        # Created in shared memory, untouched: `torch.empty(...).share_memory_()` would copy the whole buffer in,
+        # making every page resident in the creating process (the training process, which with loader workers
+        # never reads them).
+        storage = torch.UntypedStorage._new_shared(self.nbytes_for(rows, input_size))
+        self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage).view(rows, *input_size)
+        self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()
+
+    @staticmethod
+    def nbytes_for(rows: int, input_size: tuple[int, int, int]) -> int:
+        return rows * math.prod(input_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """A torch view of a 🤗 split: ``{"pixel_values", "labels", "index", "valid"}`` per row.
+
+    Unreadable images do not stop training: with ``on_bad_image="skip"`` the row comes back with
+    ``valid=False`` and a placeholder tensor, which the loss and the metrics mask out; ``"error"`` raises.
+
+    Example::
+
+        ImageClassificationDataset(data.train, "image", "label", eval_tf)[0]["pixel_values"].shape  # (3, H, W)
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        image_column: str,
+        label_column: str,
+        transform: Callable[[Image.Image], torch.Tensor],
+        *,
+        on_bad_image: str = "skip",
+        input_size: tuple[int, int, int] = (3, 224, 224),
+        cache_pixels: bool = False,
+    ) -> None:
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        if cache_pixels and not isinstance(transform, TensorEvalTransform):
+            raise ValueError(f"cache_pixels needs a fixed (eval) transform, got {transform!r}")
+        # decode=False hands us the raw bytes/path, so that decoding failures are ours to handle.
+        self.dataset = dataset.select_columns([image_column, label_column]).cast_column(
+            image_column, datasets.Image(decode=False)
+        )
+        self.image_column = image_column
+        self.label_column = label_column
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.input_size = tuple(input_size)
+        # Labels are read once (no images decoded); the images are read a batch of rows at a time.
+        self.labels = label_values(self.dataset, label_column).tolist()
+        # (seed, epoch) in shared memory: persistent DataLoader workers see each new epoch's value (-1: unseeded).
+        self._augmentation_seed = torch.full((2,), -1, dtype=torch.int64).share_memory_()
+        self.pixel_cache = PixelCache(len(self.labels), self.input_size) if cache_pixels else None
+
+    @property
+    def augmentation_seed(self) -> tuple[int, int] | None:
+        seed, epoch = self._augmentation_seed.tolist()
+        return None if seed < 0 else (seed, epoch)
+
+    def seed_augmentation(self, seed: int, epoch: int) -> None:
+        """Draw each image's random augmentation from ``(seed, epoch, row)`` instead of the global RNG.
+
+        The augmentation of a row then no longer depends on worker count, process count or the batches before
+        it, which is what makes a resumed run (even mid-epoch) see exactly the pixels of an uninterrupted one.
+        """
+        if seed < 0 or epoch < 0:
+            raise ValueError(f"seed and epoch must be non-negative, got {seed}, {epoch}")
+        self._augmentation_seed.copy_(torch.tensor([seed, epoch]))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch of rows: the DataLoader calls this once per batch, so the Arrow table is read once per batch."""
+        indices = [int(i) for i in indices]
+        values = self.dataset[indices][self.image_column]
+        return [self._sample(value, index) for value, index in zip(values, indices, strict=True)]
+
+    def _sample(self, value: dict[str, Any], index: int) -> dict[str, Any]:
+        cache = self.pixel_cache
+        status = PixelCache.UNKNOWN if cache is None else int(cache.status[index])
+        if status == PixelCache.CACHED:
+            pixels, valid = self.transform.normalize(cache.pixels[index]), True
+        elif status == PixelCache.BAD:
+            pixels, valid = torch.zeros(self.input_size), False  # reported on the first pass
+        else:
+            try:
+                image = decode_image(value)
+            except BadImageError:
+                if self.on_bad_image == "error":
+                    raise
+                if cache is not None:
+                    cache.status[index] = PixelCache.BAD
+                pixels, valid = torch.zeros(self.input_size), False  # zeros = the mean image after normalisation
+            else:
+                pixels, valid = self._transform(image, index), True
+        return {"pixel_values": pixels, "labels": self.labels[index], "index": index, "valid": valid}
+
+    def _transform(self, image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
+        cache = self.pixel_cache
+        if cache is not None:  # a fixed transform: no augmentation seed to apply
+            pixels = self.transform.pixels(image)
+            if tuple(pixels.shape) == tuple(cache.pixels.shape[1:]):
+                cache.pixels[index] = pixels
+                cache.status[index] = PixelCache.CACHED  # after the pixels: a reader never sees a half-written row
+            return self.transform.normalize(pixels)
+        augmentation_seed = self.augmentation_seed
+        if augmentation_seed is None:
+            return self.transform(image)
+        seed = int(np.random.SeedSequence([*augmentation_seed, index]).generate_state(1)[0])
+        # timm's crops draw from `random`, torchvision's flips from torch, timm's RandAugment from NumPy.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            try:
+                return self.transform(image)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+    def describe(self, index: int) -> str:
+        """Where row ``index`` comes from: its file path, or its row number for in-memory images."""
+        value = self.dataset[int(index)][self.image_column]
+        return value.get("path") or f"row {int(index)}"
+
+
+# ---- data order ------------------------------------------------------------------------------------------------
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """``rows`` indices per epoch, drawn from ``(seed, epoch)`` only; subclasses say how (``__iter__``).
+
+    Nothing else draws from the epoch's generator, so any worker count, a resumed run and every process
+    (Accelerate's batch sharding gives each its part of the same sequence) see the same indices. Call
+    ``start_epoch`` before each epoch (not ``set_epoch``: Accelerate calls that one with its own count of
+    iterations, which restarts at 0 in a resumed run).
+    """
+
+    def __init__(self, rows: int, seed: int) -> None:
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rows
+
+    # Not named `generator`: Accelerate takes a sampler's `generator` attribute for a torch.Generator to synchronise.
+    def epoch_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+
+class EpochShuffleSampler(EpochSampler):
+    """Every row once per epoch, in an order drawn from ``(seed, epoch)`` only.
+
+    ``DataLoader(shuffle=True, generator=g)`` shares ``g`` with the loader's iterator, which draws its worker seed
+    from it every epoch without workers and only once with persistent ones: the order then depended on
+    ``--num-workers``. Example::
+
+        sampler = EpochShuffleSampler(4, seed=0); sampler.start_epoch(1); list(sampler)
+    """
+
+    def __iter__(self):
+        yield from torch.randperm(self.rows, generator=self.epoch_generator()).tolist()

@@ -1,0 +1,145 @@
+"""Where images come from: an image folder, a labels CSV, a ``save_to_disk`` folder or a Hub dataset (what
+``--data`` names, parsed once by ``hubclf.refs.DataSource``), and image files given one by one.
+
+    splits = open_dataset("photos/")                  # DatasetDict with an Image and a ClassLabel column
+    files = find_images(["cat.jpg", "more/"])         # what predict classifies
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import datasets
+from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
+
+from hubclf.refs import SAVED_DATASET_MARKERS, DataSource
+
+# The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
+
+def open_dataset(
+    data: str | DataSource,
+    *,
+    labels: str | None = None,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    unsplit_name: str = "train",
+) -> datasets.DatasetDict:
+    """A ``DatasetDict`` from a ``save_to_disk`` directory, an imagefolder directory, a CSV of labels or a Hub id.
+
+    A Hub id may name a revision: ``user/name@v2``. ``labels`` (a CSV) gives the labels of the images in the
+    ``data`` folder; ``path_column``/``label_column`` name its columns, and a CSV without a split column becomes
+    one split called ``unsplit_name``. Example::
+
+        open_dataset("user/flowers@main")["train"]
+    """
+    from hubclf.data.csv_labels import read_labels_csv  # its own module; it builds on the label helpers
+
+    source = data if isinstance(data, DataSource) else DataSource.parse(data, labels=labels)
+    data = source.text
+    if path_column is not None and source.kind != "csv":
+        raise ValueError("--path-column names a column of a labels CSV: give the CSV with --data or --labels")
+    if source.kind == "csv":
+        csv_path, image_root = (source.labels, source.path) if source.labels is not None else (source.path, None)
+        return read_labels_csv(
+            csv_path, image_root=image_root, path_column=path_column, label_column=label_column,
+            unsplit_name=unsplit_name,
+        )  # fmt: skip
+    if source.kind == "saved":
+        loaded = datasets.load_from_disk(str(source.path))
+    elif source.kind == "folder":
+        loaded = _load_image_folder(source.path, data)
+    else:
+        try:
+            loaded = datasets.load_dataset(source.repo_id, revision=source.revision)
+        except ConnectionError as e:  # say both readings: a mistyped folder is the likelier one offline
+            raise FileNotFoundError(f"--data {data}: no such folder here, and as a Hub dataset id: {e}") from e
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict(train=loaded)
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"--data {data} loaded as {type(loaded).__name__}; streaming datasets are not supported")
+    return loaded
+
+
+def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
+    """🤗 datasets' imagefolder, with its silent layout outcomes handled: no images is an error; and as it infers
+    labels only from at least 2 class folders holding every image at the same depth, a single class folder (fine
+    to evaluate on) is read again with its label, and images at mixed depths are an error."""
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except datasets.data_files.EmptyDatasetError:
+        raise FileNotFoundError(
+            f"--data {data}: no images found; an image folder holds one subfolder of images per class "
+            f"({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'})"
+        ) from None
+    if any(list(split.features) != ["image"] for split in loaded.values()):  # labels, or a metadata file's columns
+        return loaded
+    # Forced labels come from each image's folder: one name means a single class folder; more, mixed depths
+    # (photos/cat/1.jpg next to photos/2.jpg would make a class "photos").
+    labelled = datasets.load_dataset("imagefolder", data_dir=str(path), drop_labels=False)
+    if all(len(split.features["label"].names) == 1 for split in labelled.values()):
+        return labelled
+    raise ValueError(
+        f"--data {data}: no class labels: an image folder needs one subfolder per class with every image at the "
+        f"same depth ({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'}); or give the labels in a CSV "
+        "with --labels"
+    )
+
+def find_empty_class_folders(data: str) -> list[str]:
+    """Class folders of a local image folder that hold no image, as paths relative to it (``[]`` for other data).
+
+    The imagefolder loader names classes after the folders that hold images, so an empty folder silently is no
+    class at all. A class folder is a sibling of a folder that holds images directly (``root/<class>/`` or
+    ``root/<split>/<class>/``). Example::
+
+        find_empty_class_folders("photos/")   # ["tulip"] when photos/tulip/ is empty
+    """
+    root = Path(data).expanduser()
+    if not root.is_dir() or any((root / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+        return []
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+
+    def visible(path: Path) -> bool:  # datasets skips hidden files and folders, and __pycache__-like ones
+        return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
+
+    images = [p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file() and visible(p)]
+    class_roots = {image.parent.parent for image in images if image.parent != root}
+    with_images = {parent for image in images for parent in image.parents}
+    empty = [
+        folder
+        for class_root in class_roots
+        for folder in class_root.iterdir()
+        if folder.is_dir() and visible(folder) and folder not in with_images
+    ]
+    return sorted(folder.relative_to(root).as_posix() for folder in empty)
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand ``paths``: files are kept as given, folders become their image files (recursive, sorted).
+
+    Hidden files and folders are skipped. A path that does not exist is an error, and so is finding no image at all.
+
+        find_images(["cat.jpg", "more/"])   # [Path("cat.jpg"), Path("more/a.png"), Path("more/sub/b.jpg")]
+    """
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found += [
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+        elif path.exists():
+            found.append(path)  # named explicitly: try it whatever its extension
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    if not found:
+        raise ValueError(f"no image files found in {[str(p) for p in paths]} (looked for {sorted(IMAGE_SUFFIXES)})")
+    return found

@@ -1,0 +1,45 @@
+"""Image folders for tests: noisy solid-colour classes (trivially separable, even by a random conv net) and
+files that only look like images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Classes differ by colour: trivially separable, even through a randomly initialised conv net.
+COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210)]
+HEIGHT, WIDTH = 96, 64  # rectangular and tall, like the seed's 448×224
+
+
+def make_image_folder(root: Path, num_classes: int, per_class: int, *, split: str | None = None, seed: int = 0) -> Path:
+    """``root[/split]/class_<i>/<n>.png``: noisy solid-colour HEIGHT×WIDTH images, one colour per class."""
+    rng = np.random.default_rng(seed)
+    base = root / split if split else root
+    for c in range(num_classes):
+        folder = base / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 40, (HEIGHT, WIDTH, 3))
+            pixels = np.clip(np.array(COLORS[c])[None, None, :] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def add_bad_images(folder: Path) -> list[Path]:
+    """A zero-byte file, text named .jpg and a truncated PNG: all three look like images by name only."""
+    empty, text, truncated = folder / "empty.jpg", folder / "notes.jpg", folder / "truncated.png"
+    empty.write_bytes(b"")
+    text.write_text("this is not a picture")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), 128, np.uint8)).save(buffer, format="PNG")
+    truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return [empty, text, truncated]
+
+
+def one_image(folder: Path, name: str = "0.png", value: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / name)
+    return folder / name
