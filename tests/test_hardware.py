@@ -1,12 +1,12 @@
-"""hubclf.train.hardware: defaults decided from the machine (workers, mixed precision, fused optimizers)."""
+"""hubclf.hardware: defaults decided from the machine (workers, mixed precision, fused optimizers)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hubclf.train import hardware
-from hubclf.train.hardware import (
+from hubclf import hardware
+from hubclf.hardware import (
     choose_mixed_precision,
     cpu_has_bf16_instructions,
     default_num_workers,
@@ -81,14 +81,14 @@ def test_auto_keeps_the_precision_an_earlier_run_in_this_process_fixed(monkeypat
     from accelerate.state import AcceleratorState
 
     from hubclf.train import TrainConfig
-    from hubclf.train.loop import _resolve_hardware_defaults
+    from hubclf.train.setup import resolve_hardware_defaults
 
     monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda: True)
     monkeypatch.setattr(hardware, "bf16_speedup_on_cpu", lambda: 2.0)  # auto alone would pick bf16
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         Accelerator(mixed_precision="no", cpu=True)  # an earlier run in this process
-        config, choices = _resolve_hardware_defaults(TrainConfig(model="m", data="d", output_dir="o"))
+        config, choices = resolve_hardware_defaults(TrainConfig(model="m", data="d", output_dir="o"))
         assert config.mixed_precision == "no" and any("earlier run" in line for line in choices)
         assert isinstance(config.num_workers, int) and config.channels_last is True  # a CPU process
     finally:
@@ -96,7 +96,7 @@ def test_auto_keeps_the_precision_an_earlier_run_in_this_process_fixed(monkeypat
 
 
 def test_resolve_device_names_what_this_machine_has(monkeypatch):
-    from hubclf.train.hardware import resolve_device
+    from hubclf.hardware import resolve_device
 
     assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")

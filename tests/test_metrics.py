@@ -1,4 +1,4 @@
-"""hubclf.train.metrics: loss, top-1/top-5, per-class accuracy, confusion matrix, masked and gathered evaluation."""
+"""hubclf.metrics: loss, top-1/top-5, per-class accuracy, confusion matrix, masked and gathered evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from hubclf.train.metrics import ClassificationMetrics, evaluate, format_metrics
+from hubclf.metrics import ClassificationMetrics, evaluate, format_metrics
 
 
 def test_known_batch_gives_known_numbers():
