@@ -20,9 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,36 +31,37 @@ import timm
 import torch
 import torch.nn as nn
 import yaml
-from accelerate.utils import extract_model_from_parallel
 from huggingface_hub import (
     CommitOperationAdd,
-    EvalResult,
     HfApi,
     ModelCard,
-    ModelCardData,
     hf_hub_download,
 )
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
-    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf
 
 from hubclf._faults import fault_point
+from hubclf._version import __version__
 from hubclf.atomic import atomic_write_text, staged_dir, strict_json_dumps, to_strict_json
+from hubclf.card import render_model_card
 from hubclf.config_check import check_model_files, label_name_problems
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
 from hubclf.models._base import ConvClassifier
 from hubclf.publish import PublishError, commit_to_hub
+from hubclf.refs import ModelRef, check_repo_id, is_hub_id
 
-__all__ = ["save_pretrained", "push_to_hub", "from_pretrained", "verify_push", "render_model_card", "PushVerification"]
+__all__ = [
+    "save_pretrained", "push_to_hub", "from_pretrained", "update_card", "verify_push", "fetch_config",
+    "render_model_card", "PushVerification",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +69,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The template lives in model_cards/ at the repository root; a wheel ships it as hubclf/model_cards/
-# (see pyproject.toml). A source checkout or editable install reads it in place.
-_CARD_LOCATIONS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
-CARD_TEMPLATE = next(
-    (d / "hubclf_model_card.md" for d in _CARD_LOCATIONS if (d / "hubclf_model_card.md").is_file()),
-    _CARD_LOCATIONS[-1] / "hubclf_model_card.md",
-)
-
 # Weight formats that unpickle on load, i.e. can run arbitrary code: never written, never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Keys of config.json that hubclf or timm own; `extra_config` may not overwrite them.
@@ -88,10 +79,7 @@ RESERVED_CONFIG_KEYS = {
 PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 # Where weights come from, not what they are: meaningless (and machine-specific) once published.
 SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
-FREEZE_DESCRIPTIONS = {
-    "none": "fine-tuned end to end (no layer frozen)",
-    "backbone": "feature extraction: the pretrained backbone was frozen and only the new classifier trained",
-}
+
 
 
 # ---- save -----------------------------------------------------------------------------------------------------
@@ -145,7 +133,7 @@ def save_pretrained(
     label_names = _check_label_names(label_names, model.num_classes)
     trainable, total = param_counts(model)
     metadata = {
-        "version": _hubclf_version(),
+        "version": __version__,
         "dataset": dataset,
         "base_model": base_model,
         "freeze": freeze,
@@ -184,36 +172,55 @@ def save_pretrained(
 def update_card(
     save_dir: str | os.PathLike,
     *,
-    epoch_metrics: list[dict],
-    images: dict[str, bytes],
+    from_dir: str | os.PathLike | None = None,
+    epoch_metrics: list[dict] | None = None,
+    images: dict[str, bytes] | None = None,
     images_skipped: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Rewrite the training record of a saved model folder (``epoch_metrics`` and the pictures, in config.json's
-    ``hubclf`` block and in the card); the weights file is kept as it is, never read into memory.
+    """Rewrite the record of a saved model folder (config.json's ``hubclf`` block, its extra keys, and the card);
+    the weights file is kept as it is, never read into memory. With ``from_dir``, ``save_dir`` becomes a copy of that
+    model folder with the changes, as one atomic replacement.
 
-    This is how a run's ``best/`` gets the whole run's table at the end, without a second copy of the model in
-    memory. The folder is replaced whole, as ``save_pretrained`` replaces it. Returns ``save_dir`` as a ``Path``.
+    What is left at None keeps its saved value; ``hyperparameters`` are merged into the saved ones; ``images``
+    replaces the pictures (``images_skipped`` then says why there are none). This is how a run's ``best/`` gets the
+    whole run's table at the end, and how ``--strategy auto`` and ``compare`` add their "Why this strategy" section
+    (``extra_config={"strategy": ...}``), without a second copy of the model in memory. The folder is replaced
+    whole, as ``save_pretrained`` replaces it. Returns ``save_dir`` as a ``Path``.
 
         update_card("out/best", epoch_metrics=[{"epoch": 1, "val_top1": 0.9}], images={})
     """
     save_dir = Path(save_dir)
-    config = _read_config(save_dir / CONFIG_NAME)
-    metadata = {
-        **config.get("hubclf", {}),
-        "epoch_metrics": epoch_metrics,
-        "images": _check_images(images),
-        "images_skipped": images_skipped,
-    }
+    source = Path(from_dir) if from_dir is not None else save_dir
+    config = _read_config(source / CONFIG_NAME)
+    metadata = dict(config.get("hubclf", {}))
+    if epoch_metrics is not None:
+        metadata["epoch_metrics"] = epoch_metrics
+    if images is not None:
+        metadata.update(images=_check_images(images), images_skipped=images_skipped)
+    if hyperparameters:
+        metadata["hyperparameters"] = {**metadata.get("hyperparameters", {}), **hyperparameters}
+    if base_model is not None:
+        metadata["base_model"] = base_model
     metadata = to_strict_json(metadata)
-    _check_json("epoch_metrics", metadata)
-    config["hubclf"] = metadata
+    _check_json("the card's record", metadata)
+    extra_config = dict(extra_config or {})
+    clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
+    if clashes:
+        raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
+    _check_json("extra_config", extra_config)
+    config.update(extra_config, hubclf=metadata)
+    kept_images = [] if images is not None else list(metadata.get("images") or [])
     with staged_dir(save_dir) as tmp:
-        # A second name for the same file: the old folder keeps its own until the swap, so a kill loses nothing.
-        try:
-            os.link(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        except OSError:  # a file system without hard links: copy it, still without loading it
-            shutil.copyfile(save_dir / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        for name, png in images.items():
+        # Second names for the same files: the old folder keeps its own until the swap, so a kill loses nothing.
+        for name in (WEIGHTS_NAME, *kept_images):
+            try:
+                os.link(source / name, tmp / name)
+            except OSError:  # a file system without hard links: copy it, still without loading it
+                shutil.copyfile(source / name, tmp / name)
+        for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
         atomic_write_text(tmp / CONFIG_NAME, strict_json_dumps(config, indent=2) + "\n")
         fault_point("update_card.after_config")
@@ -253,103 +260,6 @@ def _write_config(
     config = to_strict_json(config)
     atomic_write_text(path, strict_json_dumps(config, indent=2) + "\n")
     return config
-
-
-# ---- model card ---------------------------------------------------------------------------------------------
-def render_model_card(config: dict[str, Any], model_id: str) -> ModelCard:
-    """Render the model card for a saved ``config.json``; ``model_id`` (Hub repo or folder) goes into the snippets.
-
-    card = render_model_card(json.loads(Path("out/flowers/config.json").read_text()), "me/flowers-alexnet")
-    """
-    if not CARD_TEMPLATE.is_file():
-        raise FileNotFoundError(f"model card template {CARD_TEMPLATE} is missing from this hubclf install")
-    meta = config.get("hubclf", {})
-    pretrained_cfg = config["pretrained_cfg"]
-    dataset, base_model = meta.get("dataset"), meta.get("base_model")
-    is_hub_repo = _is_hub_id(model_id)
-    model_name = model_id.rstrip("/").split("/")[-1]
-    eval_results = meta.get("eval_results") or {}
-    card_data = ModelCardData(
-        library_name="timm",
-        pipeline_tag="image-classification",
-        license=pretrained_cfg.get("license") or "unknown",
-        tags=["image-classification", "timm", "hubclf", "transfer-learning", config["architecture"]],
-        # The Hub checks these against existing repos, so only Hub ids go in the metadata (all go in the body).
-        datasets=[dataset] if dataset and _is_hub_id(dataset) else None,
-        base_model=base_model if base_model and _is_hub_id(base_model) else None,
-        model_name=model_name,
-        eval_results=[
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset if dataset and _is_hub_id(dataset) else "imagefolder",
-                dataset_name=dataset or "image folder",
-                dataset_split="validation",
-                # The Hub's metric type for F1 is "f1"; hubclf reports its macro average over the classes.
-                metric_type="f1" if name == "macro_f1" else name,
-                metric_name="macro F1" if name == "macro_f1" else None,
-                metric_value=value,
-            )
-            for name, value in eval_results.items()
-            if value is not None  # a metric that was NaN/inf, stored as null
-        ]
-        or None,
-    )
-    labels = config.get("label_names") or []
-    epoch_metrics = meta.get("epoch_metrics") or []
-    epoch_columns = list(dict.fromkeys(key for row in epoch_metrics for key in row))
-    _, height, width = pretrained_cfg["input_size"]
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(CARD_TEMPLATE),
-        model_title=model_name,
-        model_id=model_id,
-        is_hub_repo=is_hub_repo,
-        architecture=config["architecture"],
-        needs_hubclf=_is_hubclf_architecture(config["architecture"]),
-        head_description=_describe_head(config),
-        num_classes=config["num_classes"],
-        input_channels=pretrained_cfg["input_size"][0],
-        input_height=height,
-        input_width=width,
-        mean=_fmt(tuple(pretrained_cfg.get("mean", ()))),
-        std=_fmt(tuple(pretrained_cfg.get("std", ()))),
-        interpolation=pretrained_cfg.get("interpolation"),
-        crop_pct=pretrained_cfg.get("crop_pct"),
-        freeze_description=_describe_freeze(meta.get("freeze")),
-        total_params=_fmt_count(meta.get("total_params")),
-        trainable_params=_fmt_count(meta.get("trainable_params")) if meta.get("trainable_params") is not None else None,
-        dataset=dataset,
-        base_model=base_model,
-        labels=[(i, _md_cell(name)) for i, name in enumerate(labels)],
-        hyperparameters=[(_md_cell(k), _md_cell(_fmt(v))) for k, v in (meta.get("hyperparameters") or {}).items()],
-        epoch_columns=[_md_cell(c) for c in epoch_columns],
-        epoch_rows=[[_md_cell(_fmt(row.get(c, ""))) for c in epoch_columns] for row in epoch_metrics],
-        eval_rows=[(_md_cell(k), _fmt(v)) for k, v in eval_results.items()],
-        images=meta.get("images") or [],
-        images_skipped=meta.get("images_skipped"),
-        strategy=config.get("strategy"),  # "Why this strategy": hubclf.train.strategy.add_card_section
-    )
-
-
-def _describe_head(config: dict[str, Any]) -> str:
-    if not _is_hubclf_architecture(config["architecture"]):
-        pool = config.get("global_pool")
-        pooled = f", global {pool} pool" if pool else ""
-        return f"timm's own architecture: {config.get('num_features', '?')}-channel features{pooled}, classifier"
-    if config["architecture"].endswith("_slim"):
-        return f"conv features, global {config.get('global_pool', 'avg')} pool and one linear classifier"
-    return "conv features, torchvision's two 4096-wide hidden layers and a linear classifier"
-
-
-def _is_hubclf_architecture(architecture: str) -> bool:
-    """Registered by ``import hubclf`` (timm and transformers need that import), rather than shipped with timm."""
-    return architecture.startswith("hubclf_")
-
-
-def _describe_freeze(freeze: str | None) -> str:
-    if freeze is None:
-        return "not recorded"
-    return FREEZE_DESCRIPTIONS.get(freeze, f"layers up to and including `{freeze}` frozen, the rest fine-tuned")
 
 
 # ---- push -----------------------------------------------------------------------------------------------------
@@ -444,7 +354,7 @@ def _push(
             ]
 
         message = commit_message or f"Upload {config['architecture']} ({config['num_classes']} classes) with hubclf"
-        api = HfApi(token=token, library_name="hubclf", library_version=_hubclf_version())
+        api = HfApi(token=token, library_name="hubclf", library_version=__version__)
         try:
             commit = commit_to_hub(
                 api, repo_id, operations, commit_message=message, private=private, revision=revision,
@@ -571,36 +481,54 @@ def _locate(
     name: str | os.PathLike, revision: str | None, *, cache_dir: str | None, token: str | None
 ) -> tuple[Path, str | None]:
     """Return the folder holding config.json + model.safetensors, downloading them first for a Hub id."""
-    name = os.fspath(name)
-    if name.startswith("local-dir:"):
-        folder, hub_id = Path(name.removeprefix("local-dir:")), None
-    elif name.startswith("hf-hub:"):
-        folder, hub_id = None, name.removeprefix("hf-hub:")
-    elif Path(name).expanduser().exists() or _looks_like_a_path(name):
-        folder, hub_id = Path(name).expanduser(), None
-        if not folder.exists() and _is_hub_id(name):
-            raise FileNotFoundError(f"model folder {name} does not exist (for the Hub repo, write hf-hub:{name})")
-    elif _is_hub_id(name):
-        folder, hub_id = None, name
-    else:
-        raise FileNotFoundError(f"{name!r} is neither a folder nor a Hub repo id (owner/name)")
+    ref = ModelRef.parse(name, revision=revision)
+    if ref.kind == "architecture":
+        raise FileNotFoundError(
+            f"{ref.text!r} is neither a folder nor a Hub repo id (owner/name); an architecture name is created with "
+            "timm.create_model, or trained with hubclf train"
+        )
+    if ref.kind == "folder":
+        if not ref.path.exists() and is_hub_id(ref.text):
+            hint = f"for the Hub repo, write hf-hub:{ref.text}"
+            raise FileNotFoundError(f"model folder {ref.text} does not exist ({hint})")
+        _check_model_folder(ref.path)
+        return ref.path, None
 
-    if hub_id is None:
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} only applies to Hub repos, not the folder {folder}")
-        _check_model_folder(folder)
-        return folder, None
-
-    if "@" in hub_id:  # timm's "hf-hub:owner/name@revision" spelling
-        hub_id, _, at_revision = hub_id.partition("@")
-        if revision is not None and revision != at_revision:
-            raise ValueError(f"two revisions given: {at_revision!r} in the name and revision={revision!r}")
-        revision = at_revision
-    validate_repo_id(hub_id)
+    hub_id, revision = ref.repo_id, ref.revision
     download = dict(revision=revision, cache_dir=cache_dir, token=token, library_name="hubclf",
-                    library_version=_hubclf_version())  # fmt: skip
+                    library_version=__version__)  # fmt: skip
+    config_file = _download_config(hub_id, download)
     try:
-        config_file = hf_hub_download(hub_id, CONFIG_NAME, **download)
+        hf_hub_download(hub_id, WEIGHTS_NAME, **download)
+    except EntryNotFoundError as e:
+        raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+    # Both files sit in the same snapshot folder of the cache.
+    return Path(config_file).parent, hub_id
+
+
+def fetch_config(name: str | os.PathLike | ModelRef, *, token: str | None = None) -> dict[str, Any]:
+    """The checked ``config.json`` of a saved model (a Hub repo: downloaded alone, before any weights; a folder:
+    read), for checks that need the architecture or input size before anything is built.
+
+        fetch_config("me/flowers-alexnet")["architecture"]   # "hubclf_alexnet"
+    """
+    ref = name if isinstance(name, ModelRef) else ModelRef.parse(name)
+    if ref.kind == "folder":
+        if not (ref.path / CONFIG_NAME).is_file():
+            _check_model_folder(ref.path)  # says what the folder is instead (missing, a run's output folder...)
+        return _read_config(ref.path / CONFIG_NAME, str(ref.path))
+    if ref.kind != "hub":
+        raise ValueError(f"{ref.text} is an architecture name, not a saved model")
+    download = dict(revision=ref.revision, token=token, library_name="hubclf", library_version=__version__)
+    return check_model_files(_download_config(ref.repo_id, download), None, ref.repo_id)
+
+
+def _download_config(hub_id: str, download: dict[str, Any]) -> Path:
+    """``config.json`` of a Hub repo, downloaded and checked (a hostile one is refused before the weights are
+    downloaded); every way the download fails is one clear ``FileNotFoundError``."""
+    revision = download.get("revision")
+    try:
+        config_file = Path(hf_hub_download(hub_id, CONFIG_NAME, **download))
     except RevisionNotFoundError as e:
         raise FileNotFoundError(f"Hub repo {hub_id} has no revision {revision!r}") from e
     except RepositoryNotFoundError as e:  # also what the Hub answers for a private repo without a token
@@ -613,29 +541,8 @@ def _locate(
         ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{hub_id} has no {CONFIG_NAME}, so it is not a hubclf/timm model repo") from e
-    check_model_files(Path(config_file), None, hub_id)  # a hostile config.json: refused before the weights download
-    try:
-        hf_hub_download(hub_id, WEIGHTS_NAME, **download)
-    except EntryNotFoundError as e:
-        raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
-    # Both files sit in the same snapshot folder of the cache.
-    return Path(config_file).parent, hub_id
-
-
-def _looks_like_a_path(name: str) -> bool:
-    """A name that can only mean a local folder: never looked up on the Hub, even when the folder is missing.
-
-    Hub ids are ``owner/name``; ``./x``, ``../x``, ``/x``, ``~/x``, ``x/``, ``a/b/c``, a backslash, or ``owner/name``
-    whose ``owner`` is a local folder (``out/best`` next to ``out/``) are paths. ``hf-hub:owner/name`` forces the Hub.
-    """
-    parts = name.replace("\\", "/").split("/")
-    return (
-        name.startswith(("/", "./", "../", "~", "."))
-        or name.endswith(("/", "\\"))
-        or "\\" in name
-        or len(parts) >= 3
-        or (len(parts) == 2 and Path(parts[0]).is_dir())
-    )
+    check_model_files(config_file, None, hub_id)
+    return config_file
 
 
 def _check_model_folder(folder: Path) -> None:
@@ -693,7 +600,7 @@ def _check_architecture(architecture: str, source: str) -> None:
     hubclf_models = timm.list_models("hubclf_*")
     if architecture.startswith("hubclf_"):
         why = (
-            f"it is not one of the architectures this hubclf ({_hubclf_version()}) registers with timm on "
+            f"it is not one of the architectures this hubclf ({__version__}) registers with timm on "
             f"`import hubclf` ({hubclf_models}): the model needs a newer hubclf"
         )
     else:
@@ -732,6 +639,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """The bare timm model inside DDP / DataParallel / FSDP / torch.compile wrappers, so keys stay bare timm keys."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    from accelerate.utils import extract_model_from_parallel  # accelerate only where a wrapper may need peeling
+
     model = extract_model_from_parallel(model, keep_torch_compile=False)
     if not hasattr(model, "pretrained_cfg") or not hasattr(model, "num_classes"):
         raise TypeError(f"{type(model).__name__} is not a timm model (no pretrained_cfg / num_classes)")
@@ -768,46 +677,3 @@ def _check_json(what: str, value: Any) -> None:
         raise ValueError(f"{what} must be JSON-serialisable plain numbers/strings/lists/dicts: {e}") from e
 
 
-def check_repo_id(repo_id: str) -> None:
-    """Refuse, before any work, a repo id the Hub would refuse at push time (huggingface_hub's own rules).
-
-        check_repo_id("me/flowers-alexnet")   # fine; "me//flowers" raises ValueError
-    """
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        reason = str(e).replace(" Use `repo_type` argument if needed.", "")
-        raise ValueError(f"{repo_id!r} is not a Hub repo id: {reason}") from None
-
-
-def _is_hub_id(name: str) -> bool:
-    if name.count("/") != 1 or os.path.exists(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _hubclf_version() -> str:
-    from hubclf import __version__
-
-    return __version__
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_fmt(v) for v in value) + ")"
-    return str(value)
-
-
-def _fmt_count(count: int | None) -> str:
-    return "unknown" if count is None else f"{count:,}"
-
-
-def _md_cell(text: Any) -> str:
-    """Make text safe inside a markdown table cell."""
-    return re.sub(r"\s+", " ", str(text)).replace("|", "\\|")
