@@ -25,10 +25,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from hubclf._version import __version__
 from hubclf.atomic import staged_dir
-from hubclf.predict import find_images, label_names_of, load_model
-from hubclf.train.data import decode_image, eval_preprocessing
-from hubclf.train.hardware import resolve_device
+from hubclf.data.images import decode_image, eval_preprocessing
+from hubclf.data.sources import find_images
+from hubclf.hardware import resolve_device
+from hubclf.predict import label_names_of, load_model
 
 if TYPE_CHECKING:
     import gradio
@@ -282,18 +284,12 @@ def write_space(
         )
         (staging / "app.py").write_text(app_source, encoding="utf-8")
         # gradio itself comes from sdk_version; the model's code (and torch, timm) from hubclf
-        (staging / "requirements.txt").write_text(f"hubclf=={_hubclf_version()}\n", encoding="utf-8")
+        (staging / "requirements.txt").write_text(f"hubclf=={__version__}\n", encoding="utf-8")
         if example_files:
             (staging / SPACE_EXAMPLES_DIR).mkdir()
             for index, source in enumerate(example_files):
                 shutil.copyfile(source, staging / SPACE_EXAMPLES_DIR / f"{index:02d}-{source.name}")
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a written folder should look like any other
     return space_dir
-
-
-def _hubclf_version() -> str:
-    from hubclf import __version__
-
-    return __version__
 
 

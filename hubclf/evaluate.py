@@ -21,19 +21,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, default_collate
 
-from hubclf.config_check import printable
+from hubclf.data.dataset import ImageClassificationDataset
+from hubclf.data.images import BadImageError, decode_image, eval_preprocessing
+from hubclf.data.labels import find_columns, normalize_labels
+from hubclf.data.sources import open_dataset
+from hubclf.data.splits import find_eval_split
+from hubclf.metrics import evaluate
 from hubclf.predict import class_probabilities, label_names_of, load_model
-from hubclf.train.data import (
-    BadImageError,
-    ImageClassificationDataset,
-    decode_image,
-    eval_preprocessing,
-    find_columns,
-    find_eval_split,
-    normalize_labels,
-    open_dataset,
-)
-from hubclf.train.metrics import evaluate
+from hubclf.text import printable
 
 __all__ = ["evaluate_model", "format_report"]
 
@@ -59,7 +54,7 @@ def evaluate_model(
     """Evaluate ``model`` (a loaded model, or anything ``hubclf.from_pretrained`` takes) on ``data``'s ``split``.
 
     ``data`` is an image folder, a ``save_to_disk`` directory, a Hub dataset id (``user/name[@revision]``) or a
-    labels CSV (or a folder plus a ``labels`` CSV, see ``hubclf.train.csv_labels``); ``split`` defaults to its
+    labels CSV (or a folder plus a ``labels`` CSV, see ``hubclf.data.csv_labels``); ``split`` defaults to its
     validation/valid/val/test split, and a CSV without a split column is evaluated whole (as split "test").
     Class names are normalised as in training (``normalize_class_name``). Labels must name the model's classes
     (any order; a name the model does not know is an error); integer labels without names are taken as the model's

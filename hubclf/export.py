@@ -33,8 +33,9 @@ import timm.data
 import torch
 import torch.nn as nn
 
+from hubclf._version import __version__
 from hubclf.atomic import make_parent_dirs
-from hubclf.models._base import GridMlpHead
+from hubclf.models._base import GridMlpHead, input_size_problem, min_input_size
 from hubclf.predict import label_names_of, load_model
 
 __all__ = [
@@ -166,8 +167,6 @@ def export_metadata(model: nn.Module, img_size: tuple[int, int], *, format: str,
     cfg = model.pretrained_cfg
     input_size = (model.in_chans, *img_size)
     data_config = timm.data.resolve_data_config({"input_size": input_size}, model=model)
-    from hubclf import __version__
-
     return {
         "format": format,
         "hubclf_version": __version__,
@@ -411,9 +410,9 @@ def _export_size(model: nn.Module, img_size: Sequence[int] | None) -> tuple[int,
     if len(img_size) != 2 or min(img_size) < 1:
         raise ValueError(f"img_size must be two positive integers (height, width), got {tuple(img_size)}")
     height, width = int(img_size[0]), int(img_size[1])
-    min_h, min_w = _min_size(model)
-    if height < min_h or width < min_w:
-        raise ValueError(f"img_size {height}×{width} (H×W) is smaller than the model's minimum {min_h}×{min_w}")
+    problem = input_size_problem(model, height, width)
+    if problem:
+        raise ValueError(problem)
     if (height, width) != trained:
         logger.warning(
             "exporting at %d×%d (H×W), but the model was trained at %d×%d: accuracy at the new size is untested",
@@ -423,7 +422,7 @@ def _export_size(model: nn.Module, img_size: Sequence[int] | None) -> tuple[int,
 
 
 def _min_size(model: nn.Module) -> tuple[int, int]:
-    return tuple(getattr(model, "min_input_size", None) or model.pretrained_cfg.get("min_input_size", (3, 1, 1))[1:])
+    return min_input_size(model) or (1, 1)
 
 
 def _second_check_size(height: int, width: int, min_size: tuple[int, int]) -> tuple[int, int]:

@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hubclf.config_check import printable
+from hubclf.data.images import BadImageError, decode_image, eval_preprocessing
+from hubclf.data.sources import find_images
+from hubclf.hardware import resolve_device
 from hubclf.hub import from_pretrained
-from hubclf.train.data import BadImageError, decode_image, eval_preprocessing
-from hubclf.train.hardware import resolve_device
+from hubclf.text import printable
 
 __all__ = [
     "ImagePrediction",
@@ -40,8 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
-IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 
 
 @dataclass
@@ -54,33 +52,6 @@ class ImagePrediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand ``paths``: files are kept as given, folders become their image files (recursive, sorted).
-
-    Hidden files and folders are skipped. A path that does not exist is an error, and so is finding no image at all.
-
-        find_images(["cat.jpg", "more/"])   # [Path("cat.jpg"), Path("more/a.png"), Path("more/sub/b.jpg")]
-    """
-    found: list[Path] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found += [
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            ]
-        elif path.exists():
-            found.append(path)  # named explicitly: try it whatever its extension
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    if not found:
-        raise ValueError(f"no image files found in {[str(p) for p in paths]} (looked for {sorted(IMAGE_SUFFIXES)})")
-    return found
 
 
 def load_model(model: nn.Module | str | os.PathLike, *, revision: str | None = None) -> nn.Module:

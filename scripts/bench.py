@@ -160,13 +160,15 @@ def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    """hubclf's input pipeline alone, built as ``hubclf.train.loop`` builds it, through a DataLoader, no model."""
+    """hubclf's input pipeline alone, built as ``hubclf.train.setup`` builds it, through a DataLoader, no model."""
     import timm
     import torch
     from timm.data import resolve_model_data_config
 
     import hubclf  # noqa: F401  (registers the models)
-    from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
+    from hubclf.data.dataset import ImageClassificationDataset
+    from hubclf.data.images import build_transforms
+    from hubclf.data.splits import load_image_dataset
 
     data = load_image_dataset(args.data)
     model = timm.create_model(ARCHITECTURES[args.model], num_classes=data.num_classes, img_size=tuple(args.img_size))
@@ -409,8 +411,7 @@ def modes_main(args: argparse.Namespace) -> None:
     import hubclf  # noqa: F401  (registers the models)
     from hubclf.train import TrainConfig
     from hubclf.train.features import backbone_features
-    from hubclf.train.loop import batch_logits
-    from hubclf.train.stages import FULL, HEAD, apply_stage
+    from hubclf.train.stages import FULL, HEAD, apply_stage, batch_logits
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = torch.device(args.device)
@@ -435,7 +436,7 @@ def modes_main(args: argparse.Namespace) -> None:
             return tensor
 
         def step() -> None:
-            logits = batch_logits(accelerator, model, trainable, stage, batch)
+            logits = batch_logits(model, trainable, stage, batch, accelerator.autocast)
             torch.nn.functional.cross_entropy(logits, labels).backward()
             optimizer.step()
             optimizer.zero_grad()

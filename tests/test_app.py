@@ -30,8 +30,8 @@ from PIL import Image
 
 import hubclf
 from hubclf.cli import main
+from hubclf.data.images import build_transforms
 from hubclf.predict import predict
-from hubclf.train.data import build_transforms
 from tests.launch import free_port
 
 PHOTOS = {"cheetah": "cheetah1.jpg", "lion": "lion.jpg", "tower": "tower.jpg"}  # label -> gradio media file

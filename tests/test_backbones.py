@@ -24,7 +24,7 @@ from hubclf.cli import main
 from hubclf.evaluate import evaluate_model
 from hubclf.predict import predict
 from hubclf.train import TrainConfig, train
-from tests.test_train_data import make_image_folder
+from tests.image_folders import make_image_folder
 from tests.test_train_loop import pretrained_stand_in
 
 IMG_SIZE = (64, 48)  # H×W; neither architecture takes an img_size argument, so it lives in pretrained_cfg only
@@ -255,14 +255,17 @@ def test_train_a_new_head_on_a_pushed_resnet(use_hub, new_repo_id, tmp_path, sta
 
 
 # ---- clear errors ---------------------------------------------------------------------------------------------
-def test_unknown_model_name_is_one_line_and_exit_2_before_any_data_is_read(tmp_path, capsys):
+def test_unknown_model_name_is_one_line_and_exit_2_before_any_data_is_read(tmp_path, capsys, use_hub):
     code = main(["train", "--model", "resnet81", "--data", str(tmp_path / "no-such-data"),
                  "--output-dir", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "no such architecture" in err and "resnet18" in err and "no-such-data" not in err
-    with pytest.raises(ValueError, match="no such model folder.*hf-hub:me/typo"):
-        train(make_config(tmp_path / "out2", tmp_path / "no-such-data", "me/typo"))
+    with pytest.raises(ValueError, match="no such model folder.*hf-hub:me/typo/"):
+        train(make_config(tmp_path / "out2", tmp_path / "no-such-data", "me/typo/"))
+    (tmp_path / "data").mkdir()  # a bare owner/name is a Hub repo, as for predict: looked up there
+    with pytest.raises(FileNotFoundError, match="no Hub repo me/typo"):
+        train(make_config(tmp_path / "out2", tmp_path / "data", "me/typo"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 

@@ -20,9 +20,9 @@ from PIL import Image
 from hubclf.cli import main
 from hubclf.evaluate import evaluate_model, format_report
 from hubclf.hub import from_pretrained, save_pretrained
+from tests.image_folders import add_bad_images
 from tests.launch import cpu_launch_command
 from tests.test_predict import BIAS, LABELS, save_image, save_known_model
-from tests.test_train_data import add_bad_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Validation images per class. The known model predicts "zebra" for every image.

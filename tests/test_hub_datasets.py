@@ -17,8 +17,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 
 from hubclf.cli import main
-from hubclf.train.data import load_image_dataset
-from tests.test_train_data import make_image_folder
+from hubclf.data.splits import load_image_dataset
+from tests.image_folders import make_image_folder
 
 TINY_TRAIN = ["--model", "hubclf_alexnet_slim", "--no-pretrained", "--img-size", "64", "64", "--epochs", "1"]
 TINY_TRAIN += ["--batch-size", "4", "--num-workers", "0", "--warmup-epochs", "0"]

@@ -19,7 +19,7 @@ from hubclf.plots import (
     plot_training_curves,
 )
 from hubclf.train import TrainConfig, train
-from tests.test_train_data import HEIGHT, WIDTH, make_image_folder
+from tests.image_folders import HEIGHT, WIDTH, make_image_folder
 
 HISTORY = [
     {"epoch": 1, "stage": "head", "train_loss": 1.2, "val_loss": 1.3, "train_top1": 0.4, "val_top1": 0.35},

@@ -19,7 +19,7 @@ from PIL import Image
 import hubclf
 from hubclf.cli import main
 from hubclf.predict import class_probabilities, find_images, predict
-from tests.test_train_data import add_bad_images
+from tests.image_folders import add_bad_images
 
 LABELS = ["zebra", "ant", "cat"]  # deliberately not alphabetical: an imagefolder would sort them differently
 BIAS = [2.0, 0.0, -1.0]  # with a zero classifier weight, every image gets softmax(BIAS)

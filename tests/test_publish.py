@@ -21,7 +21,7 @@ from hubclf import publish
 from hubclf.cli import main
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.publish import RetryPolicy, is_transient
-from tests.test_train_data import HEIGHT, WIDTH, make_image_folder
+from tests.image_folders import HEIGHT, WIDTH, make_image_folder
 
 ARCH = "hubclf_alexnet_slim"
 LABELS = ["daisy", "rose", "tulip"]

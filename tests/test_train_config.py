@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hubclf.cli import build_parser
+from hubclf.cli.train_flags import config_from_args
 from hubclf.train import TrainConfig
-from hubclf.train.config import config_from_args
 
 REQUIRED = dict(model="hubclf_alexnet", data="photos", output_dir="out")
 

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from hubclf.cli import build_parser
+from hubclf.cli.train_flags import config_from_args
 from hubclf.train import train
-from hubclf.train.config import config_from_args
+from tests.image_folders import make_image_folder
 from tests.launch import cpu_launch_command
-from tests.test_train_data import make_image_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The tiniest run that still has every phase: 3 classes x 3 train images at 64x64 (AlexNet's minimum is 63),

@@ -13,8 +13,10 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from hubclf.data.dataset import ImageClassificationDataset
+from hubclf.data.images import build_transforms
+from hubclf.data.splits import load_image_dataset
 from hubclf.train import TrainConfig, train
-from hubclf.train.data import ImageClassificationDataset, build_transforms, load_image_dataset
 from hubclf.train.features import (
     backbone_features,
     check_frozen_head,
@@ -23,7 +25,7 @@ from hubclf.train.features import (
     load_or_extract_features,
     weights_fingerprint,
 )
-from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
+from tests.image_folders import HEIGHT, WIDTH, add_bad_images, make_image_folder
 from tests.test_train_loop import pretrained_stand_in
 
 features_module = importlib.import_module("hubclf.train.features")

@@ -24,11 +24,11 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
 import hubclf
+from hubclf.data.images import BadImageError
 from hubclf.train import TrainConfig, TrainingInterrupted, train
 from hubclf.train.checkpoints import list_checkpoints
-from hubclf.train.data import BadImageError
+from tests.image_folders import HEIGHT, WIDTH, add_bad_images, make_image_folder
 from tests.launch import cpu_launch_command
-from tests.test_train_data import HEIGHT, WIDTH, add_bad_images, make_image_folder
 
 loop = importlib.import_module("hubclf.train.loop")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(
     assert (saved["epoch"], saved["batches_done"]) == ((0, 4) if where == "mid_epoch" else (1, 0))
 
     config.resume = "latest"
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     resumed = train(config)
     where_it_stopped = f"epoch {saved['epoch'] + 1}, step {saved['global_step']}"
     assert f"resumed from {stopped.value.checkpoint}: {where_it_stopped}" in caplog.text
@@ -412,13 +412,13 @@ def test_a_signal_outside_the_epoch_loop_stops_at_the_next_safe_point(
     tmp_path, image_folder, backbone_weights, monkeypatch, phase
 ):
     config = make_config(tmp_path, image_folder, backbone_weights, f"signal_{phase}", epochs=1, push_to_hub="me/x")
-    real = {"data": loop.load_image_dataset, "final": loop._refresh_best_card}[phase]
+    real = {"data": loop.load_training_data, "final": loop.refresh_best_card}[phase]
 
     def send_sigterm_then(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, in the middle of this phase
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, {"data": "load_image_dataset", "final": "_refresh_best_card"}[phase], send_sigterm_then)
+    monkeypatch.setattr(loop, {"data": "load_training_data", "final": "refresh_best_card"}[phase], send_sigterm_then)
     monkeypatch.setattr(loop, "push_to_hub", lambda *a, **k: pytest.fail("pushed after SIGTERM"))
     with pytest.raises(TrainingInterrupted) as stopped:
         train(config)
@@ -445,6 +445,7 @@ def test_one_nonfinite_gradient_element_skips_the_step_and_large_finite_ones_do_
 
 
 def test_best_gets_its_pictures_once_at_the_end_with_the_whole_run(tmp_path):
+    from hubclf.train import outputs
     from hubclf.train.checkpoints import TrainerState
 
     rows = [{"epoch": e, "stage": "full", "train_loss": 1 / e, "val_loss": 1 / e, "val_top1": v,
@@ -452,23 +453,23 @@ def test_best_gets_its_pictures_once_at_the_end_with_the_whole_run(tmp_path):
     data = SimpleNamespace(label_names=["a", "b"])
     best = hubclf.save_pretrained(  # as the loop saves a new best during the run: no pictures yet
         timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(HEIGHT, WIDTH)), tmp_path / "best",
-        label_names=data.label_names, epoch_metrics=rows[:1], images={}, images_skipped=loop.BEST_PICTURES_LATER,
+        label_names=data.label_names, epoch_metrics=rows[:1], images={}, images_skipped=outputs.BEST_PICTURES_LATER,
     )  # fmt: skip
-    assert not list(best.glob("*.png")) and loop.BEST_PICTURES_LATER in (best / "README.md").read_text()
+    assert not list(best.glob("*.png")) and outputs.BEST_PICTURES_LATER in (best / "README.md").read_text()
     saved = {p.name: p.read_bytes() for p in best.iterdir()}
 
-    loop._refresh_best_card(best, data, TrainerState(best_epoch=1, history=rows))  # a later epoch was worse
+    outputs.refresh_best_card(best, data, TrainerState(best_epoch=1, history=rows))  # a later epoch was worse
     epochs = json.loads((best / "config.json").read_text())["hubclf"]["epoch_metrics"]
     assert [row["epoch"] for row in epochs] == [1, 2] and "| 2 |" in (best / "README.md").read_text()
     assert {p.name for p in best.glob("*.png")} == {"confusion_matrix.png", "training_curves.png"}
-    assert loop.BEST_PICTURES_LATER not in (best / "README.md").read_text()
+    assert outputs.BEST_PICTURES_LATER not in (best / "README.md").read_text()
     assert (best / "model.safetensors").read_bytes() == saved["model.safetensors"]
 
 
 def test_cached_images_train_exactly_as_decoding_every_epoch_and_too_big_a_cache_is_skipped(
     tmp_path, image_folder, backbone_weights, caplog, monkeypatch
 ):
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     common = dict(augment="none", num_workers=1, epochs=2)
     cached = train(make_config(tmp_path, image_folder, backbone_weights, "cached", **common))
     assert "image cache: the decoded" in caplog.text and "40 train + 15 eval images" in caplog.text
@@ -478,7 +479,7 @@ def test_cached_images_train_exactly_as_decoding_every_epoch_and_too_big_a_cache
 
     caplog.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "shared_memory_budget", lambda processes: 1000)  # less than one image
+        patch.setattr("hubclf.train.setup.shared_memory_budget", lambda processes: 1000)  # less than one image
         train(make_config(tmp_path, image_folder, backbone_weights, "no_room", **common))
     assert "image cache off: the decoded pixels of 40 train + 15 eval images would take" in caplog.text
 
@@ -506,7 +507,7 @@ def test_auto_precision_left_to_accelerate_is_logged_and_recorded_as_accelerate_
     from accelerate.state import AcceleratorState
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch --mixed_precision no` sets
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     AcceleratorState._reset_state(reset_partial_state=True)  # else auto follows an earlier test's run
     try:
         train(make_config(tmp_path, image_folder, None, "auto", pretrained=False, epochs=1, mixed_precision="auto"))
@@ -518,8 +519,9 @@ def test_auto_precision_left_to_accelerate_is_logged_and_recorded_as_accelerate_
     assert saved["hubclf"]["hyperparameters"]["mixed_precision"] == "no"
 
 
-def test_process_group_kept_finishes_the_trackers_and_leaves_the_group_to_the_caller():
-    from hubclf.train.loop import _end_training, process_group_kept
+def test_a_kept_process_group_finishes_the_trackers_and_leaves_the_group_to_the_caller():
+    def end_training(accelerator, keep_process_group):
+        loop._Run(None, accelerator, None, None, keep_process_group)._end_training()
 
     calls = []
 
@@ -533,8 +535,7 @@ def test_process_group_kept_finishes_the_trackers_and_leaves_the_group_to_the_ca
         def end_training(self):
             calls.append("end_training (destroys the process group)")
 
-    with process_group_kept():
-        _end_training(FakeAccelerator())
+    end_training(FakeAccelerator(), keep_process_group=True)
     assert calls == ["tracker finished"]
-    _end_training(FakeAccelerator())  # outside: Accelerate's own end_training, all of it
+    end_training(FakeAccelerator(), keep_process_group=False)  # Accelerate's own end_training, all of it
     assert calls == ["tracker finished", "end_training (destroys the process group)"]

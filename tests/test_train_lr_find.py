@@ -17,7 +17,7 @@ from PIL import Image
 from hubclf.cli import main
 from hubclf.train import TrainConfig
 from hubclf.train.lr_find import MINIMUM_OVER_10, STEEPEST, lr_find, suggest_lr
-from tests.test_train_data import make_image_folder
+from tests.image_folders import make_image_folder
 
 SIZE = (64, 64)
 

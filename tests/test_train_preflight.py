@@ -12,7 +12,7 @@ from hubclf.train.preflight import check_img_size, check_output_dir, check_track
 
 
 def test_a_missing_data_folder_is_one_line_before_any_hardware_probe(tmp_path, capsys, caplog):
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     code = main(["train", "--model", "hubclf_alexnet_slim", "--data", str(tmp_path / "no-such-data"),
                  "--output-dir", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip()
@@ -66,7 +66,30 @@ def test_img_size_is_checked_only_where_the_architecture_states_a_minimum(tmp_pa
     with pytest.raises(ValueError, match="below VGG's minimum 32 32"):
         check_img_size("hubclf_vgg11", (32, 31))
     check_img_size("resnet18", (8, 8))  # timm's own models state no minimum: left to them
-    check_img_size("hf-hub:me/flowers", (8, 8))  # a saved model's architecture is known once its config is read
+
+
+def test_a_hub_model_is_checked_through_its_config_alone_before_any_data(tmp_path, use_hub, new_repo_id, capsys):
+    import timm
+
+    import hubclf
+
+    repo_id = new_repo_id("preflight")
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(64, 64))
+    hubclf.push_to_hub(model, repo_id, token=use_hub.token, label_names=["a", "b"])
+    code = main(["train", "--model", repo_id, "--data", str(tmp_path / "no-such-data"), "--img-size", "16", "64",
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2  # the data is missing too: checked first, as it costs nothing
+    assert capsys.readouterr().err.strip().endswith("no-such-data: no such directory (and it does not look like a Hub "
+                                                    "dataset id)")  # fmt: skip
+    (tmp_path / "data").mkdir()
+    code = main(["train", "--model", repo_id, "--data", str(tmp_path / "data"), "--img-size", "16", "64",
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err == "hubclf train: error: --img-size 16 64 is below AlexNet's minimum 63 63 (H W)\n"
+    code = main(["train", "--model", "hubclf-test/no-such-model", "--data", str(tmp_path / "data"),
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2 and "no Hub repo hubclf-test/no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_local_model_folder_is_checked_through_its_config(tmp_path):

@@ -20,9 +20,10 @@ from PIL import Image
 from timm.data import Mixup
 from torch.utils.data import BatchSampler
 
+from hubclf.cli.train_flags import add_train_arguments, config_from_args
+from hubclf.data.images import build_transforms
+from hubclf.data.splits import load_image_dataset
 from hubclf.train import TrainConfig, TrainingInterrupted, train
-from hubclf.train.config import add_train_arguments, config_from_args
-from hubclf.train.data import build_transforms, load_image_dataset
 from hubclf.train.recipes import (
     AUGMENT_PRESETS,
     BalancedSampler,
@@ -35,8 +36,8 @@ from hubclf.train.recipes import (
     profile_data,
     should_stop_early,
 )
+from tests.image_folders import HEIGHT, WIDTH, make_image_folder
 from tests.launch import cpu_launch_command
-from tests.test_train_data import HEIGHT, WIDTH, make_image_folder
 from tests.test_train_loop import (
     NUM_CLASSES,
     REPO_ROOT,
@@ -202,7 +203,7 @@ def test_imbalanced_classes_get_class_weights_unless_a_balanced_sampler_draws_th
 def _labelled(labels: list[int]):
     import datasets
 
-    from hubclf.train.data import ImageClassificationData
+    from hubclf.data.splits import ImageClassificationData
 
     split = datasets.Dataset.from_dict(
         {"label": labels}, features=datasets.Features({"label": datasets.ClassLabel(num_classes=max(labels) + 1)})
@@ -297,7 +298,7 @@ def test_early_stopping_ends_the_run_and_keeps_best_and_last(tmp_path, image_fol
         tmp_path, image_folder, backbone_weights, "early", freeze="backbone", augment="none", epochs=5, lr=1e-12,
         patience=1,
     )  # fmt: skip
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     result = train(config)
     assert [row["epoch"] for row in read_jsonl(result.metrics_file)] == [1, 2]
     assert "early stopping: no better val top-1 for 1 epochs (best: epoch 1); final/ holds epoch 2" in caplog.text
@@ -332,7 +333,7 @@ def test_resume_with_every_recipe_on_is_bit_identical(
         augment="strong", aa="rand-m5-mstd0.5", hflip=0.3, smoothing=0.1, mixup=0.4, cutmix=1.0,
         class_weights="balanced", balanced_sampler=True, model_ema=True, model_ema_decay=0.9, patience=5,
     )  # fmt: skip
-    caplog.set_level("INFO", logger="hubclf.train.loop")
+    caplog.set_level("INFO", logger="hubclf.train")
     reference = train(make_config(tmp_path, image_folder, backbone_weights, "reference", **flags))
     assert "recipe: EMA weights (decay 0.9): given; evaluated and saved as the model" in caplog.text
 

@@ -10,8 +10,16 @@ from timm.scheduler import create_scheduler_v2
 
 from hubclf.train import TrainConfig
 from hubclf.train.features import backbone_features
-from hubclf.train.loop import batch_logits
-from hubclf.train.stages import FULL, HEAD, PARTIAL, apply_stage, param_groups, set_stage_modes, stage_for_epoch
+from hubclf.train.stages import (
+    FULL,
+    HEAD,
+    PARTIAL,
+    apply_stage,
+    batch_logits,
+    param_groups,
+    set_stage_modes,
+    stage_for_epoch,
+)
 
 
 def config(**overrides) -> TrainConfig:
@@ -91,7 +99,7 @@ def test_head_stage_stores_no_backbone_activations():
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            batch_logits(accelerator, model, trainable, stage, batch).sum().backward()
+            batch_logits(model, trainable, stage, batch, accelerator.autocast).sum().backward()
         return total
 
     head, full = saved_bytes(HEAD), saved_bytes(FULL)
@@ -115,7 +123,7 @@ def test_a_bare_classifier_takes_bf16_features_under_bf16_autocast():
         features = backbone_features(model, pixels)
     assert features.dtype == torch.bfloat16
     classifier = model.get_classifier()
-    from_images = batch_logits(Bf16Accelerator(), model, classifier, HEAD, {"pixel_values": pixels})
-    from_cache = batch_logits(Bf16Accelerator(), model, classifier, HEAD, {"features": features})
+    from_images = batch_logits(model, classifier, HEAD, {"pixel_values": pixels}, Bf16Accelerator().autocast)
+    from_cache = batch_logits(model, classifier, HEAD, {"features": features}, Bf16Accelerator().autocast)
     assert from_images.shape == (2, 3)
     assert torch.equal(from_images, from_cache)

@@ -27,9 +27,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import hubclf
+from hubclf.cli.train_flags import add_train_arguments, config_from_args
+from hubclf.stats import mcnemar_p_value, wilson_interval
 from hubclf.train import TrainConfig, TrainingInterrupted, train
-from hubclf.train.config import add_train_arguments, config_from_args
-from hubclf.train.strategy import ALPHA, decide, mcnemar_p_value, wilson_interval
+from hubclf.train.strategy import ALPHA, decide
 from tests.launch import cpu_launch_command
 
 loop = importlib.import_module("hubclf.train.loop")
@@ -296,18 +297,18 @@ def test_cli_reports_a_bad_strategy_combination_in_one_line(tmp_path, hues):
 
 
 def test_adding_the_strategy_section_keeps_the_folder_pictures(tmp_path: Path) -> None:
-    """add_card_section replaces the folder whole: the pictures must come along and stay linked in the card."""
+    """update_card replaces the folder whole: the pictures must come along and stay linked in the card."""
     from huggingface_hub import ModelCard
 
+    from hubclf.hub import update_card
     from hubclf.plots import model_pictures
-    from hubclf.train.strategy import add_card_section
 
     model = timm.create_model("hubclf_alexnet_slim", num_classes=2, img_size=(64, 64))
     history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.4, "val_top1": 0.5}]
     images, _ = model_pictures([[2, 1], [0, 3]], ["a", "b"], history)
     folder = hubclf.save_pretrained(model, tmp_path / "best", label_names=["a", "b"], images=images)
     section = {"summary": "head wins", "columns": ["strategy"], "rows": [["head"]], "reason": "cheaper"}
-    add_card_section(folder, section)
+    update_card(folder, extra_config={"strategy": section})
     for name, png in images.items():
         assert (folder / name).read_bytes() == png
     card = ModelCard.load(folder / "README.md").text

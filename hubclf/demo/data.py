@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from hubclf.atomic import atomic_write_json
-from hubclf.train.hardware import usable_cores
+from hubclf.hardware import usable_cores
 
 DEMO_DATA_VERSION = "1"
 SPLITS = ("train", "validation")

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from hubclf._version import __version__
 from hubclf.atomic import atomic_write_file
 from hubclf.models.transfer import classifier_modules
 
@@ -152,8 +153,6 @@ def feature_cache_key(
 
     ``data_fingerprint`` is the 🤗 ``Dataset._fingerprint`` of the split (it changes when files change).
     """
-    from hubclf import __version__
-
     parts = {
         "weights": weights,
         "transform": repr(transform),

@@ -31,21 +31,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import PartialState
-from timm.data import resolve_model_data_config
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hubclf.atomic import atomic_write_json
+from hubclf.hardware import resolve_device, resolve_num_workers
 from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
-from hubclf.train.data import ImageClassificationDataset, build_transforms
-from hubclf.train.features import backbone_features
-from hubclf.train.hardware import resolve_device, resolve_num_workers
-from hubclf.train.loop import create_model, load_training_data
 from hubclf.train.preflight import preflight_checks
 from hubclf.train.recipes import choose_recipe
-from hubclf.train.stages import HEAD, apply_stage, param_groups, set_stage_modes, stage_for_epoch
+from hubclf.train.setup import create_model, image_dataset, load_training_data, transforms_for
+from hubclf.train.stages import HEAD, apply_stage, batch_logits, param_groups, set_stage_modes, stage_for_epoch
 
 __all__ = ["LRFindResult", "lr_find", "suggest_lr"]
 
@@ -132,18 +129,12 @@ def lr_find(
 
     data = load_training_data(config)
     if model is None:
-        model = create_model(config, data.label_names)
-        if config.crop_pct is not None:  # as train() does, so that the images look the same
-            model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "crop_pct": config.crop_pct}
+        model = create_model(config, data.label_names)  # as train() creates it: the same input size and crop
     elif model.num_classes != data.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the data {data.num_classes}")
-    data_config = resolve_model_data_config(model)
     recipe = choose_recipe(config, data)  # the augmentation `hubclf train` would choose for this data
-    train_transform, _ = build_transforms(data_config, augment=recipe.augments, **recipe.transform_options)
-    images = ImageClassificationDataset(
-        data.train, data.image_column, data.label_column, train_transform,
-        on_bad_image=config.on_bad_image, input_size=data_config["input_size"],
-    )  # fmt: skip
+    data_config, train_transform, _ = transforms_for(model, recipe)
+    images = image_dataset(config, data, data.train, train_transform, data_config["input_size"], cache=False)
     if recipe.augments:
         images.seed_augmentation(config.seed, 0)
     loader = DataLoader(
@@ -248,7 +239,8 @@ def _sweep(
         for group in optimizer.param_groups:  # timm's lr_scale: the backbone's discriminative LR, as in training
             group["lr"] = lr * group.get("lr_scale", 1.0)
         pixels, labels = batch["pixel_values"][valid].to(device), batch["labels"][valid].to(device)
-        loss = F.cross_entropy(_logits(model, stage, pixels).float(), labels)
+        trainable = model.get_classifier() if stage == HEAD else model
+        loss = F.cross_entropy(batch_logits(model, trainable, stage, {"pixel_values": pixels}).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad:
@@ -272,15 +264,6 @@ def _sweep(
         best = min(best, smooth)
     bar.close()
     return done_lrs, losses, smoothed, False, f"reached the end of the sweep ({len(losses)} steps)"
-
-
-def _logits(model: nn.Module, stage: str, pixels: torch.Tensor) -> torch.Tensor:
-    """As ``loop.batch_logits`` without Accelerate: the frozen backbone runs outside autograd in the head stage."""
-    if stage == HEAD:
-        with torch.no_grad():
-            features = backbone_features(model, pixels)
-        return model.get_classifier()(features)
-    return model(pixels)
 
 
 def _repeat(loader: DataLoader):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import timm
 
-from hubclf.config_check import read_config_file
-from hubclf.hub import CONFIG_NAME, check_repo_id
-from hubclf.models._base import architecture_class
+from hubclf.hub import fetch_config
+from hubclf.models._base import architecture_class, input_size_problem
+from hubclf.refs import DataSource, ModelRef, check_repo_id
 from hubclf.train.config import TrainConfig
-from hubclf.train.data import check_data_location
 
 
 def preflight_checks(config: TrainConfig) -> None:
@@ -27,13 +26,16 @@ def preflight_checks(config: TrainConfig) -> None:
         preflight_checks(TrainConfig(model="hubclf_alexnet", data="photos/", output_dir="out", img_size=(32, 32)))
         # ValueError: --img-size 32 32 is below AlexNet's minimum 63 63 (H W)
     """
-    check_model_name(config.model)
-    check_img_size(config.model, config.img_size)
-    check_data_location(config.data)
+    on_the_hub = ModelRef.parse(config.model).kind == "hub"
+    if not on_the_hub:  # an architecture name or a local folder: checked without the network
+        check_img_size(check_model_name(config.model), config.img_size)
+    DataSource.parse(config.data, labels=config.labels)  # a --data that names nothing fails here
     check_output_dir(config.output_dir)
     check_trackers(config.log_with)
     if config.push_to_hub:  # a bad id would otherwise surface only after the whole run
         check_repo_id(config.push_to_hub)
+    if on_the_hub:  # last: this downloads the repo's config.json
+        check_img_size(check_model_name(config.model), config.img_size)
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -52,39 +54,34 @@ def check_output_dir(output_dir: str) -> None:
 
 def check_img_size(model: str, img_size: tuple[int, int] | None) -> None:
     """An ``img_size`` below what an architecture's pooling can take (``min_input_size``: 63×63 for AlexNet, 32×32
-    for VGG) fails on the first batch; refuse it up front instead. A local model folder is checked through its
-    config.json's architecture; a Hub model once it is downloaded.
+    for VGG) fails on the first batch; refuse it up front instead. ``model`` is an architecture name or a saved model
+    (checked through its config.json's architecture; for a Hub repo, that file alone is downloaded).
+
+        check_img_size("hubclf_alexnet", (32, 32))   # ValueError: --img-size 32 32 is below AlexNet's minimum 63 63
     """
     if img_size is None:
         return
-    model_class = architecture_class(_local_architecture(model) or model)
-    minimum = getattr(model_class, "min_input_size", None)
-    if minimum is not None and (img_size[0] < minimum[0] or img_size[1] < minimum[1]):
-        raise ValueError(
-            f"--img-size {img_size[0]} {img_size[1]} is below {model_class.__name__}'s minimum "
-            f"{minimum[0]} {minimum[1]} (H W)"
-        )
+    ref = ModelRef.parse(model)
+    architecture = fetch_config(ref).get("architecture") if ref.is_saved else model
+    problem = input_size_problem(architecture_class(architecture), *img_size, what="--img-size", cli=True)
+    if problem:
+        raise ValueError(problem)
 
 
-def _local_architecture(model: str) -> str | None:
-    """The ``architecture`` in a local model folder's config.json (read with config_check's bounds), else None."""
-    folder = Path(model.removeprefix("local-dir:")).expanduser()
-    if not (model.startswith("local-dir:") or folder.is_dir()) or not (folder / CONFIG_NAME).is_file():
-        return None
-    architecture = read_config_file(folder / CONFIG_NAME).get("architecture")
-    return architecture if isinstance(architecture, str) else None
+def check_model_name(name: str) -> str:
+    """Fail fast on a ``--model`` that names nothing: an architecture timm does not know (after ``import hubclf``,
+    with close names suggested), a missing folder, or a Hub repo that does not exist (its config.json alone is
+    downloaded and checked). Returns the architecture (a saved model's from its config.json).
 
-
-def check_model_name(name: str) -> None:
-    """Fail fast on a ``--model`` that is neither an architecture timm knows (after ``import hubclf``), nor an
-    ``hf-hub:`` / ``local-dir:`` name, nor an existing folder; suggest close timm names.
-
-        check_model_name("resnet18")   # fine; "resnet81" raises ValueError naming resnet18 among the suggestions
+        check_model_name("resnet18")   # "resnet18"; "resnet81" raises ValueError naming resnet18 among the suggestions
     """
-    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir() or timm.is_model(name):
-        return
-    if "/" in name or os.sep in name:
+    ref = ModelRef.parse(name)
+    if ref.kind == "folder" and not ref.path.is_dir():
         raise ValueError(f"--model {name}: no such model folder (a Hub repo is spelled 'hf-hub:{name}')")
+    if ref.is_saved:
+        return fetch_config(ref)["architecture"]
+    if timm.is_model(name):
+        return name
     close = difflib.get_close_matches(name.partition(".")[0], timm.list_models(), n=3, cutoff=0.75)
     hint = f"; did you mean {', '.join(close)}?" if close else f" (timm.list_models('*{name[:4]}*') lists names)"
     raise ValueError(

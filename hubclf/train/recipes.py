@@ -29,8 +29,10 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from hubclf.atomic import atomic_write_text
+from hubclf.data.dataset import EpochSampler, EpochShuffleSampler
+from hubclf.data.images import decode_image
+from hubclf.data.splits import ImageClassificationData
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
-from hubclf.train.data import EpochSampler, EpochShuffleSampler, ImageClassificationData, decode_image
 
 # ---- augmentation presets ------------------------------------------------------------------------------------
 # Train-transform keyword arguments for timm.data.create_transform (through data.build_transforms). "light" is for

@@ -32,6 +32,27 @@ class OutputDirLocked(RuntimeError):
     """Another live run holds the output folder."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT/SIGTERM once the run stopped at a safe point; ``checkpoint`` is the newest complete
+    checkpoint (``None`` when the run was stopped before its first one)."""
+
+    def __init__(self, checkpoint: Path | None, phase: str = "training") -> None:
+        if checkpoint is None:
+            message = (
+                f"training interrupted during {phase}, before its first checkpoint: nothing to keep. "
+                "Rerun the same command (or add --resume latest, which starts over)"
+            )
+        else:
+            message = f"training interrupted during {phase}; state saved in {checkpoint}. Continue with --resume latest"
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.phase = phase
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``config.max_nonfinite_steps`` optimizer steps in a row had a NaN/inf loss or gradient."""
+
+
 class RunLock:
     """An exclusive ``fcntl.flock`` on ``OUTPUT_DIR/.lock``, which also holds the owner's pid, host and start time.
 

@@ -13,13 +13,17 @@ A run goes through at most two stages:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from hubclf.models import freeze, unfreeze
 from hubclf.models.transfer import classifier_parameter_ids, keep_frozen_batchnorm_in_eval
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
+from hubclf.train.features import backbone_features
 
 HEAD, PARTIAL, FULL = "head", "partial", "full"
 
@@ -110,3 +114,32 @@ def prepare_stage(
     trainable = apply_stage(model, stage, config)
     optimizer = getattr(optimizer, "optimizer", optimizer)  # the raw torch optimizer under a previous wrapper
     return accelerator.prepare(trainable, optimizer, train_loader, eval_loader)
+
+
+def batch_logits(
+    model: nn.Module,
+    trainable: nn.Module,
+    stage: str,
+    batch: dict[str, Any],
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Logits of a batch (``pixel_values`` or cached ``features``); ``trainable`` is what ``prepare_stage`` wrapped
+    (the classifier in the head stage, the whole model otherwise); ``autocast`` is ``accelerator.autocast`` in
+    training.
+
+    In the head stage the backbone runs outside autograd, so backward stores none of its activations: only the
+    classifier's input. That is where feature extraction saves its memory.
+
+        logits = batch_logits(model, model.get_classifier(), HEAD, {"pixel_values": x})
+    """
+    # The classifier runs under the same autocast as the backbone: under bf16 the features are bf16, and a
+    # ``trainable`` that Accelerate did not wrap (the EMA model's classifier, a bare module) would not cast them.
+    if "features" in batch:  # cached: the frozen backbone already ran
+        with autocast():
+            return trainable(batch["features"])
+    if stage == HEAD:
+        with torch.no_grad(), autocast():
+            features = backbone_features(model, batch["pixel_values"])
+        with autocast():
+            return trainable(features)
+    return trainable(batch["pixel_values"])

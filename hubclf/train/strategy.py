@@ -1,5 +1,5 @@
 """``--strategy auto``: measure, on the user's own data, whether fine-tuning the backbone beats a head on frozen
-features, and train the winner. Each phase is an ordinary (resumable) ``train()`` run in ``OUTPUT_DIR/phases/``:
+features, and train the winner. Each phase is an ordinary (resumable) run of the loop in ``OUTPUT_DIR/phases/``:
 
 1. ``head``: ``--freeze backbone --no-augment`` for ``epochs`` epochs on cached features (seconds), at lr × each of
    ``HEAD_LR_FACTORS`` (the features are extracted once, on disk); the best validation top-1 is kept;
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,22 +34,16 @@ from accelerate.logging import get_logger
 from accelerate.utils import parse_flag_from_env
 from torch.utils.data import DataLoader
 
-from hubclf.atomic import atomic_write_text
-from hubclf.hub import from_pretrained, push_to_hub, render_model_card, save_pretrained
-from hubclf.models import freeze as freeze_model
+from hubclf.atomic import atomic_write_json
+from hubclf.data.images import eval_preprocessing
+from hubclf.hub import from_pretrained, push_to_hub, update_card
+from hubclf.metrics import evaluate
+from hubclf.stats import mcnemar_p_value, wilson_interval
+from hubclf.train import loop
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
-from hubclf.train.data import ImageClassificationDataset, eval_preprocessing
-from hubclf.train.loop import (
-    BEST_DIR,
-    CARD_COLUMNS,
-    FINAL_DIR,
-    METRICS_FILE,
-    TrainResult,
-    load_training_data,
-    process_group_kept,
-    train,
-)
+from hubclf.train.outputs import BEST_DIR, FINAL_DIR, METRICS_FILE, TrainResult, card_rows, write_metrics
+from hubclf.train.setup import image_dataset, load_training_data
 
 logger = get_logger(__name__)
 
@@ -61,37 +54,6 @@ STRATEGY_FILE = "strategy.json"  # the decision, written once; a resumed run reu
 PROBE_EPOCHS = 1
 HEAD_LR_FACTORS = (1, 3, 10)  # the head phase tries lr x each (cached features: seconds each)
 ALPHA = 0.05  # fine-tuning must beat the head at this significance level to be chosen
-
-
-# ---- statistics -------------------------------------------------------------------------------------------------
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of an accuracy ``correct / total`` (95% for z=1.96); sane at 0%, 100% and small n.
-
-        wilson_interval(18, 20)   # (0.699, 0.972)
-    """
-    if total <= 0:
-        return (0.0, 1.0)
-    p = correct / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mcnemar_p_value(only_a: int, only_b: int) -> float:
-    """Exact one-sided McNemar test that classifier B is better than A on the same images.
-
-    ``only_a``: images A gets right and B wrong; ``only_b``: the reverse. Under "equally good", each of the
-    ``only_a + only_b`` disagreements is a fair coin, so the p-value is P(Binomial(n, 1/2) >= only_b).
-
-        mcnemar_p_value(0, 5)   # 0.03125: five fixes, no breakage
-    """
-    if only_a < 0 or only_b < 0:
-        raise ValueError(f"counts must be non-negative, got {only_a}, {only_b}")
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, k) for k in range(only_b, n + 1)) / 2**n
 
 
 @dataclass
@@ -174,9 +136,8 @@ def train_auto(config: TrainConfig) -> TrainResult:
 
         result = train_auto(TrainConfig(model="resnet18", data="photos/", output_dir="out", strategy="auto"))
     """
-    with process_group_kept():
-        result = _train_auto(config)
-    _process_state().destroy_process_group()
+    result = _train_auto(config)
+    _process_state().destroy_process_group()  # the phases kept it alive (see loop.run)
     return result
 
 
@@ -235,7 +196,7 @@ def _train_auto(config: TrainConfig) -> TrainResult:
     if state.is_main_process and not decision_file.is_file():
         head_correct, probe_correct = _paired_correctness(config, control.best_model_dir, probe.best_model_dir)
         decision = decide(head_correct, probe_correct)
-        atomic_write_text(decision_file, json.dumps(decision.to_dict(), indent=2) + "\n")
+        atomic_write_json(decision_file, decision.to_dict())
     state.wait_for_everyone()
     decision = StrategyDecision(**json.loads(decision_file.read_text(encoding="utf-8")))
     state.print(f"--strategy auto chose {decision.choice}. {decision.reason}")
@@ -258,42 +219,26 @@ def _train_auto(config: TrainConfig) -> TrainResult:
 
 
 def _run_phase(config: TrainConfig) -> TrainResult:
-    """``train(config)``, resumed from its last checkpoint if it has one, or read back if it already finished."""
+    """One run of the loop, resumed from its last checkpoint if it has one, or read back if it already finished."""
     state = _process_state()
     output_dir = Path(config.output_dir)
     checkpoints = list_checkpoints(output_dir)
     if checkpoints:
         saved = TrainerState.load(checkpoints[-1])
         if saved.epoch >= config.epochs and (output_dir / FINAL_DIR / "config.json").is_file():
-            return _finished_result(output_dir, saved)
+            return TrainResult.from_state(output_dir, saved)
         config = dataclasses.replace(config, resume="latest")
     else:
         if state.is_main_process and output_dir.exists():
             shutil.rmtree(output_dir)  # stopped before its first checkpoint: nothing to continue, start it over
         state.wait_for_everyone()
-    return train(config)
+    return loop.run(config, keep_process_group=True)  # the phases share one process group; train_auto ends it
 
 
 def _process_state() -> PartialState:
     """Accelerate's process state, initialised as ``Accelerator()`` would: with ``ACCELERATE_USE_CPU=1`` a CPU-only
     ``accelerate launch`` is distributed only if the state is created with ``cpu=True``."""
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def _finished_result(output_dir: Path, state: TrainerState) -> TrainResult:
-    def val(record: dict[str, Any]) -> dict[str, Any]:
-        return {key.removeprefix("val_"): value for key, value in record.items() if key.startswith("val_")}
-
-    return TrainResult(
-        output_dir=output_dir,
-        best_model_dir=output_dir / BEST_DIR,
-        final_model_dir=output_dir / FINAL_DIR,
-        metrics_file=output_dir / METRICS_FILE,
-        best_metrics=val(state.history[state.best_epoch - 1]),
-        final_metrics=val(state.history[-1]),
-        history=state.history,
-        bad_images=state.bad_images,
-    )
 
 
 @torch.no_grad()
@@ -306,15 +251,13 @@ def _paired_correctness(config: TrainConfig, *model_dirs: Path) -> list[list[boo
         if list(model.label_names or []) != list(data.label_names):
             raise ValueError(f"{model_dir} was trained on other classes than {config.data} has")
         data_config, transform = eval_preprocessing(model)
-        images = ImageClassificationDataset(
-            data.eval, data.image_column, data.label_column, transform,
-            on_bad_image=config.on_bad_image, input_size=data_config["input_size"],
+        images = image_dataset(config, data, data.eval, transform, data_config["input_size"], cache=False)
+        loader = DataLoader(images, batch_size=config.batch_size, shuffle=False, num_workers=0)
+        scored = evaluate(
+            None, lambda batch, m=model: m(batch["pixel_values"]), loader, num_classes=data.num_classes,
+            desc=f"scoring {model_dir.parent.name}", per_image=True,
         )  # fmt: skip
-        correct: list[bool] = []
-        for batch in DataLoader(images, batch_size=config.batch_size, shuffle=False, num_workers=0):
-            right = model(batch["pixel_values"]).argmax(dim=1) == batch["labels"]
-            correct += right[batch["valid"].bool()].tolist()
-        results.append(correct)
+        results.append(scored["correct"])
     return results
 
 
@@ -343,25 +286,17 @@ def _finish(
     hub_url = None
     if state.is_main_process:
         base_model = json.loads((runs[HEAD].best_model_dir / "config.json").read_text())["hubclf"].get("base_model")
-        card_rows = [{"phase": row["phase"], **{k: row[k] for k in CARD_COLUMNS if k in row}} for row in history]
         for name, source in ((BEST_DIR, winner.best_model_dir), (FINAL_DIR, winner.final_model_dir)):
-            partial = output_dir / f".{name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(source, partial)
-            add_card_section(
-                partial,
-                section,
+            # A copy of the winner's folder with the decision in its card, swapped in whole (hard-linked weights).
+            update_card(
+                output_dir / name,
+                from_dir=source,
                 hyperparameters={"strategy": f"auto -> {decision.choice}", "epochs": epochs},
                 base_model=base_model,
-                epoch_metrics=card_rows,
+                epoch_metrics=card_rows(history),
+                extra_config={"strategy": section},
             )
-            shutil.rmtree(output_dir / name, ignore_errors=True)
-            partial.rename(output_dir / name)
-            # The card's snippets name the folder it is in: render it again there.
-            config_json = json.loads((output_dir / name / "config.json").read_text(encoding="utf-8"))
-            render_model_card(config_json, str((output_dir / name).resolve())).save(output_dir / name / "README.md")
-        lines = "".join(json.dumps(record) + "\n" for record in [*history, event])
-        atomic_write_text(output_dir / METRICS_FILE, lines)
+        write_metrics(output_dir / METRICS_FILE, [*history, event])
         if config.push_to_hub:
             hub_url = push_to_hub(
                 output_dir / BEST_DIR,
@@ -406,41 +341,3 @@ def strategy_card_section(decision: StrategyDecision, runs: dict[str, TrainResul
         "rows": rows,
         "reason": decision.reason,
     }
-
-
-def add_card_section(
-    model_dir: str | Path,
-    section: dict[str, Any],
-    *,
-    hyperparameters: dict[str, Any] | None = None,
-    base_model: str | None = None,
-    epoch_metrics: list[dict[str, Any]] | None = None,
-) -> Path:
-    """Re-save a saved model with a "Why this strategy" card section (``section``: ``summary``, ``columns``,
-    ``rows``, ``reason``) stored as ``config.json["strategy"]``; weights and the rest of the metadata are kept.
-
-        add_card_section("out/best", {"summary": "...", "columns": ["a"], "rows": [["1"]], "reason": "..."})
-    """
-    model_dir = Path(model_dir)
-    saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    meta = saved["hubclf"]
-    model = from_pretrained(model_dir)
-    if meta.get("freeze") == FREEZE_BACKBONE:
-        freeze_model(model, FREEZE_BACKBONE)  # the card counts the parameters that trained
-    return save_pretrained(
-        model,
-        model_dir,
-        label_names=saved.get("label_names"),
-        dataset=meta.get("dataset"),
-        base_model=base_model if base_model is not None else meta.get("base_model"),
-        freeze=meta.get("freeze"),
-        hyperparameters={**meta.get("hyperparameters", {}), **(hyperparameters or {})},
-        eval_results=meta.get("eval_results"),
-        epoch_metrics=epoch_metrics if epoch_metrics is not None else meta.get("epoch_metrics"),
-        extra_config={"strategy": section},
-        # the folder is replaced whole: carry its pictures over, or the re-saved card would lose them
-        images={name: (model_dir / name).read_bytes() for name in meta.get("images") or []},
-        images_skipped=meta.get("images_skipped"),
-    )
-
-
