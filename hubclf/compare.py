@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubclf.atomic import atomic_write_file, atomic_write_text
-from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig, staged_unfreeze_epoch
+from hubclf.atomic import atomic_write_file, atomic_write_json
+from hubclf.refs import ModelRef, check_repo_id
+from hubclf.stats import wilson_interval
+from hubclf.train.config import FREEZE_NONE, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,35 +126,34 @@ def parse_lrs(text: str | None, strategies: Sequence[str]) -> dict[str, float]:
 
 
 def strategy_config(base: TrainConfig, strategy: str, **changes: Any) -> TrainConfig:
-    """``base`` with the freezing (and, for ``scratch``, the random weights) of ``strategy``.
+    """``base`` as ``strategy`` trains it: ``head``, ``finetune`` and ``staged`` are ``TrainConfig.strategy`` values
+    (the config sets the freezing itself); ``scratch`` is the same architecture fine-tuned from random weights.
 
-    strategy_config(config, "staged").unfreeze_after   # max(1, epochs // 4)
+        strategy_config(config, "staged").unfreeze_after   # max(1, epochs // 4)
     """
-    values = dict(strategy=None, freeze=FREEZE_NONE, unfreeze_after=None, push_to_hub=None, resume=None, **changes)
-    epochs = values.get("epochs", base.epochs)
-    if strategy == "head":
-        values["freeze"] = FREEZE_BACKBONE
-    elif strategy == "staged":
-        if epochs < 2:
-            raise ValueError("the staged strategy needs at least 2 epochs (one frozen, one fine-tuning)")
-        values.update(freeze=FREEZE_BACKBONE, unfreeze_after=staged_unfreeze_epoch(epochs))
-    elif strategy == "scratch":
+    # Each strategy sets the freezing from scratch; one compare is several runs, none resumed or pushed on its own.
+    values = dict(freeze=FREEZE_NONE, unfreeze_after=None, push_to_hub=None, resume=None, **changes)
+    if strategy == "scratch":
         architecture, img_size = scratch_architecture(base)
+        # backbone_lr_scale was resolved for the base's weights; random weights have nothing to protect.
         values.update(model=architecture, pretrained=False, weights=None, img_size=img_size, backbone_lr_scale=1.0)
-    # backbone_lr_scale was resolved for the base's weights; scratch resets it, the others keep it.
-    return dataclasses.replace(base, **values)
+        strategy = "finetune"
+    return dataclasses.replace(base, strategy=strategy, **values)
 
 
 def scratch_architecture(config: TrainConfig) -> tuple[str, tuple[int, int] | None]:
-    """The architecture (and input size) of ``config.model`` for random initialisation, also for a saved model."""
-    name = config.model
-    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
-        from hubclf.hub import from_pretrained
+    """The architecture (and input size) of ``config.model`` for random initialisation, also for a saved model.
 
-        saved = from_pretrained(name)
-        _, height, width = saved.pretrained_cfg["input_size"]
-        return saved.pretrained_cfg["architecture"], config.img_size or (height, width)
-    return name, config.img_size
+        scratch_architecture(config)   # ("hubclf_alexnet_slim", (448, 224)) for a saved 448×224 model
+    """
+    ref = ModelRef.parse(config.model)
+    if not ref.is_saved:
+        return config.model, config.img_size
+    from hubclf.hub import fetch_config  # the Hub client: only for a saved model
+
+    saved = fetch_config(ref)
+    _, height, width = saved["pretrained_cfg"]["input_size"]
+    return saved["architecture"], config.img_size or (height, width)
 
 
 def compare(
@@ -176,9 +177,8 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
-    from hubclf.hub import check_repo_id
-    from hubclf.train.loop import load_training_data
     from hubclf.train.preflight import preflight_checks
+    from hubclf.train.setup import load_training_data
 
     strategies = parse_strategies(strategies)
     lrs, grids = dict(lrs or {}), {**LR_GRIDS, **{k: tuple(v) for k, v in (lr_grids or {}).items()}}
@@ -383,13 +383,11 @@ def _write_json(result: CompareResult) -> None:
         "hub_url": result.hub_url,
         "runs": [dataclasses.asdict(run) for run in result.runs],
     }
-    atomic_write_text(result.json_path, json.dumps(values, indent=2) + "\n")
+    atomic_write_json(result.json_path, values)
 
 
 def card_section(result: CompareResult) -> dict[str, Any]:
     """The winner's "Why this strategy" card section: the whole comparison table."""
-    from hubclf.train.strategy import wilson_interval
-
     rows = []
     for run in result.runs:
         low, high = wilson_interval(round(run.val_top1 * result.eval_images), result.eval_images)
@@ -410,11 +408,11 @@ def card_section(result: CompareResult) -> dict[str, Any]:
 
 def publish_best(result: CompareResult, repo_id: str, *, private: bool = False) -> str:
     """Add the comparison to the winner's card, then push its best model to ``repo_id``; returns the commit URL."""
-    from hubclf.hub import push_to_hub
-    from hubclf.train.strategy import add_card_section
+    from hubclf.hub import push_to_hub, update_card
 
     best = result.best
-    add_card_section(best.best_model_dir, card_section(result), hyperparameters={"strategy": best.strategy})
+    section = card_section(result)
+    update_card(best.best_model_dir, hyperparameters={"strategy": best.strategy}, extra_config={"strategy": section})
     return push_to_hub(
         best.best_model_dir,
         repo_id,

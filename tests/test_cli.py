@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubclf import cli
+from hubclf.cli import commands as cli
 
 
 def fail_like_a_library(args):

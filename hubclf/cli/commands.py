@@ -1,7 +1,8 @@
 """The ``hubclf`` command line.
 
-Each sub-command lives in the module that implements it; this file only wires argparse to them,
-importing lazily so ``hubclf --help`` stays fast.
+Each sub-command lives in the module that implements it; this file only wires argparse to them, importing them
+lazily so ``hubclf --help`` prints before torch is imported. The train flags are defined once, in
+``hubclf.cli.train_flags``.
 
     hubclf convert alexnet-owt-7be5be79.pth out/model.safetensors --model hubclf_alexnet
 """
@@ -79,7 +80,7 @@ def _run_push(args: argparse.Namespace) -> int:
 
 # ---- train ---------------------------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from hubclf.train.config import add_train_arguments
+    from hubclf.cli.train_flags import add_train_arguments
 
     p = sub.add_parser(
         "train",
@@ -110,8 +111,8 @@ def _log_to_stderr() -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from hubclf.cli.train_flags import config_from_args
     from hubclf.train import TrainingInterrupted, train
-    from hubclf.train.config import config_from_args
 
     _log_to_stderr()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours to print
@@ -133,7 +134,7 @@ _LR_FIND_FLAGS = ("start_lr", "end_lr", "steps", "smoothing", "diverge_factor", 
 
 
 def _add_lr_find(sub: argparse._SubParsersAction) -> None:
-    from hubclf.train.config import add_train_arguments
+    from hubclf.cli.train_flags import LR_FIND_EXCLUDES, add_train_arguments
 
     p = sub.add_parser(
         "lr-find",
@@ -145,7 +146,7 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
         "minimum's LR / 10). Example: hubclf lr-find --model hubclf_alexnet --data photos/ --freeze backbone "
         "--output-dir out/",
     )
-    add_train_arguments(p, exclude=("--smoothing",))  # here --smoothing is the loss curve's, not label smoothing
+    add_train_arguments(p, exclude=LR_FIND_EXCLUDES)  # here --smoothing is the loss curve's, not label smoothing
     group = p.add_argument_group("LR range test")
     group.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     group.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
@@ -165,7 +166,7 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
 
 def _run_lr_find(args: argparse.Namespace) -> int:
     from hubclf.atomic import strict_json_dumps
-    from hubclf.train.config import config_from_args
+    from hubclf.cli.train_flags import config_from_args
     from hubclf.train.lr_find import lr_find
 
     train_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _LR_FIND_FLAGS})
@@ -194,8 +195,11 @@ def _run_lr_find(args: argparse.Namespace) -> int:
 
 
 # ---- compare ---------------------------------------------------------------------------------------------------
+_COMPARE_FLAGS = ("strategies", "lrs", "lr_search", "search_epochs", "in_process", "push_best", "json")
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from hubclf.train.config import IMG_SIZE_FLAG
+    from hubclf.cli.train_flags import COMPARE_EXCLUDES, add_train_arguments
 
     p = sub.add_parser(
         "compare",
@@ -204,66 +208,55 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "backbone at lr x 0.1; staged: head first, unfrozen after max(1, epochs//4) epochs; scratch: the same "
         "architecture from random weights), all with the same epochs, batch size and seed, each with its own "
         "learning rate: --lr fixes it, otherwise the best of a 3-value grid after --search-epochs short runs. "
+        "Every other hubclf train flag applies to every run. "
         "Prints a table (val top-1, wall time, images/s, peak RSS), writes OUTPUT_DIR/compare.json and "
         "compare.png. Example: hubclf compare --model hf-hub:me/base --data photos/ --epochs 5 "
         "--strategies head,finetune,scratch --output-dir cmp/",
     )
-    p.add_argument("--model", help="timm/hubclf architecture, 'hf-hub:user/repo' or a saved model directory")
-    p.add_argument("--data", help="imagefolder directory, Hub dataset id, labels .csv or save_to_disk directory")
-    p.add_argument("--output-dir", help="a new folder: one hubclf train run per strategy, compare.json, compare.png")
-    p.add_argument(
+    group = p.add_argument_group("comparison")
+    group.add_argument(
         "--strategies", default="head,finetune,staged,scratch", help="comma-separated (default: %(default)s)"
     )
-    p.add_argument("--epochs", type=int, help="epochs of every strategy's run (default: 5)")
-    p.add_argument(
+    group.add_argument(
         "--lr",
         dest="lrs",
         help="fixed learning rates, e.g. head=3e-2,finetune=1e-3 (a bare 1e-3 fixes all); the others are searched",
     )
-    p.add_argument(
+    group.add_argument(
         "--lr-search",
         choices=("grid", "lr-find"),
         default="grid",
         help="how an unfixed LR is chosen: grid = best val top-1 of 3 LRs after --search-epochs each; lr-find = "
         "hubclf lr-find's suggestion (one LR range test, faster) (default: grid)",
     )
-    p.add_argument("--search-epochs", type=int, default=1, help="epochs of each grid-search run (default: 1)")
-    p.add_argument("--batch-size", type=int, help="images per step, the same for every strategy (default: 32)")
-    p.add_argument("--img-size", **IMG_SIZE_FLAG, help="input size H W, e.g. 448 224, or one SIZE for a square")
-    p.add_argument("--weights", help="local pretrained weights file for an architecture name")
-    p.add_argument("--crop-pct", type=float, help="eval transform's centre-crop fraction (1.0 keeps the whole image)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no train augmentation")
-    p.add_argument("--val-split", type=float, help="held-out fraction when the data has no validation split")
-    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, help="the seed of every run (default: 42)")
-    p.add_argument("--config", help="YAML/JSON file of other hubclf train settings shared by every run")
-    p.add_argument(
+    group.add_argument("--search-epochs", type=int, default=1, help="epochs of each grid-search run (default: 1)")
+    group.add_argument(
         "--in-process",
         action="store_true",
         help="run everything in this process (faster start; peak RSS is then this process's peak so far)",
     )
-    p.add_argument("--push-best", metavar="REPO_ID", help="push the winner's best model, with the table in its card")
-    p.add_argument("--private", action="store_true", help="create the --push-best repo as private")
-    p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
+    group.add_argument(
+        "--push-best", metavar="REPO_ID", help="push the winner's best model, with the table in its card"
+    )
+    group.add_argument("--json", action="store_true", help="print compare.json instead of the table")
+    add_train_arguments(
+        p,
+        exclude=COMPARE_EXCLUDES,
+        helps={
+            "--output-dir": "a new folder: one hubclf train run per strategy, compare.json, compare.png",
+            "--private": "create the --push-best repo as private",
+        },
+    )
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from hubclf.cli.train_flags import config_from_args
     from hubclf.compare import compare, format_table, parse_lrs, parse_strategies
-    from hubclf.train.config import TrainConfig
 
     strategies = parse_strategies(args.strategies)
-    given = {
-        key: getattr(args, key)
-        for key in ("model", "data", "output_dir", "epochs", "batch_size", "img_size", "weights", "crop_pct",
-                    "augment", "val_split", "num_workers", "seed")
-        if getattr(args, key) is not None
-    }  # fmt: skip
-    given["hub_private"] = args.private
-    if args.config:
-        config = TrainConfig.from_file(args.config, **given)
-    else:
-        config = TrainConfig.from_dict(given, source="the command line (or pass --config)")
+    train_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _COMPARE_FLAGS})
+    config = config_from_args(train_flags)
     with _messages_on_stderr("hubclf.compare", "hubclf compare: %(message)s", level="INFO"):
         result = compare(
             config,
@@ -481,7 +474,7 @@ def _run_app(args: argparse.Namespace) -> int:
 
 # ---- export ----------------------------------------------------------------------------------------------------
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from hubclf.train.config import IMG_SIZE_FLAG
+    from hubclf.cli.train_flags import IMG_SIZE_FLAG
 
     p = sub.add_parser(
         "export",
@@ -561,7 +554,7 @@ def _versions() -> str:
     """hubclf's version and those of the libraries a bug report needs, read without importing them."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from hubclf import __version__
+    from hubclf._version import __version__
 
     def installed(name: str) -> str:
         try:
@@ -640,8 +633,8 @@ def _one_line(error: BaseException, limit: int = 2000) -> str:
     """The error message on one line: tokens and signed URLs redacted, whitespace runs (Hub errors span several
     lines) collapsed, control characters escaped (messages may quote an untrusted file), at most ``limit`` characters.
     """
-    from hubclf.config_check import printable
     from hubclf.logs import redact
+    from hubclf.text import printable
 
     message = " ".join(redact(str(error)).split()) or type(error).__name__
     if not type(error).__module__.startswith(("builtins", "hubclf")):
