@@ -68,6 +68,21 @@ def pages_with_examples() -> list[Path]:
     return [page for page in doc_pages() if any(b.lang in ("python", "pycon") for b in code_blocks(page))]
 
 
+def prose_names(path: Path) -> list[tuple[str, str]]:
+    """(where, name) of every dotted ``hubclf.x.y`` name in a code span of the prose (outside code blocks)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for block in code_blocks(path):  # blank out the fences and the code, keeping the line numbers
+        for i in range(block.line - 2, min(len(lines), block.line + len(block.code.splitlines()))):
+            lines[i] = ""
+    text = "\n".join(lines)
+    found = []
+    for span in re.finditer(r"(?<!`)`([^`]+)`(?!`)", text):  # a span may run over a line break
+        number = text.count("\n", 0, span.start()) + 1
+        for name in re.findall(r"(?<![\w/.-])hubclf(?:\.[A-Za-z_]\w*)+", span[1]):
+            found.append((f"{path.relative_to(REPO_ROOT)}:{number}", name))
+    return found
+
+
 # ---- hubclf command lines in shell blocks -------------------------------------------------------------------------
 _SHELL_LANGS = ("bash", "sh", "shell", "console")
 _UNRESOLVED = re.compile(r"\$[({\w]|`|[<>*?]")  # variables, command substitution, redirections, globs

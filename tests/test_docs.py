@@ -40,6 +40,7 @@ from tests.docs_examples import (
     hubclf_command_lines,
     make_photos,
     pages_with_examples,
+    prose_names,
 )
 from tests.hub_fixtures import point_hub_clients_at
 from tests.hubserver import HubServer
@@ -130,6 +131,29 @@ def _run_doctest(block, namespace: dict) -> None:
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test, out=report.append, clear_globs=False)
     assert runner.failures == 0, f"{block.where}: the pycon block's output differs\n" + "".join(report)
+
+
+# ---- names in the prose -------------------------------------------------------------------------------------------
+_NAMES = [found for page in doc_pages() for found in prose_names(page)]
+
+
+@pytest.mark.parametrize(("where", "name"), _NAMES, ids=[f"{where}:{name}" for where, name in _NAMES])
+def test_hubclf_names_in_the_prose_exist(where: str, name: str):
+    """`hubclf.train.lr_find.lr_find` in a sentence names a module or an object that must exist: imported (the
+    longest importable prefix), then looked up attribute by attribute."""
+    import importlib
+
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:end]))
+            break
+        except ModuleNotFoundError as error:
+            if error.name not in {".".join(parts[:i]) for i in range(2, end + 1)}:
+                raise  # a module of the name exists but imports something missing: say so
+    for attribute in parts[end:]:
+        assert hasattr(found, attribute), f"{where}: `{name}` does not exist (no {attribute!r} in {found!r})"
+        found = getattr(found, attribute)
 
 
 # ---- hubclf command lines -----------------------------------------------------------------------------------------
