@@ -39,10 +39,8 @@ def usage(parser: argparse.ArgumentParser) -> str:
 def describe(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     formatter = argparse.HelpFormatter(parser.prog, width=WIDTH)
     text = formatter._expand_help(action) if action.help else ""
-    if action.choices and not isinstance(action, argparse._SubParsersAction):
-        choices = ", ".join(f"`{choice}`" for choice in action.choices)
-        if not all(str(choice) in text for choice in action.choices):
-            text += f" Choices: {choices}."
+    if action.choices and "{" not in invocation(parser, action):  # a metavar hides the choices: list them
+        text += " Choices: " + ", ".join(f"`{choice}`" for choice in action.choices) + "."
     takes_value = action.nargs != 0
     default = action.default
     if takes_value and "default" not in text.lower() and default not in (None, argparse.SUPPRESS, [], ()):
