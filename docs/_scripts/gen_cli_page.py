@@ -56,8 +56,8 @@ def invocation(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 def arguments(parser: argparse.ArgumentParser) -> list[str]:
     lines = []
     for group in parser._action_groups:
-        actions = [a for a in group._group_actions
-                   if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]  # fmt: skip
+        hidden = (argparse._HelpAction, argparse._SubParsersAction)  # -h; the commands get their own sections
+        actions = [a for a in group._group_actions if a.help != argparse.SUPPRESS and not isinstance(a, hidden)]
         if not actions:
             continue
         title = group.title or "arguments"
