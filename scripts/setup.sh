@@ -36,6 +36,6 @@ if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.
     "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
 
-EXTRAS=${HUBCLF_EXTRAS:-test,transformers,app,export,plots}
+EXTRAS=${HUBCLF_EXTRAS:-test,transformers,app,export,plots,docs}
 echo "[setup] installing hubclf[$EXTRAS] (editable)"
 "$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"

@@ -6,5 +6,8 @@ bash scripts/setup.sh
 bash tests/olah/install.sh   # olah (the independent read-only Hub server) lives in its own venv
 bash scripts/install-browser.sh   # headless Chromium + chromedriver (apt) for the hubclf app browser test
 .venv/bin/python -m ruff check hubclf tests scripts
+# The documentation site, into site/: any warning (a broken link or anchor, a page left out of the nav, a docstring
+# mkdocstrings cannot render) fails. The two variables silence banners that plugins print about MkDocs' future.
+NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true .venv/bin/python -m mkdocs build --strict --quiet
 # Everything is offline: Hub traffic only ever goes to servers the tests start on 127.0.0.1.
 exec env HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest "$@"
