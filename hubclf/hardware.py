@@ -4,7 +4,7 @@
     precision, why = choose_mixed_precision("cpu")       # "bf16" only where the CPU is measurably faster in bf16
     optimizer_kwargs = fused_optimizer_kwargs("adamw", torch.device("cpu"))   # {"fused": True}
 
-Why each matters (measured on CPU, torch 2.14, AlexNet at 448×224, see the README's "Speed" section):
+Why each matters (measured on CPU, torch 2.14, AlexNet at 448×224, see docs/performance.md):
 
 - bf16 autocast is 14× *slower* than fp32 for AlexNet training on a CPU without AVX-512 (no bf16 kernels), and
   may be faster on CPUs with AVX-512 BF16 or AMX. So it is used by default only where the CPU has the

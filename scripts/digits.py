@@ -3,7 +3,7 @@
 ``sklearn.datasets.load_digits`` ships 1797 real 8×8 greyscale digits (no download). This writes them upscaled to
 SIZE×SIZE PNGs in ``OUT/{train,validation}/<digit>/<index>.png`` (a stratified 80/20 split, seed 0) and prints
 the validation accuracy of ``sklearn.svm.SVC()`` (RBF kernel, default settings) trained on the raw 8×8 pixels of
-the train part: the figure that ``hubclf train`` with default flags is compared with (README, "Recipes").
+the train part: the figure that ``hubclf train`` with default flags is compared with (docs/recipes.md).
 
     python scripts/digits.py /tmp/digits --size 32
     hubclf train --model hubclf_alexnet_slim --no-pretrained --data /tmp/digits --img-size 64 64 --epochs 15 ...

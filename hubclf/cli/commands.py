@@ -220,6 +220,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--lr",
         dest="lrs",
+        metavar="LR",
         help="fixed learning rates, e.g. head=3e-2,finetune=1e-3 (a bare 1e-3 fixes all); the others are searched",
     )
     group.add_argument(

@@ -175,7 +175,7 @@ def add_train_arguments(
         help="stop the run after this many optimizer steps in a row with a NaN/inf loss or gradient (each skipped)",
     )
 
-    add = adder("recipes (default: chosen from the data and logged; see README 'Recipes')")
+    add = adder("recipes (default: chosen from the data and logged; see docs/recipes.md)")
     add("--augment", choices=AUGMENT_CHOICES, help="augmentation preset: none, light (small data), default, strong")
     add("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     add("--hflip", type=float, help="horizontal flip probability (0 for digits and text)")

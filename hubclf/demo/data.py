@@ -135,8 +135,10 @@ def generate(
     ``scale`` is a key of :data:`SPECS` (``"full"`` or ``"smoke"``). An existing non-empty ``root`` is an error
     unless ``overwrite=True``, so that stale images never mix with new ones.
 
-    >>> generate("/tmp/demo/target", kind="target", scale="smoke")["counts"]["train"]["circle_and_star"]
-    2
+    Example::
+
+        counts = generate("/tmp/demo/target", kind="target", scale="smoke")["counts"]
+        counts["train"]["circle_and_star"]   # 2
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -104,7 +104,7 @@ def _eval_when_frozen(module: nn.Module, args: tuple) -> None:
 
 
 def param_counts(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts, e.g. ``(32776, 57036360)`` for a frozen 8-class AlexNet."""
+    """``(trainable, total)`` parameter counts, e.g. ``(32776, 57036616)`` for a frozen 8-class AlexNet."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total

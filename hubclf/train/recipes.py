@@ -240,7 +240,7 @@ def choose_recipe(config: TrainConfig, data: ImageClassificationData, profile: D
             why = (
                 "frozen backbone: fixed inputs let its features be computed once and reused (an epoch then takes "
                 "well under a second instead of a pass through the backbone), and augmenting did not make the "
-                "linear head more accurate on small data (README 'Recipes'); pass --augment light to augment anyway"
+                "linear head more accurate on small data (docs/recipes.md); pass --augment light to augment anyway"
             )
         elif profile.median_per_class < SMALL_DATA_IMAGES_PER_CLASS:
             preset = "light"
