@@ -10,11 +10,10 @@ from hubclf import (
     models,  # noqa: F401  (registers hubclf_* architectures with timm)
     train,  # a callable package: hubclf.train(TrainConfig(...))
 )
+from hubclf._version import __version__
 from hubclf.hub import from_pretrained, push_to_hub, save_pretrained
 from hubclf.models import freeze, param_counts, unfreeze
 from hubclf.train import TrainConfig
-
-__version__ = "0.1.0"
 
 __all__ = [
     "freeze",
