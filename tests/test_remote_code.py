@@ -325,3 +325,58 @@ def test_without_hubclf_transformers_loads_the_pushed_model_with_trust_remote_co
     for label, score in theirs.items():
         assert score == pytest.approx(ours[label], abs=1e-5), label
 
+
+# ---- hubclf._timm_hook: timm knows hubclf's architectures without `import hubclf` -----------------------------------
+# The hook module is loaded from its file, so that nothing imports the hubclf package before timm does.
+HOOK_SCRIPT = r"""
+import importlib.util, json, os, sys, warnings
+spec = importlib.util.spec_from_file_location("timm_hook_under_test", sys.argv[1])
+hook = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(hook)
+scenario = sys.argv[2]
+if scenario == "broken":
+    sys.modules["hubclf.models"] = None  # `import hubclf.models` raises ImportError
+hook.install()
+hook.install()
+finders = sum(isinstance(f, hook._TimmFinder) for f in sys.meta_path)
+assert "hubclf" not in sys.modules
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import timm
+report = {"finders": finders, "registered": timm.is_model("hubclf_alexnet_slim"),
+          "warnings": [str(w.message) for w in caught if "hubclf" in str(w.message)]}
+if scenario == "opt-out":  # a later install() without the opt-out registers at once: timm is already imported
+    del os.environ[hook.OPT_OUT]
+    hook.install()
+    report["registered_later"] = timm.is_model("hubclf_alexnet_slim")
+print(json.dumps(report))
+"""
+
+
+def run_hook_scenario(scenario: str, **env: str) -> dict:
+    hook_file = Path(hubclf.__file__).parent / "_timm_hook.py"
+    environment = {**os.environ, **env}
+    run = subprocess.run(
+        [sys.executable, "-c", HOOK_SCRIPT, str(hook_file), scenario],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_timm_hook_registers_hubclf_when_timm_is_imported():
+    assert run_hook_scenario("normal") == {"finders": 1, "registered": True, "warnings": []}
+
+
+@pytest.mark.slow
+def test_timm_hook_opt_out_and_install_after_timm():
+    report = run_hook_scenario("opt-out", HUBCLF_NO_TIMM_HOOK="1")
+    assert report == {"finders": 0, "registered": False, "warnings": [], "registered_later": True}
+
+
+@pytest.mark.slow
+def test_timm_hook_failure_is_a_warning_and_timm_still_imports():
+    report = run_hook_scenario("broken")
+    assert report["finders"] == 1 and not report["registered"]
+    assert len(report["warnings"]) == 1 and "could not register its models with timm" in report["warnings"][0]
