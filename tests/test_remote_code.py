@@ -250,6 +250,22 @@ def test_with_hubclf_imported_both_transformers_paths_load_and_timm_wrapper_is_u
     assert timm.models.model_entrypoint(ARCH).__module__ == "hubclf.models.alexnet"
 
 
+def test_auto_model_gives_hubclfs_pooled_features(use_hub, new_repo_id, saved):
+    from transformers import AutoModel
+
+    repo_id = new_repo_id("features")
+    push_to_hub(saved, repo_id, token=use_hub.token)
+    features = AutoModel.from_pretrained(repo_id, trust_remote_code=True).eval()
+    assert type(features).__name__ == "TimmWrapperModel" and type(features).__module__.endswith(".modeling_hubclf")
+    model = from_pretrained(repo_id).eval()
+    with torch.inference_mode():
+        outputs = features(pixel_values=fixed_input())
+        expected = model.forward_features(fixed_input())
+        torch.testing.assert_close(outputs.last_hidden_state, expected, rtol=0, atol=1e-5)
+        pooled = model.forward_head(expected, pre_logits=True)
+        torch.testing.assert_close(outputs.pooler_output, pooled, rtol=0, atol=1e-5)
+
+
 # Runs in `python -I -S` with the venv's site-packages added by hand: the packages are all there, but the editable
 # install's .pth (which makes hubclf importable) is never processed, and neither PYTHONPATH nor the cwd is on the path.
 CLEAN_ENVIRONMENT_SCRIPT = r"""
