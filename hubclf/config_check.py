@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ DTYPE_BYTES = {
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
 PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+# `auto_map` sends transformers (with trust_remote_code=True) to the modeling file hubclf writes next to a hubclf
+# architecture (hubclf.remote_code). hubclf never runs it, and reads `auto_map` as data only: it may name classes of
+# the repo's own modeling_hubclf.py for these auto classes, nothing else (no other file, no "owner/repo--" code).
+AUTO_MAP_CLASSES = ("AutoModel", "AutoModelForImageClassification")
+AUTO_MAP_TARGET = re.compile(r"modeling_hubclf\.[A-Za-z_][A-Za-z0-9_]{0,99}")
 TEXT_FIELDS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag", "first_conv",
                "classifier", "license", "description", "origin_url", "paper_name")  # fmt: skip
 
@@ -276,6 +282,8 @@ def validate_config(
     problems += _label_descriptions_problems(config.get("label_descriptions"))
     if "hubclf" in config and not isinstance(config["hubclf"], dict):
         problems.append("'hubclf' (the model card metadata) must be an object")
+    if "auto_map" in config:
+        problems += _auto_map_problems(config["auto_map"], architecture)
 
     if not problems and tensor_shapes is not None and timm.is_model(architecture):
         problems += _shape_problems(tensor_shapes, architecture, num_classes, in_chans)
@@ -409,6 +417,20 @@ def _model_args_problems(
     if "drop_rate" in model_args and not (_is_number(model_args["drop_rate"]) and 0 <= model_args["drop_rate"] < 1):
         problems.append(f"model_args.drop_rate must be a number in [0, 1), got {short(model_args['drop_rate'])}")
     return problems, in_chans if _is_int(in_chans) else None
+
+
+def _auto_map_problems(auto_map: Any, architecture: str) -> list[str]:
+    if not architecture.startswith("hubclf_"):
+        return [f"auto_map is only written for hubclf architectures, not for {short(architecture)}"]
+    if not isinstance(auto_map, dict) or not auto_map:
+        return [f"auto_map must be an object naming the classes of modeling_hubclf.py, got {short(auto_map)}"]
+    unknown = sorted(set(auto_map) - set(AUTO_MAP_CLASSES))
+    if unknown:
+        return [f"auto_map has entries {shorts(unknown[:5])}; only {list(AUTO_MAP_CLASSES)} are allowed"]
+    elsewhere = {k: v for k, v in auto_map.items() if not (isinstance(v, str) and AUTO_MAP_TARGET.fullmatch(v))}
+    if elsewhere:
+        return [f"auto_map may only name classes of this repo's modeling_hubclf.py, got {short(elsewhere)}"]
+    return []
 
 
 def _size_problems(

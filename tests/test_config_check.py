@@ -226,6 +226,15 @@ CASES = [
      "model.safetensors", r"tensor '.*' data_offsets \[\d+, \d+\] lie outside the \d[\d,]* data bytes"),
     ("safetensors_too_short", rewrite_weights(lambda data: b"\x01\x02"),
      "model.safetensors", r"is 2 bytes, too short for a safetensors header"),
+    # auto_map is data hubclf never runs; it may only point transformers at the repo's own modeling_hubclf.py
+    ("auto_map_other_repo", edit_config(set_in("auto_map.AutoModelForImageClassification", "evil/x--modeling.Evil")),
+     "config.json", r"auto_map may only name classes of this repo's modeling_hubclf.py, got \{'AutoModelFor"),
+    ("auto_map_other_file", edit_config(set_in("auto_map.AutoModel", "evil_code.Model")),
+     "config.json", r"auto_map may only name classes of this repo's modeling_hubclf.py"),
+    ("auto_map_other_auto_class", edit_config(set_in("auto_map.AutoTokenizer", "modeling_hubclf.Tokenizer")),
+     "config.json", r"auto_map has entries \['AutoTokenizer'\]; only \['AutoModel', 'AutoModelForImageClass"),
+    ("auto_map_not_an_object", edit_config(set_in("auto_map", "modeling_hubclf.Model")),
+     "config.json", r"auto_map must be an object naming the classes of modeling_hubclf.py, got 'modeling_hubclf"),
 ]  # fmt: skip
 CLI_CASES = {  # a representative subset also goes through `hubclf predict` (all of them would only repeat the loads)
     "img_size_huge", "num_classes_1e13", "num_classes_vs_head", "in_chans_vs_first_conv", "model_args_unknown",
@@ -268,6 +277,8 @@ TIMM_CASES = [  # a plain timm architecture (any timm model loads): classifier a
      r"model_args \['img_size'\] are not accepted"),
     ("global_pool_evil", edit_config(set_in("model_args.global_pool", "evil")),
      r"model_args.global_pool must be one of \(.*'token', 'map'\), got 'evil'"),
+    ("auto_map", edit_config(set_in("auto_map", {"AutoModel": "modeling_hubclf.TimmWrapperModel"})),
+     r"auto_map is only written for hubclf architectures, not for 'test_resnet'"),
 ]  # fmt: skip
 
 

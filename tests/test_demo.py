@@ -76,6 +76,7 @@ def test_smoke_run_pushed_the_base_and_the_winner_with_model_cards(smoke_run):
     assert set(_git(base_repo, "ls-tree", "--name-only", "main").split()) == {
         ".gitattributes", "README.md", "config.json", "model.safetensors",
         "confusion_matrix.png", "training_curves.png",  # hubclf train's pictures, shown in the card
+        "modeling_hubclf.py",  # hubclf.remote_code: loads with transformers' trust_remote_code=True, without hubclf
     }  # fmt: skip
     published = summary["published"]
     winner_repo = models / published["repo_id"]

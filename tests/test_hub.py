@@ -30,6 +30,7 @@ from hubclf.hub import from_pretrained, push_to_hub, save_pretrained, update_car
 from tests.hub_fixtures import point_hub_clients_at, set_hub_offline
 
 ARCH = "hubclf_alexnet_slim"
+MODELING = "modeling_hubclf.py"  # hubclf.remote_code: a hubclf architecture's folder and repo carry it
 IMG_SIZE = (96, 64)  # H×W, deliberately not square so a swapped H/W shows up
 LABELS = ["daisy", "rose", "tulip"]
 CARD_KWARGS = dict(
@@ -92,7 +93,8 @@ def saved(model, tmp_path_factory) -> Path:
 
 # ---- save_pretrained: files, config, card ---------------------------------------------------------------------
 def test_save_writes_exactly_three_files_with_bare_timm_keys(model, saved):
-    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    # plus modeling_hubclf.py, which transformers loads without hubclf (tests/test_remote_code.py)
+    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "config.json", "model.safetensors", MODELING]
     tensors = load_file(saved / "model.safetensors")
     assert set(tensors) == set(model.state_dict())
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
@@ -190,7 +192,7 @@ def pictured(model, tmp_path_factory) -> Path:
 
 def test_pictures_are_saved_listed_and_shown_in_the_card(pictured):
     assert sorted(p.name for p in pictured.iterdir()) == [
-        "README.md", "config.json", "confusion_matrix.png", "model.safetensors", "training_curves.png",
+        "README.md", "config.json", "confusion_matrix.png", "model.safetensors", MODELING, "training_curves.png",
     ]  # fmt: skip
     assert json.loads((pictured / "config.json").read_text())["hubclf"]["images"] == [
         "confusion_matrix.png", "training_curves.png",
@@ -250,7 +252,7 @@ def test_update_card_copies_the_weights_where_hard_links_fail(pictured, tmp_path
     monkeypatch.setattr(os, "link", no_hard_links)
     update_card(folder, epoch_metrics=[{"epoch": 1, "val_top1": 0.5}], images={})
     assert (folder / "model.safetensors").read_bytes() == (pictured / "model.safetensors").read_bytes()
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", MODELING]
 
 
 def test_push_uploads_the_pictures_the_card_shows(use_hub, new_repo_id, pictured, tmp_path):
@@ -337,6 +339,8 @@ def test_unknown_architecture_is_explained(saved, tmp_path, architecture, messag
         (tmp_path / name).write_bytes((saved / name).read_bytes())
     config = json.loads((saved / "config.json").read_text())
     config["architecture"] = architecture
+    if not architecture.startswith("hubclf_"):
+        del config["auto_map"]  # hubclf writes it for its own architectures only (config_check refuses it elsewhere)
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         from_pretrained(tmp_path)
@@ -381,7 +385,9 @@ def test_push_is_one_commit_and_loads_three_ways(use_hub, new_repo_id, model, ca
     api = HfApi(token=hub.token)
     sha = url.rstrip("/").split("/")[-1]
     assert url.endswith(f"{repo_id}/commit/{sha}")
-    assert sorted(api.list_repo_files(repo_id)) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert sorted(api.list_repo_files(repo_id)) == [
+        ".gitattributes", "README.md", "config.json", "model.safetensors", MODELING,
+    ]  # fmt: skip
     commits = api.list_repo_commits(repo_id)
     assert commits[0].commit_id == sha and len(commits) == 2  # the repo's initial commit + exactly one upload
 
