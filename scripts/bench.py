@@ -22,6 +22,7 @@ auto picked bf16. The input pipeline alone (decode + transform, no model) is mea
     python scripts/bench.py --device cuda --mixed-precision bf16 --images-per-class 64
     python scripts/bench.py modes --batch-size 8             # per-step cost of the three modes (hubclf only)
     python scripts/bench.py --smoke                          # tiny sizes: checks that everything runs
+    python scripts/bench.py startup                          # hubclf --help and import hubclf, against torch + timm
 
 ``modes`` is the older per-step comparison of the three ways to train on a pretrained backbone (images per second
 of one step, and the activations autograd keeps for backward), through hubclf's ``apply_stage`` + ``batch_logits``.
@@ -399,7 +400,7 @@ def _machine(args: argparse.Namespace) -> str:
         isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
         device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {' '.join(isa) or 'no AVX'}"
     return (f"device: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"mixed precision {args.mixed_precision or 'no'}")
+            f"mixed precision {getattr(args, 'mixed_precision', None) or 'no'}")
 
 
 # ---- `modes`: per-step cost of the three ways to train on a pretrained backbone --------------------------------
@@ -474,6 +475,34 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+# ---- start-up: from the command to its first output --------------------------------------------------------------
+STARTUP_COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "python -c 'import torch, timm'": [sys.executable, "-c", "import torch, timm"],
+    "python -c 'import hubclf'": [sys.executable, "-c", "import hubclf"],
+    "hubclf --help": [sys.executable, "-m", "hubclf.cli", "--help"],
+    "hubclf train --help": [sys.executable, "-m", "hubclf.cli", "train", "--help"],
+}
+
+
+def startup_main(args: argparse.Namespace) -> None:
+    """Wall time of each command, ``--repeats`` runs interleaved (the machine's load changes alike for all), with the
+    median and the ratio to ``python -c 'import torch, timm'``, the floor of anything that trains."""
+    times: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))}
+    for _ in range(args.repeats):
+        for name, command in STARTUP_COMMANDS.items():
+            started = time.perf_counter()
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - started)
+    floor = statistics.median(times["python -c 'import torch, timm'"])
+    print(f"start-up, {args.repeats} interleaved runs each ({_machine(args)})")
+    print(f"{'command':34} {'median':>9} {'min':>9}  vs import torch, timm")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        print(f"{name:34} {median:8.3f}s {min(runs):8.3f}s  {median / floor:5.2f}x")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -505,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--batch-size", type=int, default=4)
     modes.add_argument("--steps", type=int, default=3)
 
+    startup = sub.add_parser("startup", help="start-up time: hubclf --help, import hubclf, against import torch, timm")
+    startup.add_argument("--repeats", type=int, default=10)
+    startup.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
     worker = sub.add_parser("_worker")  # one measurement, in its own process (internal)
     worker_flags = ("--side", "--task", "--model", "--mode", "--data", "--device", "--mixed-precision")
     for flag in (*worker_flags, "--hubclf-precision"):
@@ -518,13 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("e2e", "modes", "_worker", "-h", "--help"):
+    if not argv or argv[0] not in ("e2e", "modes", "startup", "_worker", "-h", "--help"):
         argv = ["e2e", *argv]
     args = build_parser().parse_args(argv)
     if args.command == "_worker":
         worker_main(args)
     elif args.command == "modes":
         modes_main(args)
+    elif args.command == "startup":
+        startup_main(args)
     else:
         if args.smoke:
             args.img_size, args.images_per_class, args.vgg_images_per_class = [96, 64], 2, 1

@@ -37,3 +37,14 @@ def test_smoke_run_compares_every_mode_against_the_plain_loop(tmp_path):
         assert row["peer_pipeline_img_s"] > 0 and row["hubclf_pipeline_img_s"] > 0
         assert 0 <= row["hubclf_val_top1"] <= 1 and 0 <= row["peer_val_top1"] <= 1
     assert rows[0]["hubclf_rss_vs_full"] == 1.0
+
+
+def test_startup_rows_are_measured_against_the_import_of_torch_and_timm():
+    run = subprocess.run([sys.executable, "scripts/bench.py", "startup", "--repeats", "1"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    rows = {line[:34].strip(): line.split() for line in lines[2:]}
+    assert set(rows) == {"python -c pass", "python -c 'import torch, timm'", "python -c 'import hubclf'",
+                         "hubclf --help", "hubclf train --help"}  # fmt: skip
+    assert rows["python -c 'import torch, timm'"][-1] == "1.00x"  # the reference row
