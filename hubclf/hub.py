@@ -149,11 +149,7 @@ def save_pretrained(
     }
     metadata = to_strict_json(metadata)  # a diverged run's NaN/inf metrics are stored as null
     _check_json("hyperparameters/eval_results/epoch_metrics", metadata)
-    extra_config = dict(extra_config or {})
-    clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
-    if clashes:
-        raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
-    _check_json("extra_config", extra_config)
+    extra_config = _checked_extra_config(extra_config)
     # Remote code (hubclf.remote_code): config.json's auto_map points transformers at modeling_hubclf.py.
     extra_config.update(auto_map_entries(model.pretrained_cfg.get("architecture", "")))
 
@@ -212,12 +208,7 @@ def update_card(
         metadata["base_model"] = base_model
     metadata = to_strict_json(metadata)
     _check_json("the card's record", metadata)
-    extra_config = dict(extra_config or {})
-    clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
-    if clashes:
-        raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
-    _check_json("extra_config", extra_config)
-    config.update(extra_config, hubclf=metadata)
+    config.update(_checked_extra_config(extra_config), hubclf=metadata)
     config.update(auto_map_entries(config["architecture"]))  # remote code: a folder saved before it gets it too
     kept_images = [] if images is not None else list(metadata.get("images") or [])
     with staged_dir(save_dir) as tmp:
@@ -682,6 +673,16 @@ def _check_images(images: dict[str, bytes], where: str = "images") -> list[str]:
         if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
             raise ValueError(f"{where}: {name!r} is not PNG data")
     return sorted(images)
+
+
+def _checked_extra_config(extra_config: dict | None) -> dict:
+    """A copy of ``extra_config`` that sets none of the keys hubclf and timm own and holds only JSON."""
+    extra_config = dict(extra_config or {})
+    clashes = sorted(RESERVED_CONFIG_KEYS & set(extra_config))
+    if clashes:
+        raise ValueError(f"extra_config may not set {clashes}: hubclf writes those keys itself")
+    _check_json("extra_config", extra_config)
+    return extra_config
 
 
 def _check_json(what: str, value: Any) -> None:
