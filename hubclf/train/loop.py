@@ -61,6 +61,7 @@ from hubclf.train.setup import (
     build_loaders,
     build_optimizer,
     create_model,
+    decode_device_plan,
     feature_sets,
     image_datasets,
     load_training_data,
@@ -219,6 +220,10 @@ class _Run:
         if config.compile:
             model.compile()  # in place: the module, its state_dict keys and timm's methods stay as they are
         train_images, eval_images = image_datasets(config, data, model, recipe, accelerator.num_processes)
+        # Where JPEGs are decoded: printed, and recorded in the run's settings (config.decode_device).
+        self.config, decode_choice = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+        config = self.config
+        logger.info(decode_choice)
         stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]
         frozen_fingerprint = weights_fingerprint(model) if HEAD in stages else None
         fault_point("train.model_created")

@@ -32,6 +32,15 @@ from torch.utils.data import DataLoader
 
 from hubclf._faults import fault_point
 from hubclf.data.dataset import ImageClassificationDataset, PixelCache
+from hubclf.data.gpu_decode import (
+    DeviceDecodeLoader,
+    DevicePreprocess,
+    RawImages,
+    choose_decode_device,
+    collate_raw,
+    cpu_decode_rate,
+    model_step_rate,
+)
 from hubclf.data.images import TensorEvalTransform, build_transforms
 from hubclf.data.splits import ImageClassificationData, load_image_dataset
 from hubclf.data.streaming import ImageStream, StreamLoader
@@ -428,10 +437,58 @@ def build_loaders(
     )
     if isinstance(train_set, ImageStream):  # split across processes by the stream itself, not by Accelerate
         return StreamLoader(train_set, device, **loader_args), StreamLoader(eval_set, device, **loader_args)
+    # --decode-device cuda: the workers read bytes, the GPU decodes (stages.prepare_stage wraps the loaders).
+    train_set, eval_set = device_decoded(train_set, config, device), device_decoded(eval_set, config, device)
+    raw = {"collate_fn": collate_raw} if isinstance(train_set, RawImages) else {}
+    raw_eval = {"collate_fn": collate_raw} if isinstance(eval_set, RawImages) else {}
     return (
-        DataLoader(train_set, sampler=sampler, batch_size=config.batch_size, **loader_args),
-        DataLoader(eval_set, shuffle=False, batch_size=config.batch_size, **loader_args),
+        DataLoader(train_set, sampler=sampler, batch_size=config.batch_size, **raw, **loader_args),
+        DataLoader(eval_set, shuffle=False, batch_size=config.batch_size, **raw_eval, **loader_args),
     )
+
+
+def decode_device_plan(
+    config: TrainConfig, model: nn.Module, train_images: Any, eval_images: Any, device: torch.device
+) -> tuple[TrainConfig, str]:
+    """``config`` with ``decode_device`` decided (``cpu`` or ``cuda``), and the log line that says why: on a CUDA
+    device, the splits with fixed inputs are decoded there when the CPU decodes slower than the model steps
+    (``hubclf.data.gpu_decode.choose_decode_device``; rates measured only then).
+
+        config, why = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+    """
+    fixed = [
+        images for images in (train_images, eval_images)
+        if isinstance(images, ImageClassificationDataset) and isinstance(images.transform, TensorEvalTransform)
+    ]  # fmt: skip
+    if not fixed or config.feature_cache_mode != "off":
+        choice, why = "cpu", "features are cached" if fixed else "no split has fixed inputs, or the data streams"
+    else:
+        input_size = tuple(fixed[0].input_size)
+        frozen = config.freeze == FREEZE_BACKBONE
+
+        def step(x: torch.Tensor) -> None:
+            with torch.set_grad_enabled(not frozen):
+                output = model(x)
+                if not frozen:
+                    output.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        choice, why = choose_decode_device(
+            config.decode_device, device,
+            cpu_rate=lambda: cpu_decode_rate(fixed[0], workers=max(1, int(config.num_workers))),
+            step_rate=lambda: model_step_rate(step, input_size, config.batch_size, device),
+        )  # fmt: skip
+    line = f"--decode-device {config.decode_device}: {choice} ({why})"
+    return dataclasses.replace(config, decode_device=choice), line
+
+
+def device_decoded(images: Any, config: TrainConfig, device: torch.device) -> Any:
+    """``images`` as raw bytes for the GPU path when ``config.decode_device`` is ``cuda`` and its inputs are fixed."""
+    if config.decode_device != "cuda" or not isinstance(images, ImageClassificationDataset):
+        return images
+    if not isinstance(images.transform, TensorEvalTransform):
+        return images
+    return RawImages(images, DevicePreprocess(images.transform, device))
 
 
 def skip_batches(accelerator: Any, loader: Any, sampler: Any, epoch: int, batches: int) -> Any:
@@ -441,4 +498,6 @@ def skip_batches(accelerator: Any, loader: Any, sampler: Any, epoch: int, batche
     if isinstance(sampler, ImageStream):
         sampler.start_epoch(epoch, skip_batches=batches)
         return loader
+    if isinstance(loader, DeviceDecodeLoader):
+        return DeviceDecodeLoader(accelerator.skip_first_batches(loader.loader, batches)) if batches else loader
     return accelerator.skip_first_batches(loader, batches) if batches else loader
