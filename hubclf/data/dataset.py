@@ -82,6 +82,11 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     ) -> None:
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        if hasattr(dataset, "shards"):  # a hubclf.data.streaming.StreamSplit
+            raise ValueError(
+                "streamed data (WebDataset, parquet shards, --streaming) is read in order, shard by shard; this reads "
+                "images at random: give an image folder, a saved dataset or a Hub dataset without --streaming"
+            )
         if cache_pixels and not isinstance(transform, TensorEvalTransform):
             raise ValueError(f"cache_pixels needs a fixed (eval) transform, got {transform!r}")
         # decode=False hands us the raw bytes/path, so that decoding failures are ours to handle.

@@ -106,9 +106,18 @@ def find_empty_class_folders(data: str) -> list[str]:
     def visible(path: Path) -> bool:  # datasets skips hidden files and folders, and __pycache__-like ones
         return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
-    images = [p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file() and visible(p)]
-    class_roots = {image.parent.parent for image in images if image.parent != root}
-    with_images = {parent for image in images for parent in image.parents}
+    # One walk, keeping folders only: a list of every image path would hold a million Path objects at 1M images.
+    class_roots, with_images = set(), set()
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if not name.startswith((".", "__"))]  # hidden: not walked
+        folder = Path(folder)
+        if any(
+            Path(name).suffix.lower() in extensions and not name.startswith((".", "__")) and (folder / name).is_file()
+            for name in files
+        ):
+            with_images.update([folder, *folder.parents])
+            if folder != root:
+                class_roots.add(folder.parent)
     empty = [
         folder
         for class_root in class_roots

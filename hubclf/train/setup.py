@@ -266,11 +266,6 @@ def image_dataset(
 
         train_images = image_dataset(config, data, data.train, train_transform, data_config["input_size"], False)
     """
-    if is_stream_split(split):
-        raise ValueError(
-            f"streamed data (--data {config.data}) is read in order, shard by shard; this command reads images at "
-            "random: give an image folder, a saved dataset or a Hub dataset without --streaming"
-        )
     return ImageClassificationDataset(
         split,
         data.image_column,
@@ -296,6 +291,8 @@ def image_streams(
 
         train_images, eval_images = image_streams(config, data, (train_tf, eval_tf), (3, 224, 224))
     """
+    if config.balanced_sampler:
+        raise ValueError("--balanced-sampler draws images at random, with replacement: not with streamed data")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     common = dict(
         batch_size=config.batch_size, seed=config.seed, num_workers=int(config.num_workers),
