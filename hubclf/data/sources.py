@@ -39,6 +39,11 @@ def open_dataset(
 
     source = data if isinstance(data, DataSource) else DataSource.parse(data, labels=labels)
     data = source.text
+    if source.is_stream:  # read shard by shard by hubclf.data.streaming, never loaded whole
+        raise ValueError(
+            f"--data {data} is streamed data ({source.kind}); this command loads a dataset whole: give an image "
+            "folder, a saved dataset or a Hub dataset without --streaming"
+        )
     if path_column is not None and source.kind != "csv":
         raise ValueError("--path-column names a column of a labels CSV: give the CSV with --data or --labels")
     if source.kind == "csv":
