@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from hubclf.data.sources import open_dataset
 from hubclf.data.splits import load_image_dataset
 from hubclf.data.streaming import ImageStream, batches_before, expand_braces, slot_pieces
 from hubclf.refs import DataSource
@@ -48,6 +49,8 @@ def test_data_names_its_streamed_kinds_once():
     with pytest.raises(ValueError, match="--streaming reads a Hub dataset"):
         DataSource.parse("./photos/", streaming=True)
     assert expand_braces("s-{08..10}.tar") == ["s-08.tar", "s-09.tar", "s-10.tar"]
+    with pytest.raises(ValueError, match="is streamed data"):  # eval/predict load a split whole
+        open_dataset("wds:shards/train-0.tar")
 
 
 def test_tar_and_parquet_shards_give_the_same_samples_and_labels(shards):
