@@ -103,5 +103,5 @@ def test_a_run_on_the_device_path_trains_and_evaluates_from_raw_bytes(tmp_path, 
                          cache_features="off", cache_images="off", val_split=0.34, warmup_epochs=0)  # fmt: skip
     result = train(config)
     assert "--decode-device auto: cuda (forced by the test)" in caplog.text
-    assert sum(seen) == 8 + 4  # every train and eval image went through the device path once
-    assert result.final_metrics["num_samples"] == 4
+    assert sum(seen) == 7 + 5  # every train and eval image went through the device path once
+    assert result.final_metrics["num_samples"] == 5  # 0.34 of 12, stratified: 5 held out, 7 trained
