@@ -71,6 +71,7 @@ def test_two_machines_train_resume_after_one_dies_and_push_one_model(tmp_path, u
     dies = {**env, "HUBCLF_FAULT_POINT": "train.step:3", "HUBCLF_FAULT_RANK": "1"}
     killed = two_machines(tmp_path / "run", data, "--push-to-hub", repo_id, env=dies, timeout=120)
     assert killed[1][0] != 0 and killed[0][0] != 0
+    assert killed[0][0] != -signal.SIGKILL  # machine 0 stopped by itself (gloo saw its peer go), not by the timeout
     assert not (tmp_path / "run" / "final").exists()
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "trainer_state.json").is_file()
 
