@@ -70,3 +70,40 @@ def test_a_stream_killed_mid_epoch_resumes_where_it_stopped_bit_identical(tmp_pa
     actual = load_file(tmp_path / "killed" / "final" / "model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_a_frozen_run_on_a_stream_extracts_its_features_once_into_shards(tmp_path, wds, monkeypatch):
+    from hubclf.cli import main
+
+    monkeypatch.setattr("hubclf.train.features.SHARD_ROWS", 8)  # 20 train samples: 3 shards
+    args = [*TRAIN_ARGS[:TRAIN_ARGS.index("--save-every-steps")], "--num-workers", "2", "--freeze", "backbone",
+            "--no-augment", "--data", f"wds:{wds}", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "out" / "feature_cache").glob("*/manifest.json")]
+    assert sorted((m["rows"], len(m["shards"])) for m in manifests) == [(4, 1), (20, 3)]
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_num_samples"] for m in metrics] == [4, 4]
+
+
+def test_a_hub_dataset_trains_with_streaming(tmp_path, use_hub, new_repo_id):
+    import datasets
+
+    from hubclf.cli import main
+
+    repo_id = new_repo_id("stream-train")
+    rows = samples(3, 15)
+    features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=["r", "g", "b"]))
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": data, "path": None} for _, _, data in rows], "label": [label for _, label, _ in rows]},
+        features=features,
+    )
+    datasets.DatasetDict(train=split.select(range(12)), validation=split.select(range(12, 15))).push_to_hub(
+        repo_id, token=use_hub.token, num_shards={"train": 2, "validation": 1}
+    )
+    args = [*TRAIN_ARGS[:TRAIN_ARGS.index("--save-every-steps")], "--num-workers", "0", "--epochs", "1",
+            "--data", repo_id, "--streaming", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "out" / "best" / "config.json").read_text())
+    assert saved["label_names"] == ["r", "g", "b"]
+    paths = [request.path for request in use_hub.requests]
+    assert any(f"/datasets/{repo_id}/resolve/" in path and path.endswith(".parquet") for path in paths)
