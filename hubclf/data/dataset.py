@@ -100,7 +100,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.input_size = tuple(input_size)
         # Labels are read once (no images decoded), as one int64 array (8 bytes a row, not a Python int each); the
         # images are read a batch of rows at a time.
-        self.labels = np.asarray(label_values(self.dataset, label_column), dtype=np.int64)
+        labels = np.asarray(label_values(self.dataset, label_column))
+        self.labels = labels.astype(np.int64) if labels.dtype.kind in "iub" else labels  # eval may match names
         # (seed, epoch) in shared memory: persistent DataLoader workers see each new epoch's value (-1: unseeded).
         self._augmentation_seed = torch.full((2,), -1, dtype=torch.int64).share_memory_()
         self.pixel_cache = PixelCache(len(self.labels), self.input_size, cache_rows) if cache_pixels else None
@@ -150,7 +151,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 pixels, valid = torch.zeros(self.input_size), False  # zeros = the mean image after normalisation
             else:
                 pixels, valid = self._transform(image, index), True
-        return {"pixel_values": pixels, "labels": int(self.labels[index]), "index": index, "valid": valid}
+        return {"pixel_values": pixels, "labels": self.labels[index].item(), "index": index, "valid": valid}
 
     def _transform(self, image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
         cache = self.pixel_cache

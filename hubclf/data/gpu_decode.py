@@ -170,7 +170,7 @@ class RawImages(torch.utils.data.Dataset):
                         data = f.read()
                 except OSError:
                     data = None
-            rows.append({"raw": data, "labels": int(self.labels[index]), "index": int(index), "valid": True})
+            rows.append({"raw": data, "labels": self.labels[index].item(), "index": int(index), "valid": True})
         return rows
 
     def describe(self, index: int) -> str:
