@@ -109,7 +109,7 @@ def add_train_arguments(
         help="read a Hub dataset shard by shard instead of downloading it first (WebDataset .tar and parquet shards, "
         "wds:PATH or parquet:PATH, always stream)",
     )
-    add("--shuffle-buffer", type=int, help="streamed data: samples shuffled together in each block (default: 512)")
+    add("--shuffle-buffer", type=int, help="streamed data: samples shuffled together in each block")
     add(
         "--decode-device",
         choices=DECODE_DEVICES,
