@@ -6,10 +6,12 @@ thing everywhere (a bare ``owner/name`` is a Hub repo to ``train`` as it is to `
     ModelRef.parse("out/best").kind                # "folder"
     DataSource.parse("photos/").kind               # "folder" (an image folder, or a save_to_disk folder)
     DataSource.parse("user/flowers@v2").revision   # "v2"
+    DataSource.parse("wds:shards/train-{000..009}.tar").kind   # "webdataset" (streamed, shard by shard)
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 HF_HUB_PREFIX, LOCAL_DIR_PREFIX = "hf-hub:", "local-dir:"  # timm's spellings
+WDS_PREFIX, PARQUET_PREFIX = "wds:", "parquet:"
+STREAM_KINDS = ("webdataset", "parquet", "hub-stream")  # read shard by shard (hubclf.data.streaming)
+_SHARD_SUFFIXES = {".tar": "webdataset", ".parquet": "parquet"}
 CONFIG_NAME = "config.json"
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")  # what datasets.save_to_disk writes
 
@@ -163,9 +168,13 @@ class DataSource:
 
     ``kind`` is ``"folder"`` (an image folder: one subfolder of images per class), ``"saved"`` (a
     ``datasets.save_to_disk`` folder), ``"csv"`` (a labels CSV of ``path,label`` rows; with ``labels``, a CSV whose
-    paths start in the ``data`` folder) or ``"hub"`` (a Hub dataset id, ``user/name[@revision]``).
+    paths start in the ``data`` folder) or ``"hub"`` (a Hub dataset id, ``user/name[@revision]``); or one of the
+    streamed kinds (``STREAM_KINDS``): ``"webdataset"`` (``wds:PATH``, or a ``.tar`` file, a folder of them, a glob or
+    ``{000..009}`` range), ``"parquet"`` (``parquet:PATH``, or a ``.parquet`` file, folder or glob) and
+    ``"hub-stream"`` (a Hub dataset id with ``streaming=True``). A stream's ``labels`` CSV maps sample keys to labels.
 
         DataSource.parse("photos/", labels="labels.csv").kind   # "csv"
+        DataSource.parse("user/flowers", streaming=True).kind   # "hub-stream"
     """
 
     text: str
@@ -176,15 +185,29 @@ class DataSource:
     labels: Path | None = None
 
     @classmethod
-    def parse(cls, text: str | os.PathLike, labels: str | os.PathLike | None = None) -> DataSource:
+    def parse(
+        cls, text: str | os.PathLike, labels: str | os.PathLike | None = None, streaming: bool = False
+    ) -> DataSource:
         """Fails at once on a ``--data`` that names no existing path and cannot be a Hub dataset id, before a run
         spends time on anything else; what exists is read and checked later (``hubclf.data.sources``)."""
         text = os.fspath(text)
+        labels_path = Path(labels).expanduser() if labels is not None else None
+        for prefix, kind in ((WDS_PREFIX, "webdataset"), (PARQUET_PREFIX, "parquet")):
+            if text.startswith(prefix):
+                return cls(text=text, kind=kind, path=Path(text.removeprefix(prefix)).expanduser(), labels=labels_path)
         path = Path(text).expanduser()
+        shard_kind = _shard_kind(path)
+        if shard_kind is not None:
+            return cls(text=text, kind=shard_kind, path=path, labels=labels_path)
+        if streaming and (path.exists() or looks_like_a_path(text)):
+            raise ValueError(
+                f"--streaming reads a Hub dataset; --data {text} is local: WebDataset (.tar) and parquet shards "
+                "always stream, an image folder is read as it is"
+            )
         if labels is not None:
             if not path.is_dir():
                 raise ValueError(f"--labels {labels} needs --data to be the folder its paths start from; got {text}")
-            return cls(text=text, kind="csv", path=path, labels=Path(labels).expanduser())
+            return cls(text=text, kind="csv", path=path, labels=labels_path)
         if path.is_dir():
             saved = any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS)
             return cls(text=text, kind="saved" if saved else "folder", path=path)
@@ -194,13 +217,19 @@ class DataSource:
             return cls(text=text, kind="csv", path=path)
         if path.exists():
             raise ValueError(
-                f"--data {text} is a file; give an image folder, a labels .csv, a saved dataset directory or a Hub id"
+                f"--data {text} is a file; give an image folder, a labels .csv, a saved dataset directory, "
+                ".tar/.parquet shards or a Hub id"
             )
         repo_id, revision = split_revision(text)
         # huggingface_hub's own id rules also refuse "photos/", a missing folder's most likely spelling.
         if text.startswith((".", "/", "~")) or not is_valid_repo_id(repo_id):
             raise FileNotFoundError(f"--data {text}: no such directory (and it does not look like a Hub dataset id)")
-        return cls(text=text, kind="hub", repo_id=repo_id, revision=revision)
+        return cls(text=text, kind="hub-stream" if streaming else "hub", repo_id=repo_id, revision=revision)
+
+    @property
+    def is_stream(self) -> bool:
+        """Read shard by shard, never whole (``hubclf.data.streaming``)."""
+        return self.kind in STREAM_KINDS
 
     @property
     def display_name(self) -> str:
@@ -209,9 +238,32 @@ class DataSource:
 
             DataSource.parse("photos/").display_name   # "photos (local image folder)"
         """
-        if self.kind == "hub":
+        if self.kind in ("hub", "hub-stream"):
             return self.repo_id
+        if self.kind in ("webdataset", "parquet"):
+            what = "WebDataset" if self.kind == "webdataset" else "parquet"
+            name = self.path.resolve().name if self.path.exists() else self.path.name
+            return f"{name} (local {what} shards)"
         if self.kind == "csv":
             return f"{(self.labels or self.path).resolve().name} (local labels CSV)"
         what = "saved dataset" if self.kind == "saved" else "local image folder"
         return f"{self.path.resolve().name} ({what})"
+
+
+def _shard_kind(path: Path) -> str | None:
+    """``"webdataset"``/``"parquet"`` for a ``.tar``/``.parquet`` file, glob or brace range, or a folder that
+    holds such shards (at its top or one level down, e.g. ``train/`` and ``validation/``) and no saved dataset."""
+    text = str(path)
+    suffix = next((s for s in _SHARD_SUFFIXES if text.lower().endswith(s)), None)
+    if suffix is not None and (path.is_file() or any(c in text for c in "*?[{")):
+        return _SHARD_SUFFIXES[suffix]
+    if not path.is_dir() or any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+        return None
+    found = set()
+    folders = [path, *(p for p in itertools.islice(path.iterdir(), 1000) if p.is_dir() and not p.name.startswith("."))]
+    for folder in folders[:64]:
+        # A few entries of each folder tell: a class folder of an image folder may hold a million images.
+        for child in itertools.islice(folder.iterdir(), 100):
+            if child.suffix.lower() in _SHARD_SUFFIXES and child.is_file():
+                found.add(_SHARD_SUFFIXES[child.suffix.lower()])
+    return found.pop() if len(found) == 1 else None

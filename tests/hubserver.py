@@ -48,7 +48,8 @@ endpoints under ``/api/datasets/{repo_id}/...``, ``/datasets/{repo_id}.git/info/
 ``paths-info``, then ``resolve``) and ``Dataset.push_to_hub`` call. Their routes are ``_DATASET_API_ROUTES``, built from
 the model routes by ``_dataset_routes``; handlers read the repo type from ``_Request.repo_type``.
 
-``resolve`` answers a regular file with 200, ``ETag: "<git blob sha>"``, ``X-Repo-Commit`` and ``Content-Length``;
+``resolve`` (and the LFS storage) honour ``Range: bytes=...`` with 206, as the Hub does; otherwise it answers a
+regular file with 200, ``ETag: "<git blob sha>"``, ``X-Repo-Commit`` and ``Content-Length``;
 an LFS file with a 302 to the storage server plus ``X-Linked-Etag: "<sha256>"``, ``X-Linked-Size`` and
 ``X-Repo-Commit``; a missing file with 404 ``X-Error-Code: EntryNotFound`` (with ``X-Repo-Commit``).
 
@@ -1038,14 +1039,31 @@ class HubServer:
                             "X-Linked-Size": str(entry.size)})  # fmt: skip
             return _Response(302, b"", headers)
         headers["ETag"] = f'"{entry.oid}"'
-        return _Response(200, repo.read_file(entry), headers)
+        return _ranged(request, _Response(200, repo.read_file(entry), headers))
 
     def _storage_download(self, request: _Request, repo_id: str, oid: str) -> _Response:
         self._check_signature(request, "GET", repo_id, oid)
         path = self.repo(repo_id, request.repo_type).lfs_object_path(oid)
         if not path.exists():
             raise HubError(404, "No such object")
-        return _Response(200, path.read_bytes(), {"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"})
+        headers = {"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"}
+        return _ranged(request, _Response(200, path.read_bytes(), headers))
+
+
+def _ranged(request: _Request, response: _Response) -> _Response:
+    """A ``Range: bytes=A-B`` (or ``A-``, ``-N``) request gets 206 and those bytes, as from the Hub and its storage:
+    ``HfFileSystem`` reads a parquet file's footer, then its row groups, this way (``--streaming``)."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", "").strip())
+    if match is None or not any(match.groups()):
+        return response
+    size = len(response.body)
+    first, last = match.groups()
+    start, stop = (size - int(last), size) if not first else (int(first), min(size, int(last) + 1) if last else size)
+    start = max(0, start)
+    if start >= size:
+        return _Response(416, b"", {"Content-Range": f"bytes */{size}"})
+    headers = {**response.headers, "Content-Range": f"bytes {start}-{stop - 1}/{size}", "Accept-Ranges": "bytes"}
+    return _Response(206, response.body[start:stop], headers)
 
 
 class _HubHTTPServer(ThreadingHTTPServer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,18 @@ def test_epoch_shuffle_is_a_permutation_drawn_from_seed_and_epoch_only():
     assert list(other_seed) != order
 
 
+
+
+def test_a_pixel_cache_over_its_budget_keeps_the_first_rows_and_decodes_the_rest(tmp_path):
+    make_image_folder(tmp_path, num_classes=2, per_class=3)
+    data = load_image_dataset(str(tmp_path), val_split=0.34, seed=0)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    plain = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    cached = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH),
+                                        cache_pixels=True, cache_rows=2)  # fmt: skip
+    assert cached.pixel_cache.nbytes == 2 * 3 * HEIGHT * WIDTH  # the budget's rows, never the split's
+    for _ in range(2):
+        for row in range(len(plain)):
+            assert torch.equal(cached[row]["pixel_values"], plain[row]["pixel_values"])
+    assert cached.pixel_cache.status.tolist() == [PixelCache.CACHED] * 2 + [PixelCache.UNKNOWN] * (len(plain) - 2)
+    assert isinstance(cached.labels, np.ndarray) and cached.labels.dtype == np.int64  # 8 bytes a row

@@ -73,7 +73,7 @@ def test_one_size_means_a_square_as_in_timm(tmp_path, capsys):
 
 
 def test_feature_cache_is_used_exactly_when_it_is_exact():
-    assert TrainConfig(**REQUIRED, freeze="backbone", augment=False).feature_cache_mode == "memory"
+    assert TrainConfig(**REQUIRED, freeze="backbone", augment=False).feature_cache_mode == "disk"
     assert TrainConfig(**REQUIRED, freeze="backbone").feature_cache_mode == "off"  # augmentation changes inputs
     assert TrainConfig(**REQUIRED, freeze="backbone", unfreeze_after=1, augment=False).feature_cache_mode == "off"
 

@@ -256,6 +256,7 @@ def test_two_processes_match_one_and_only_the_main_process_writes_and_pushes(
         "num_workers": 0,
         "seed": 0,
         "mixed_precision": "no",  # `auto` may pick bf16 on this CPU: 2×4 would then equal 1×8 only to bf16 precision
+        "feature_dtype": "float32",  # the one-process run caches features: stored as float16 they equal 2×4 to 1e-3
     }
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(settings))

@@ -172,7 +172,7 @@ def test_defaults_follow_the_data_and_say_why():
     assert any(d.startswith("augment light: 30 train images per class") for d in small.decisions)
     assert recipe_for(DataProfile([900, 800], False, 0.0)).config.augment == "default"
     frozen = recipe_for(freeze="backbone")
-    assert frozen.config.augment == "none" and frozen.config.feature_cache_mode == "memory"
+    assert frozen.config.augment == "none" and frozen.config.feature_cache_mode == "disk"
     assert any(d.startswith("augment none: frozen backbone") for d in frozen.decisions)
     assert recipe_for(freeze="backbone", unfreeze_after=1, epochs=2).config.augment == "light"
 

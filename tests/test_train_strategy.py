@@ -177,7 +177,7 @@ def test_auto_keeps_the_head_when_the_frozen_features_already_separate_the_class
     assert sorted(set(phases[:-4])) == sorted({"head_lr_0.003", "head_lr_0.009", "head_lr_0.03"} - {
         f"head_lr_{records[-1]['head_lr']:.3g}"})  # the two head LRs not chosen  # fmt: skip
     assert not (tmp_path / "out" / "phases" / "finetune").exists()  # the loser is not trained further
-    extracted = list((tmp_path / "out" / "phases" / "feature_cache").glob("*.safetensors"))
+    extracted = list((tmp_path / "out" / "phases" / "feature_cache").glob("*/manifest.json"))
     assert len(extracted) == 2  # train + eval features, extracted once for the three head LRs
 
     saved = json.loads((result.best_model_dir / "config.json").read_text())

@@ -20,6 +20,8 @@ from hubclf.train.config import (
     BAD_IMAGE_POLICIES,
     CACHE_MODES,
     CLASS_WEIGHT_CHOICES,
+    DECODE_DEVICES,
+    FEATURE_DTYPES,
     IMAGE_CACHE_MODES,
     MIXED_PRECISIONS,
     STRATEGIES,
@@ -46,7 +48,8 @@ LR_FIND_EXCLUDES = (
     "--channels-last", "--compile", "--max-nonfinite-steps", "--cache-images", "--cache-features",
     "--feature-cache-dir", "--strategy", "--unfreeze-after", "--smoothing", "--mixup", "--cutmix", "--class-weights",
     "--balanced-sampler", "--patience", "--model-ema", "--model-ema-decay", "--save-every-steps",
-    "--keep-checkpoints", "--resume", "--log-with", "--push-to-hub", "--private",
+    "--keep-checkpoints", "--resume", "--log-with", "--push-to-hub", "--private", "--feature-dtype", "--streaming",
+    "--shuffle-buffer", "--decode-device",
 )  # fmt: skip
 # Flags compare sets per strategy (the freezing), spells its own way (--lr per strategy, --push-best), or cannot
 # use (one compare is several runs: no --resume).
@@ -100,6 +103,19 @@ def add_train_arguments(
     add("--label-column", help="label column (default: the dataset's only ClassLabel feature, or a CSV's label/class)")
     add("--labels", help="CSV of path,label rows for the images in the --data folder (paths relative to that folder)")
     add("--path-column", help="the labels CSV's path column (default: path/file/filename/image/image_path...)")
+    add(
+        "--streaming",
+        action="store_true",
+        help="read a Hub dataset shard by shard instead of downloading it first (WebDataset .tar and parquet shards, "
+        "wds:PATH or parquet:PATH, always stream)",
+    )
+    add("--shuffle-buffer", type=int, help="streamed data: samples shuffled together in each block")
+    add(
+        "--decode-device",
+        choices=DECODE_DEVICES,
+        help="where JPEGs are decoded and resized: auto = on the GPU when this machine's CPU decodes slower than the "
+        "model trains (measured at the start, printed and recorded), else the CPU",
+    )
     add("--train-split", help="split to train on")
     add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")
     add("--val-split", type=float, help="fraction of the train split held out, stratified, when there is no eval split")
@@ -130,8 +146,18 @@ def add_train_arguments(
         type=float,
         help="backbone LR = lr x this, whenever the backbone trains (default: 0.1 when pretrained, 1 otherwise)",
     )
-    add("--cache-features", choices=CACHE_MODES, help="reuse frozen-backbone features across epochs (auto: in memory)")
-    add("--feature-cache-dir", help="where --cache-features disk stores them (default: OUTPUT_DIR/feature_cache)")
+    add(
+        "--cache-features",
+        choices=CACHE_MODES,
+        help="reuse frozen-backbone features across epochs: disk = shards read in place (auto), memory = loaded whole",
+    )
+    add("--feature-cache-dir", help="where cached features are stored (default: OUTPUT_DIR/feature_cache)")
+    add(
+        "--feature-dtype",
+        choices=FEATURE_DTYPES,
+        help="how cached features are stored: auto = bfloat16 under bf16 autocast (exact), else float16 where every "
+        "value fits it (half the disk, relative error <= 2^-11), else float32",
+    )
 
     add = adder("strategy")
     add(

@@ -29,6 +29,9 @@ class PixelCache:
     other's rows, because the storage is shared; a row's float pixels are then normalised from the uint8 copy by
     the same operations as without the cache, so the tensors are identical. ``nbytes`` is what it holds.
 
+    ``capacity`` bounds it: only the first ``capacity`` rows are kept (the budget's worth), the others are decoded
+    every epoch as without a cache, so a split larger than the budget still gains what fits and never takes more.
+
     Example::
 
         cache = PixelCache(len(split), (3, 448, 224))   # 0.3 MB per image at 448×224
@@ -36,13 +39,15 @@ class PixelCache:
 
     UNKNOWN, CACHED, BAD = 0, 1, 2
 
-    def __init__(self, rows: int, input_size: tuple[int, int, int]) -> None:
+    def __init__(self, rows: int, input_size: tuple[int, int, int], capacity: int | None = None) -> None:
+        self.capacity = rows if capacity is None else max(0, min(rows, capacity))
         # Created in shared memory, untouched: `torch.empty(...).share_memory_()` would copy the whole buffer in,
         # making every page resident in the creating process (the training process, which with loader workers
         # never reads them).
-        storage = torch.UntypedStorage._new_shared(self.nbytes_for(rows, input_size))
-        self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage).view(rows, *input_size)
-        self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()
+        storage = torch.UntypedStorage._new_shared(max(1, self.nbytes_for(self.capacity, input_size)))
+        self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage)[: self.nbytes_for(self.capacity, input_size)]
+        self.pixels = self.pixels.view(self.capacity, *input_size)
+        self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()  # one byte per row: bad images too
 
     @staticmethod
     def nbytes_for(rows: int, input_size: tuple[int, int, int]) -> int:
@@ -73,9 +78,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         on_bad_image: str = "skip",
         input_size: tuple[int, int, int] = (3, 224, 224),
         cache_pixels: bool = False,
+        cache_rows: int | None = None,
     ) -> None:
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        if hasattr(dataset, "shards"):  # a hubclf.data.streaming.StreamSplit
+            raise ValueError(
+                "streamed data (WebDataset, parquet shards, --streaming) is read in order, shard by shard; this reads "
+                "images at random: give an image folder, a saved dataset or a Hub dataset without --streaming"
+            )
         if cache_pixels and not isinstance(transform, TensorEvalTransform):
             raise ValueError(f"cache_pixels needs a fixed (eval) transform, got {transform!r}")
         # decode=False hands us the raw bytes/path, so that decoding failures are ours to handle.
@@ -87,11 +98,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.input_size = tuple(input_size)
-        # Labels are read once (no images decoded); the images are read a batch of rows at a time.
-        self.labels = label_values(self.dataset, label_column).tolist()
+        # Labels are read once (no images decoded), as one int64 array (8 bytes a row, not a Python int each); the
+        # images are read a batch of rows at a time.
+        labels = np.asarray(label_values(self.dataset, label_column))
+        self.labels = labels.astype(np.int64) if labels.dtype.kind in "iub" else labels  # eval may match names
         # (seed, epoch) in shared memory: persistent DataLoader workers see each new epoch's value (-1: unseeded).
         self._augmentation_seed = torch.full((2,), -1, dtype=torch.int64).share_memory_()
-        self.pixel_cache = PixelCache(len(self.labels), self.input_size) if cache_pixels else None
+        self.pixel_cache = PixelCache(len(self.labels), self.input_size, cache_rows) if cache_pixels else None
 
     @property
     def augmentation_seed(self) -> tuple[int, int] | None:
@@ -138,36 +151,48 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 pixels, valid = torch.zeros(self.input_size), False  # zeros = the mean image after normalisation
             else:
                 pixels, valid = self._transform(image, index), True
-        return {"pixel_values": pixels, "labels": self.labels[index], "index": index, "valid": valid}
+        return {"pixel_values": pixels, "labels": self.labels[index].item(), "index": index, "valid": valid}
 
     def _transform(self, image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
         cache = self.pixel_cache
         if cache is not None:  # a fixed transform: no augmentation seed to apply
             pixels = self.transform.pixels(image)
-            if tuple(pixels.shape) == tuple(cache.pixels.shape[1:]):
+            if index < cache.capacity and tuple(pixels.shape) == tuple(cache.pixels.shape[1:]):
                 cache.pixels[index] = pixels
                 cache.status[index] = PixelCache.CACHED  # after the pixels: a reader never sees a half-written row
             return self.transform.normalize(pixels)
-        augmentation_seed = self.augmentation_seed
-        if augmentation_seed is None:
-            return self.transform(image)
-        seed = int(np.random.SeedSequence([*augmentation_seed, index]).generate_state(1)[0])
-        # timm's crops draw from `random`, torchvision's flips from torch, timm's RandAugment from NumPy.
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed)
-            try:
-                return self.transform(image)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        return seeded_transform(self.transform, image, self.augmentation_seed, index)
 
     def describe(self, index: int) -> str:
         """Where row ``index`` comes from: its file path, or its row number for in-memory images."""
         value = self.dataset[int(index)][self.image_column]
         return value.get("path") or f"row {int(index)}"
+
+
+def seeded_transform(
+    transform: Callable[[Any], torch.Tensor], image: Any, augmentation_seed: tuple[int, int] | None, row: int
+) -> torch.Tensor:
+    """``transform(image)``, its random draws taken from ``(seed, epoch, row)`` when ``augmentation_seed`` is set.
+
+    Streams (``hubclf.data.streaming``) and ``ImageClassificationDataset`` share it, so a row's augmentation does
+    not depend on workers, processes or the batches before it. Example::
+
+        seeded_transform(train_tf, image, (0, 3), row=17)   # the same pixels whichever worker draws row 17
+    """
+    if augmentation_seed is None:
+        return transform(image)
+    seed = int(np.random.SeedSequence([*augmentation_seed, row]).generate_state(1)[0])
+    # timm's crops draw from `random`, torchvision's flips from torch, timm's RandAugment from NumPy.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            return transform(image)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 # ---- data order ------------------------------------------------------------------------------------------------
@@ -204,4 +229,12 @@ class EpochShuffleSampler(EpochSampler):
     """
 
     def __iter__(self):
-        yield from torch.randperm(self.rows, generator=self.epoch_generator()).tolist()
+        order = torch.randperm(self.rows, generator=self.epoch_generator())
+        yield from iter_ints(order)
+
+
+def iter_ints(values: torch.Tensor, block: int = 65536):
+    """The ints of a 1-D tensor, converted to Python a block at a time: ``tensor.tolist()`` would hold one Python
+    int per row (36 bytes each, 36 MB per million rows) for the whole epoch."""
+    for start in range(0, len(values), block):
+        yield from values[start : start + block].tolist()

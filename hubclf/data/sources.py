@@ -39,6 +39,11 @@ def open_dataset(
 
     source = data if isinstance(data, DataSource) else DataSource.parse(data, labels=labels)
     data = source.text
+    if source.is_stream:  # read shard by shard by hubclf.data.streaming, never loaded whole
+        raise ValueError(
+            f"--data {data} is streamed data ({source.kind}); this command loads a dataset whole: give an image "
+            "folder, a saved dataset or a Hub dataset without --streaming"
+        )
     if path_column is not None and source.kind != "csv":
         raise ValueError("--path-column names a column of a labels CSV: give the CSV with --data or --labels")
     if source.kind == "csv":
@@ -106,9 +111,18 @@ def find_empty_class_folders(data: str) -> list[str]:
     def visible(path: Path) -> bool:  # datasets skips hidden files and folders, and __pycache__-like ones
         return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
-    images = [p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file() and visible(p)]
-    class_roots = {image.parent.parent for image in images if image.parent != root}
-    with_images = {parent for image in images for parent in image.parents}
+    # One walk, keeping folders only: a list of every image path would hold a million Path objects at 1M images.
+    class_roots, with_images = set(), set()
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if not name.startswith((".", "__"))]  # hidden: not walked
+        folder = Path(folder)
+        if any(
+            Path(name).suffix.lower() in extensions and not name.startswith((".", "__")) and (folder / name).is_file()
+            for name in files
+        ):
+            with_images.update([folder, *folder.parents])
+            if folder != root:
+                class_roots.add(folder.parent)
     empty = [
         folder
         for class_root in class_roots

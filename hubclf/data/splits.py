@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 
 from hubclf.config_check import label_name_problems
 from hubclf.data.labels import (
@@ -23,6 +24,7 @@ from hubclf.data.labels import (
     normalize_labels,
 )
 from hubclf.data.sources import find_empty_class_folders, open_dataset
+from hubclf.refs import DataSource
 from hubclf.text import show_name
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
 class ImageClassificationData:
     """A train and an eval split that share one image column and one ``ClassLabel`` column."""
 
-    train: datasets.Dataset
+    train: datasets.Dataset  # or a hubclf.data.streaming.StreamSplit for streamed data
     eval: datasets.Dataset
     image_column: str
     label_column: str
@@ -62,6 +64,7 @@ def load_image_dataset(
     num_classes: int | None = None,
     labels: str | None = None,
     path_column: str | None = None,
+    streaming: bool = False,
 ) -> ImageClassificationData:
     """Load ``data`` and return checked train/eval splits, failing before any training on unusable data.
 
@@ -75,8 +78,16 @@ def load_image_dataset(
 
         data = load_image_dataset("photos/")   # photos/<class name>/<image>.jpg
         data.label_names, len(data.train), len(data.eval)
+
+    Streamed data (WebDataset or parquet shards, a Hub dataset with ``streaming=True``: ``hubclf.refs.STREAM_KINDS``)
+    comes back as ``hubclf.data.streaming.StreamSplit`` splits, after one pass over its labels.
     """
-    splits = open_dataset(data, labels=labels, path_column=path_column, label_column=label_column)
+    source = DataSource.parse(data, labels=labels, streaming=streaming)
+    if source.is_stream:
+        return _load_stream(source, image_column=image_column, label_column=label_column, train_split=train_split,
+                            eval_split=eval_split, val_split=val_split, seed=seed, num_classes=num_classes,
+                            path_column=path_column)  # fmt: skip
+    splits = open_dataset(source, path_column=path_column, label_column=label_column)
     if train_split not in splits:
         raise ValueError(f"{data} has no {train_split!r} split (splits: {list(splits)}); pass --train-split")
     train = splits[train_split]
@@ -129,6 +140,33 @@ def load_image_dataset(
         classes_without_train_images=untrained,
         empty_class_folders=empty_folders,
     )
+
+def _load_stream(source: DataSource, *, num_classes: int | None, **options) -> ImageClassificationData:
+    from hubclf.data.streaming import load_stream_data  # pyarrow and tarfile only for streamed data
+
+    stream = load_stream_data(source, num_classes=num_classes, **options)
+    names = stream.label_names
+    problems = label_name_problems(names, len(names))
+    if problems:
+        raise ValueError(f"{source.text}: class names " + "; ".join(problems))
+    check_classes(names, num_classes)
+    for split in (stream.train, stream.eval):
+        if len(split) == 0:
+            raise ValueError(f"the {split.name} split is empty")
+        check_label_range(split.labels, f"the labels of the {split.name} split", len(names))
+    counts = np.bincount(stream.train.labels, minlength=len(names))
+    untrained = [name for name, count in zip(names, counts, strict=True) if count == 0]
+    if untrained:
+        logger.warning(
+            "%d class(es) have no image in the train stream, so the model never learns them: %s",
+            len(untrained), ", ".join(map(show_name, untrained)),
+        )  # fmt: skip
+    return ImageClassificationData(
+        train=stream.train, eval=stream.eval, image_column=stream.image_column, label_column=stream.label_column,
+        label_names=names, source=source.text if source.labels is None else str(source.labels),
+        eval_split_name=stream.eval_split_name, classes_without_train_images=untrained,
+    )  # fmt: skip
+
 
 def find_eval_split(splits: datasets.DatasetDict, exclude: str | None = None) -> str | None:
     """The dataset's own evaluation split: the first of validation/valid/val/test it has (``None`` if none)."""

@@ -59,6 +59,7 @@ class TrainerState:
     lineage: list[str] = field(default_factory=list)
     nonfinite_in_a_row: int = 0  # optimizer steps skipped because the loss or a gradient was NaN/inf
     nonfinite_total: int = 0
+    stream_position: dict[str, Any] | None = None  # streamed data: each slot's shard and offset (data.streaming)
 
     def save(self, directory: Path) -> None:
         atomic_write_json(Path(directory) / STATE_FILE, dataclasses.asdict(self))

@@ -17,6 +17,8 @@ from typing import Any
 FREEZE_NONE = "none"
 FREEZE_BACKBONE = "backbone"
 CACHE_MODES = ("auto", "off", "memory", "disk")
+FEATURE_DTYPES = ("auto", "float32", "float16", "bfloat16")  # how cached features are stored (see train.features)
+DECODE_DEVICES = ("auto", "cpu", "cuda")  # where JPEGs are decoded and resized (hubclf.data.gpu_decode)
 IMAGE_CACHE_MODES = ("auto", "off")
 BAD_IMAGE_POLICIES = ("skip", "error")
 AUGMENT_CHOICES = ("auto", "none", "light", "default", "strong")  # presets: hubclf.train.recipes.AUGMENT_PRESETS
@@ -64,6 +66,9 @@ class TrainConfig:
     label_column: str | None = None
     labels: str | None = None  # a labels CSV for the images in the `data` folder
     path_column: str | None = None  # the labels CSV's path column
+    streaming: bool = False  # read a Hub dataset shard by shard (shards on disk always stream)
+    shuffle_buffer: int = 512  # a stream's shuffled block, in samples (hubclf.data.streaming)
+    decode_device: str = "auto"  # "auto": the GPU when the CPU decodes slower than the model steps
     train_split: str = "train"
     eval_split: str | None = None
     val_split: float = 0.1
@@ -78,6 +83,7 @@ class TrainConfig:
     backbone_lr_scale: float | None = None  # None: 0.1 for a pretrained backbone, 1.0 for random init
     cache_features: str = "auto"
     feature_cache_dir: str | None = None
+    feature_dtype: str = "auto"  # "auto": bf16 under bf16 autocast, else fp16 where every value fits, else fp32
 
     # Strategy: None keeps --freeze/--unfreeze-after as given; see staged_unfreeze_epoch for "staged".
     strategy: str | None = None
@@ -142,6 +148,12 @@ class TrainConfig:
                 )
         if self.cache_features not in CACHE_MODES:
             raise ValueError(f"cache_features must be one of {CACHE_MODES}, got {self.cache_features!r}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {self.feature_dtype!r}")
+        if self.decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {self.decode_device!r}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer is a number of samples, at least 1; got {self.shuffle_buffer}")
         if self.cache_images not in IMAGE_CACHE_MODES:
             raise ValueError(f"cache_images must be one of {IMAGE_CACHE_MODES}, got {self.cache_images!r}")
         # augment "auto" becomes "none" when features are cached on request (hubclf.train.recipes.choose_recipe).
@@ -262,9 +274,10 @@ class TrainConfig:
 
     @property
     def feature_cache_mode(self) -> str:
-        """``"off"``, ``"memory"`` or ``"disk"``, with ``"auto"`` resolved."""
+        """``"off"``, ``"memory"`` or ``"disk"``, with ``"auto"`` resolved: shards on disk, read in place, so a frozen
+        run's memory does not grow with the number of images (``hubclf.train.features``)."""
         if self.cache_features == "auto":
-            return "memory" if self.can_cache_features else "off"
+            return "disk" if self.can_cache_features else "off"
         return self.cache_features
 
     @classmethod

@@ -32,6 +32,7 @@ from hubclf._faults import fault_point
 from hubclf.atomic import restore_dir, to_strict_json
 from hubclf.data.dataset import ImageClassificationDataset
 from hubclf.data.splits import ImageClassificationData
+from hubclf.data.streaming import ImageStream
 from hubclf.hub import push_to_hub
 from hubclf.metrics import evaluate, format_metrics
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
@@ -60,10 +61,12 @@ from hubclf.train.setup import (
     build_loaders,
     build_optimizer,
     create_model,
+    decode_device_plan,
     feature_sets,
     image_datasets,
     load_training_data,
     resolve_hardware_defaults,
+    skip_batches,
 )
 from hubclf.train.stages import HEAD, batch_logits, prepare_stage, set_stage_modes, stage_for_epoch
 
@@ -217,6 +220,10 @@ class _Run:
         if config.compile:
             model.compile()  # in place: the module, its state_dict keys and timm's methods stay as they are
         train_images, eval_images = image_datasets(config, data, model, recipe, accelerator.num_processes)
+        # Where JPEGs are decoded: printed, and recorded in the run's settings (config.decode_device).
+        self.config, decode_choice = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+        config = self.config
+        logger.info(decode_choice)
         stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]
         frozen_fingerprint = weights_fingerprint(model) if HEAD in stages else None
         fault_point("train.model_created")
@@ -230,7 +237,8 @@ class _Run:
             )
             state.bad_images = sorted(set(train_set.bad_images + eval_set.bad_images))
             self._stop_if_requested("feature extraction")
-        sampler = recipe.train_sampler(dataset_labels(train_set))  # --balanced-sampler, else a (seed, epoch) shuffle
+        # --balanced-sampler, else a (seed, epoch) shuffle; a stream orders itself (shards, then blocks).
+        sampler = train_set if isinstance(train_set, ImageStream) else recipe.train_sampler(dataset_labels(train_set))
         train_loader, eval_loader = build_loaders(config, train_set, eval_set, sampler, accelerator.device)
         optimizer = build_optimizer(model, config, stages[0], accelerator.device)  # one for the whole run
         criterion, mixer = recipe.criterion(accelerator.device), recipe.mixer(data.num_classes)
@@ -256,6 +264,8 @@ class _Run:
                 f"{checkpoint} was trained on a different frozen backbone than --model {config.model} gives now "
                 "(head-stage checkpoints store the classifier only); resume with the original weights"
             )
+        if isinstance(parts.sampler, ImageStream):  # mid-epoch: the same plan, or one line saying what differs
+            parts.sampler.check_resume(saved.stream_position, saved.epoch, saved.batches_done)
         saved.bad_images = sorted(set(saved.bad_images + state.bad_images))
         if checkpoint.name not in saved.lineage[-1:]:  # checkpoints from before lineage was recorded
             saved.lineage.append(checkpoint.name)
@@ -304,11 +314,9 @@ class _Run:
         config, accelerator, optimizer = self.config, self.accelerator, stage.optimizer
         # Data order and augmentation depend on (seed, epoch) only, so a resumed epoch replays exactly.
         parts.sampler.start_epoch(epoch)
-        if isinstance(parts.train_set, ImageClassificationDataset) and parts.recipe.augments:
+        if hasattr(parts.train_set, "seed_augmentation") and parts.recipe.augments:
             parts.train_set.seed_augmentation(config.seed, epoch)
-        batches = stage.train_loader
-        if state.batches_done:
-            batches = accelerator.skip_first_batches(stage.train_loader, state.batches_done)
+        batches = skip_batches(accelerator, stage.train_loader, parts.sampler, epoch, state.batches_done)
         totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, count, correct
         lr = optimizer.param_groups[0]["lr"]  # the classifier's; reported as the epoch's last step used it
         bad_rows: list[int] = []
@@ -370,6 +378,7 @@ class _Run:
             if interrupted or (every and state.global_step % every == 0):
                 state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
                 totals.zero_()
+                _record_stream_position(parts, state, epoch)
                 path = save_checkpoint(accelerator, self.output_dir, state, config.keep_checkpoints)
                 if interrupted:
                     self._end_training()
@@ -459,6 +468,7 @@ class _Run:
                     fault_point("epoch.best_saved")
         if self.config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["epoch"])
+        _record_stream_position(parts, state, state.epoch)
         path = save_checkpoint(accelerator, output_dir, state, self.config.keep_checkpoints)
         fault_point("epoch.checkpointed")
         if self.stop.requested_on_any_process(accelerator):
@@ -584,13 +594,20 @@ def _add_totals(previous: dict[str, float], reduced: torch.Tensor) -> dict[str, 
     }
 
 
+def _record_stream_position(parts: _Parts, state: TrainerState, epoch: int) -> None:
+    """A stream's shard and offset per slot, in the checkpoint about to be written (``--resume`` checks them)."""
+    if isinstance(parts.sampler, ImageStream):
+        state.stream_position = parts.sampler.position(epoch, state.batches_done)
+
+
 def _collect_bad_images(
     train_images: Any, train_rows: list[int], eval_images: Any, eval_rows: list[int], known: list[str]
 ) -> list[str]:
-    """Gather every process's unreadable rows, and log the ones not reported before."""
+    """Gather every process's unreadable rows, and log the ones not reported before (a stream's placeholder rows,
+    index -1, are no images)."""
     train_rows = sorted(set(sum(gather_object([train_rows]), [])))
-    found = [train_images.describe(r) for r in train_rows if isinstance(train_images, ImageClassificationDataset)]
-    found += [eval_images.describe(r) for r in eval_rows if isinstance(eval_images, ImageClassificationDataset)]
+    found = [train_images.describe(r) for r in train_rows if r >= 0 and hasattr(train_images, "describe")]
+    found += [eval_images.describe(r) for r in eval_rows if r >= 0 and hasattr(eval_images, "describe")]
     new = sorted(set(found) - set(known))
     for where in new:
         logger.warning(f"skipped unreadable image: {where}")

@@ -29,7 +29,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from hubclf.atomic import atomic_write_text
-from hubclf.data.dataset import EpochSampler, EpochShuffleSampler
+from hubclf.data.dataset import EpochSampler, EpochShuffleSampler, iter_ints
 from hubclf.data.images import decode_image
 from hubclf.data.splits import ImageClassificationData
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
@@ -85,7 +85,10 @@ class DataProfile:
 
 
 def split_labels(split: datasets.Dataset, label_column: str) -> np.ndarray:
-    """The integer labels of a 🤗 split, in row order, without decoding any image."""
+    """The integer labels of a 🤗 split (or a stream's, from its label pass), in row order, without decoding any
+    image."""
+    if hasattr(split, "shards"):  # hubclf.data.streaming.StreamSplit
+        return split.labels
     return np.asarray(split.select_columns([label_column]).with_format("numpy")[label_column]).astype(np.int64)
 
 
@@ -101,9 +104,19 @@ def profile_data(data: ImageClassificationData, max_images: int = PROFILE_IMAGES
     if max_images <= 0:  # counts only: nothing decoded, nothing measured
         return DataProfile(counts.tolist(), greyscale=False, mirror_asymmetry=None)
     per_class = max(4, max_images // max(data.num_classes, 1))
-    rows_by_class = [np.flatnonzero(labels == c)[:per_class] for c in range(data.num_classes)]
+    # A stream is profiled on its first rows only (read in order; a class that starts late is not seen).
+    scan = labels[: 10 * max_images] if hasattr(data.train, "shards") else labels
+    rows_by_class = [np.flatnonzero(scan == c)[:per_class] for c in range(data.num_classes)]
     rows_by_class = [rows for rows in rows_by_class if len(rows)][: max(1, max_images // per_class)]
-    images = data.train.select_columns([data.image_column]).cast_column(data.image_column, datasets.Image(decode=False))
+    if hasattr(data.train, "shards"):  # a stream reads no row at random: profile its first images, in order
+        wanted = {int(row) for rows in rows_by_class for row in rows}
+        last = max(wanted) + 1
+        values = {row: value for row, value in data.train.read(_pieces_upto(data.train, last)) if row in wanted}
+        images = {row: {data.image_column: value} for row, value in values.items()}
+    else:
+        images = data.train.select_columns([data.image_column]).cast_column(
+            data.image_column, datasets.Image(decode=False)
+        )
     greyscale, class_images = True, []
     for rows in rows_by_class:
         pixels = []
@@ -117,6 +130,15 @@ def profile_data(data: ImageClassificationData, max_images: int = PROFILE_IMAGES
             pixels.append(rgb.mean(axis=2))
         class_images.append(pixels)
     return DataProfile(counts.tolist(), greyscale, mirror_asymmetry(class_images))
+
+
+def _pieces_upto(split: Any, last: int) -> list[tuple[int, int, int]]:
+    """A stream's rows ``[0, last)`` as ``(shard, start, stop)`` pieces."""
+    return [
+        (shard, 0, int(min(split.counts[shard], last - split.starts[shard])))
+        for shard in range(len(split.shards))
+        if split.starts[shard] < last
+    ]
 
 
 def mirror_asymmetry(class_images: list[list[np.ndarray]]) -> float | None:
@@ -446,14 +468,13 @@ class BalancedSampler(EpochSampler):
 
     def __iter__(self):
         draws = torch.multinomial(self.weights, self.rows, replacement=True, generator=self.epoch_generator())
-        yield from draws.tolist()
+        yield from iter_ints(draws)
 
 
 def dataset_labels(dataset: Any) -> np.ndarray:
-    """Labels of a train set in index order: an ``ImageClassificationDataset`` or a cached ``FeatureDataset``."""
-    if hasattr(dataset, "feature_set"):
-        return np.asarray(dataset.feature_set.labels, dtype=np.int64)
-    return split_labels(dataset.dataset, dataset.label_column)
+    """Labels of a train set in index order: an ``ImageClassificationDataset``, an ``ImageStream`` (canonical
+    order) or a cached ``FeatureDataset``; each holds them as one int64 array."""
+    return np.asarray(dataset.labels, dtype=np.int64)
 
 
 def ema_model(ema: ModelEmaV3, model: nn.Module) -> nn.Module:

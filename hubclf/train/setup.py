@@ -32,8 +32,18 @@ from torch.utils.data import DataLoader
 
 from hubclf._faults import fault_point
 from hubclf.data.dataset import ImageClassificationDataset, PixelCache
+from hubclf.data.gpu_decode import (
+    DeviceDecodeLoader,
+    DevicePreprocess,
+    RawImages,
+    choose_decode_device,
+    collate_raw,
+    cpu_decode_rate,
+    model_step_rate,
+)
 from hubclf.data.images import TensorEvalTransform, build_transforms
 from hubclf.data.splits import ImageClassificationData, load_image_dataset
+from hubclf.data.streaming import ImageStream, StreamLoader
 from hubclf.hardware import (
     choose_mixed_precision,
     default_num_workers,
@@ -44,12 +54,7 @@ from hubclf.hardware import (
 from hubclf.hub import from_pretrained
 from hubclf.refs import ModelRef
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
-from hubclf.train.features import (
-    FeatureDataset,
-    check_frozen_head,
-    feature_cache_key,
-    load_or_extract_features,
-)
+from hubclf.train.features import FeatureDataset, check_frozen_head, feature_cache_key, load_or_extract_features
 from hubclf.train.preflight import check_model_name
 from hubclf.train.recipes import Recipe
 from hubclf.train.safety import ignore_interrupts_in_worker
@@ -108,6 +113,7 @@ def load_training_data(config: TrainConfig) -> ImageClassificationData:
         num_classes=config.num_classes,
         labels=config.labels,
         path_column=config.path_column,
+        streaming=config.streaming,
     )
 
 
@@ -253,9 +259,10 @@ def transforms_for(model: nn.Module, recipe: Recipe) -> tuple[dict[str, Any], An
 
 
 def image_dataset(
-    config: TrainConfig, data: ImageClassificationData, split: Any, transform: Any, input_size: Any, cache: bool
+    config: TrainConfig, data: ImageClassificationData, split: Any, transform: Any, input_size: Any, cache: bool | int
 ) -> ImageClassificationDataset:
-    """A torch view of one split of ``data`` through ``transform`` (``cache``: keep its decoded pixels).
+    """A torch view of one split of ``data`` through ``transform`` (``cache``: keep its decoded pixels; a number:
+    of that many rows, the budget's worth).
 
         train_images = image_dataset(config, data, data.train, train_transform, data_config["input_size"], False)
     """
@@ -266,7 +273,35 @@ def image_dataset(
         transform,
         on_bad_image=config.on_bad_image,
         input_size=input_size,
-        cache_pixels=cache,
+        cache_pixels=bool(cache),
+        cache_rows=None if isinstance(cache, bool) else cache,
+    )
+
+
+def is_stream_split(split: Any) -> bool:
+    """A ``hubclf.data.streaming.StreamSplit`` (read shard by shard), not a 🤗 ``Dataset``."""
+    return hasattr(split, "shards")
+
+
+def image_streams(
+    config: TrainConfig, data: ImageClassificationData, transforms: tuple[Any, Any], input_size: Any
+) -> tuple[ImageStream, ImageStream]:
+    """The train stream (shuffled per epoch) and the eval stream of streamed ``data``, split across this run's
+    processes and loader workers (``hubclf.data.streaming``).
+
+        train_images, eval_images = image_streams(config, data, (train_tf, eval_tf), (3, 224, 224))
+    """
+    if config.balanced_sampler:
+        raise ValueError("--balanced-sampler draws images at random, with replacement: not with streamed data")
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    common = dict(
+        batch_size=config.batch_size, seed=config.seed, num_workers=int(config.num_workers),
+        process_index=state.process_index, num_processes=state.num_processes, shuffle_buffer=config.shuffle_buffer,
+        on_bad_image=config.on_bad_image, input_size=tuple(input_size),
+    )  # fmt: skip
+    return (
+        ImageStream(data.train, transforms[0], shuffle=True, **common),
+        ImageStream(data.eval, transforms[1], shuffle=False, **common),
     )
 
 
@@ -278,6 +313,8 @@ def image_datasets(
         train_images, eval_images = image_datasets(config, data, model, recipe, accelerator.num_processes)
     """
     data_config, train_transform, eval_transform = transforms_for(model, recipe)
+    if is_stream_split(data.train):
+        return image_streams(config, data, (train_transform, eval_transform), data_config["input_size"])
     cache_train, cache_eval = pixel_cache_plan(
         config, data, data_config, train_transform, eval_transform, num_processes
     )
@@ -295,12 +332,14 @@ def pixel_cache_plan(
     train_transform: Any,
     eval_transform: Any,
     num_processes: int,
-) -> tuple[bool, bool]:
-    """Whether the train and eval splits keep their decoded pixels in memory (``--cache-images auto``).
+) -> tuple[bool | int, bool | int]:
+    """Whether the train and eval splits keep their decoded pixels in memory (``--cache-images auto``), and of how
+    many rows.
 
     Only splits whose every epoch sees the same pixels (``TensorEvalTransform``), only when features are not
-    cached instead (those runs read the images once), and only when both fit the shared-memory budget; one line
-    in the log either way.
+    cached instead (those runs read the images once), and never more than the shared-memory budget: when both do
+    not fit, the eval split's rows are kept first (every epoch reads them), then as many train rows as fit (a number
+    of rows instead of ``True``); one line in the log either way.
     """
     fixed = [
         (name, len(split))
@@ -314,11 +353,19 @@ def pixel_cache_plan(
     budget = shared_memory_budget(processes_on_this_machine(num_processes))
     images = " + ".join(f"{rows} {name}" for name, rows in fixed)
     if needed > budget:
+        row_bytes = PixelCache.nbytes_for(1, input_size)
+        room, capacity = budget // row_bytes, {}
+        for name, rows in sorted(fixed, key=lambda item: item[0] != "eval"):  # eval first
+            capacity[name] = min(rows, room)
+            room -= capacity[name]
+        kept = " + ".join(f"{capacity[name]} {name}" for name, _ in fixed if capacity[name])
         logger.info(
-            f"image cache off: the decoded pixels of {images} images would take {needed / 2**20:.1f} MiB, over "
-            f"this process's budget of {budget / 2**20:.1f} MiB (a quarter of RAM, half of free /dev/shm)"
-        )
-        return False, False
+            f"image cache {'partial' if kept else 'off'}: the decoded pixels of {images} images would take "
+            f"{needed / 2**20:.1f} MiB, over this process's budget of {budget / 2**20:.1f} MiB (a quarter of RAM, "
+            f"half of free /dev/shm)" + (f"; the first {kept} rows are kept, the others decoded each epoch" if kept
+                                         else "")
+        )  # fmt: skip
+        return capacity.get("train", 0) or False, capacity.get("eval", 0) or False
     logger.info(
         f"image cache: the decoded {input_size[1]}x{input_size[2]} pixels of {images} images stay in shared "
         f"memory ({needed / 2**20:.1f} MiB); epochs after the first skip decoding and resizing"
@@ -332,43 +379,36 @@ def feature_sets(
     accelerator: Any,
     model: nn.Module,
     config: TrainConfig,
-    train_images: ImageClassificationDataset,
-    eval_images: ImageClassificationDataset,
+    train_images: Any,
+    eval_images: Any,
     weights: str,
 ) -> tuple[FeatureDataset, FeatureDataset]:
-    """Run the frozen backbone once over both splits (or load a matching disk cache).
+    """Run the frozen backbone once over both splits, each process over its own shards, into the feature cache
+    (``OUTPUT_DIR/feature_cache`` or ``--feature-cache-dir``), or reuse a matching one; see ``hubclf.train.features``.
 
         train_set, eval_set = feature_sets(accelerator, model, config, train_images, eval_images, fingerprint)
     """
-    cache_dir = None
-    if config.feature_cache_mode == "disk":
-        cache_dir = Path(config.feature_cache_dir or Path(config.output_dir) / "feature_cache")
+    cache_dir = Path(config.feature_cache_dir or Path(config.output_dir) / "feature_cache")
     found = []
     for name, images in (("train", train_images), ("eval", eval_images)):
+        stream = getattr(images, "split", None)
         key = feature_cache_key(
             weights=weights,
             transform=images.transform,
-            data_fingerprint=images.dataset._fingerprint,
-            rows=len(images),
+            data_fingerprint=stream.fingerprint if stream is not None else images.dataset._fingerprint,
+            rows=len(stream) if stream is not None else len(images),
             autocast=str(accelerator.mixed_precision),
             pooling=str(getattr(model, "global_pool", None)),
-        )
-        loader = accelerator.prepare_data_loader(
-            DataLoader(
-                images,
-                batch_size=config.batch_size,
-                shuffle=False,
-                num_workers=config.num_workers,
-                worker_init_fn=ignore_interrupts_in_worker if config.num_workers else None,
-                generator=torch.Generator().manual_seed(config.seed),  # not the global RNG: see build_loaders
-            )
+            storage=config.feature_dtype,
         )
         feature_set = load_or_extract_features(
-            accelerator, model, loader, key=key, cache_dir=cache_dir, desc=f"{name} features"
-        )
-        found.append(FeatureDataset(feature_set, bad_images=[images.describe(r) for r in feature_set.bad_rows]))
+            accelerator, model, images, key=key, cache_dir=cache_dir, batch_size=config.batch_size,
+            num_workers=int(config.num_workers), storage=config.feature_dtype,
+            in_memory=config.feature_cache_mode == "memory", desc=f"{name} features",
+        )  # fmt: skip
+        feature_set.bad_images = [images.describe(int(r)) for r in feature_set.shards.bad_rows]
+        found.append(feature_set)
         fault_point("train.features_ready")
-    accelerator.free_memory()  # forget the extraction loaders
     return found[0], found[1]
 
 
@@ -386,11 +426,75 @@ def build_loaders(
     # Persistent workers: each epoch's train and eval passes reuse their workers instead of starting new ones;
     # the per-epoch augmentation seed reaches them through shared memory (ImageClassificationDataset).
     loader_args = dict(
-        batch_size=config.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=ignore_interrupts_in_worker if workers else None,
         persistent_workers=workers > 0,
         generator=loader_generator,
     )
-    return DataLoader(train_set, sampler=sampler, **loader_args), DataLoader(eval_set, shuffle=False, **loader_args)
+    if isinstance(train_set, ImageStream):  # split across processes by the stream itself, not by Accelerate
+        return StreamLoader(train_set, device, **loader_args), StreamLoader(eval_set, device, **loader_args)
+    # --decode-device cuda: the workers read bytes, the GPU decodes (stages.prepare_stage wraps the loaders).
+    train_set, eval_set = device_decoded(train_set, config, device), device_decoded(eval_set, config, device)
+    raw = {"collate_fn": collate_raw} if isinstance(train_set, RawImages) else {}
+    raw_eval = {"collate_fn": collate_raw} if isinstance(eval_set, RawImages) else {}
+    return (
+        DataLoader(train_set, sampler=sampler, batch_size=config.batch_size, **raw, **loader_args),
+        DataLoader(eval_set, shuffle=False, batch_size=config.batch_size, **raw_eval, **loader_args),
+    )
+
+
+def decode_device_plan(
+    config: TrainConfig, model: nn.Module, train_images: Any, eval_images: Any, device: torch.device
+) -> tuple[TrainConfig, str]:
+    """``config`` with ``decode_device`` decided (``cpu`` or ``cuda``), and the log line that says why: on a CUDA
+    device, the splits with fixed inputs are decoded there when the CPU decodes slower than the model steps
+    (``hubclf.data.gpu_decode.choose_decode_device``; rates measured only then).
+
+        config, why = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+    """
+    fixed = [
+        images for images in (train_images, eval_images)
+        if isinstance(images, ImageClassificationDataset) and isinstance(images.transform, TensorEvalTransform)
+    ]  # fmt: skip
+    if not fixed or config.feature_cache_mode != "off":
+        choice, why = "cpu", "features are cached" if fixed else "no split has fixed inputs, or the data streams"
+    else:
+        input_size = tuple(fixed[0].input_size)
+        frozen = config.freeze == FREEZE_BACKBONE
+
+        def step(x: torch.Tensor) -> None:
+            with torch.set_grad_enabled(not frozen):
+                output = model(x)
+                if not frozen:
+                    output.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        choice, why = choose_decode_device(
+            config.decode_device, device,
+            cpu_rate=lambda: cpu_decode_rate(fixed[0], workers=max(1, int(config.num_workers))),
+            step_rate=lambda: model_step_rate(step, input_size, config.batch_size, device),
+        )  # fmt: skip
+    line = f"--decode-device {config.decode_device}: {choice} ({why})"
+    return dataclasses.replace(config, decode_device=choice), line
+
+
+def device_decoded(images: Any, config: TrainConfig, device: torch.device) -> Any:
+    """``images`` as raw bytes for the GPU path when ``config.decode_device`` is ``cuda`` and its inputs are fixed."""
+    if config.decode_device != "cuda" or not isinstance(images, ImageClassificationDataset):
+        return images
+    if not isinstance(images.transform, TensorEvalTransform):
+        return images
+    return RawImages(images, DevicePreprocess(images.transform, device))
+
+
+def skip_batches(accelerator: Any, loader: Any, sampler: Any, epoch: int, batches: int) -> Any:
+    """``loader`` from its ``batches``-th batch of ``epoch`` (a resumed epoch): a stream seeks to the recorded
+    shards and offsets (``ImageStream.start_epoch``); a map-style loader skips the sampler's first indices
+    (``accelerator.skip_first_batches``: no image is read for them)."""
+    if isinstance(sampler, ImageStream):
+        sampler.start_epoch(epoch, skip_batches=batches)
+        return loader
+    if isinstance(loader, DeviceDecodeLoader):
+        return DeviceDecodeLoader(accelerator.skip_first_batches(loader.loader, batches)) if batches else loader
+    return accelerator.skip_first_batches(loader, batches) if batches else loader

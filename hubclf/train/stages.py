@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from hubclf.data.gpu_decode import DeviceDecodeLoader, RawImages
 from hubclf.models import freeze, unfreeze
 from hubclf.models.transfer import classifier_parameter_ids, keep_frozen_batchnorm_in_eval
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
@@ -113,7 +114,14 @@ def prepare_stage(
     accelerator.free_memory()
     trainable = apply_stage(model, stage, config)
     optimizer = getattr(optimizer, "optimizer", optimizer)  # the raw torch optimizer under a previous wrapper
-    return accelerator.prepare(trainable, optimizer, train_loader, eval_loader)
+    prepared = accelerator.prepare(trainable, optimizer, train_loader, eval_loader)
+    trainable, optimizer, train_loader, eval_loader = prepared
+    # --decode-device cuda: batches of raw bytes are decoded on the device once Accelerate has sharded them.
+    train_loader, eval_loader = (
+        DeviceDecodeLoader(loader) if isinstance(getattr(loader, "dataset", None), RawImages) else loader
+        for loader in (train_loader, eval_loader)
+    )
+    return trainable, optimizer, train_loader, eval_loader
 
 
 def batch_logits(

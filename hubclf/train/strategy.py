@@ -38,6 +38,7 @@ from hubclf.atomic import atomic_write_json
 from hubclf.data.images import eval_preprocessing
 from hubclf.hub import from_pretrained, push_to_hub, update_card
 from hubclf.metrics import evaluate
+from hubclf.refs import DataSource
 from hubclf.stats import mcnemar_p_value, wilson_interval
 from hubclf.train import loop
 from hubclf.train.checkpoints import TrainerState, list_checkpoints
@@ -152,6 +153,8 @@ def _train_auto(config: TrainConfig) -> TrainResult:
         )
     if config.freeze != FREEZE_NONE or config.unfreeze_after is not None:
         raise ValueError("--strategy auto chooses the freezing itself; drop --freeze/--unfreeze-after")
+    if DataSource.parse(config.data, labels=config.labels, streaming=config.streaming).is_stream:
+        raise ValueError("--strategy auto compares models image by image at random: not with streamed data")
     phases = output_dir / PHASES_DIR
     base = dict(strategy=None, push_to_hub=None, resume=None, unfreeze_after=None)
 

@@ -1,0 +1,300 @@
+"""The GPU input path: JPEG bytes decoded in batches on the device (nvJPEG, through torchvision's
+``decode_jpeg(device="cuda")``), then resized, centre-cropped and normalised there by the same torchvision steps the
+CPU path applies to PIL images. For fixed inputs (eval, frozen runs, feature extraction): random augmentation stays
+on the CPU.
+
+    preprocess = DevicePreprocess(eval_transform, device=torch.device("cuda"))
+    pixels, valid = preprocess([value["bytes"] for value in batch_values])   # float (N, 3, H, W) on the GPU
+
+Why torchvision: it is what the pinned versions offer (torchvision 0.29.1). Its decoders are deprecated since 0.29
+in favour of TorchCodec (>= 0.16), which is not installed here and not pinned; nvidia-dali is an optional
+alternative nobody has measured on this project yet. ``probe()`` says what a machine has, and
+``python -m hubclf.data.gpu_decode`` prints it as JSON (``scripts/gpu_check.sh`` calls it).
+
+Numerics: JPEG decoders differ in their IDCT, and tensor resizing differs from PIL's in rounding, so the pixels are
+equal within ``TOLERANCE`` (normalised units), not bit for bit; that is why a timing may choose this path
+(``choose_decode_device``) while it may not choose precision. Images that are not plain RGB/greyscale JPEGs, or
+whose EXIF says to rotate them (nvJPEG does not), go through the CPU decoder (``decode_image``) and are exact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from PIL import Image
+
+from hubclf.data.images import BadImageError, TensorEvalTransform, decode_image
+
+# Largest |difference| between this path's pixels on the CPU (libjpeg-turbo through torchvision, tensor resize and
+# crop) and the PIL path's, in levels of 255 (normalised: levels / 255 / std). Measured on the JPEG test images of
+# tests/test_data_gpu_decode.py: bilinear max 1 level (mean 0.13), bicubic max 6 levels (mean 0.14); PIL's and
+# torch's antialiasing round differently at edges. nvJPEG's IDCT may add a level or two (not measured: no GPU yet).
+TOLERANCE_LEVELS = 8
+EXIF_ORIENTATION = 0x0112
+
+
+def _decode_jpeg() -> Callable[..., Any]:
+    from torchvision.io import decode_jpeg
+
+    return decode_jpeg
+
+
+def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's notice, on every call
+        warnings.simplefilter("ignore", UserWarning)
+        return call(*args, **kwargs)
+
+
+def device_decodable(data: bytes) -> bool:
+    """A JPEG the device decoder gives the same image for: RGB or greyscale, no EXIF rotation (from its header)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return False
+            return image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except Exception:  # unreadable: the CPU path reports it like any bad image
+        return False
+
+
+class DevicePreprocess:
+    """``eval_transform`` (a ``TensorEvalTransform``: resize, centre crop, normalise) applied on ``device`` to raw
+    image bytes, JPEGs decoded there in one batched call.
+
+        preprocess = DevicePreprocess(eval_tf, torch.device("cpu"))   # the same code path, for tests on a CPU
+        pixels, valid = preprocess([open("a.jpg", "rb").read(), b"not an image"])   # valid: [True, False]
+    """
+
+    def __init__(self, eval_transform: TensorEvalTransform, device: torch.device) -> None:
+        if not isinstance(eval_transform, TensorEvalTransform):
+            raise ValueError(f"the device path needs a fixed (eval) transform, got {eval_transform!r}")
+        self.transform, self.device = eval_transform, torch.device(device)
+        self.scale, self.shift = eval_transform.scale.to(self.device), eval_transform.shift.to(self.device)
+
+    def __call__(self, raw: list[bytes | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        crops: list[torch.Tensor | None] = [None] * len(raw)  # uint8 (3, H, W) on the device
+        on_device = [i for i, data in enumerate(raw) if data and device_decodable(data)]
+        if on_device:
+            for i, image in zip(on_device, self._decode([raw[i] for i in on_device]), strict=True):
+                if image is not None:
+                    for step in self.transform.geometry:  # torchvision's Resize/CenterCrop take tensors too
+                        image = step(image)
+                    crops[i] = image
+        for i, data in enumerate(raw):
+            if crops[i] is None:  # PNGs, CMYK, rotated or broken JPEGs: the CPU path, exactly
+                try:
+                    image = decode_image({"bytes": data or b"", "path": None})
+                except BadImageError:
+                    continue
+                crops[i] = self.transform.pixels(image).to(self.device)
+        valid = torch.tensor([crop is not None for crop in crops])
+        size = next((crop.shape for crop in crops if crop is not None), (3, *self.transform_size()))
+        batch = torch.stack([crop if crop is not None else torch.zeros(size, dtype=torch.uint8, device=self.device)
+                             for crop in crops])  # fmt: skip
+        batch = batch.float().mul_(self.scale).add_(self.shift)
+        batch[~valid.to(self.device)] = 0.0  # the placeholder of an unreadable image, as on the CPU path
+        return batch, valid
+
+    def transform_size(self) -> tuple[int, int]:
+        for step in reversed(self.transform.geometry):
+            size = getattr(step, "size", None)
+            if size is not None:
+                return (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        raise ValueError("the eval transform has no crop size")
+
+    def _decode(self, jpegs: list[bytes]) -> list[torch.Tensor | None]:
+        from torchvision.io import ImageReadMode
+
+        data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
+        try:
+            return _quiet(_decode_jpeg(), data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
+            out = []
+            for tensor in data:
+                try:
+                    out.append(_quiet(_decode_jpeg(), tensor, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+class DeviceDecodeLoader:
+    """A loader of raw-bytes batches (a ``RawImages`` dataset) whose ``raw`` becomes ``pixel_values`` on the device.
+
+        loader = DeviceDecodeLoader(accelerator.prepare(DataLoader(RawImages(images, pre), collate_fn=collate_raw)))
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.preprocess = loader, loader.dataset.preprocess
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            pixels, decoded = self.preprocess(batch.pop("raw"))
+            batch["pixel_values"] = pixels
+            batch["valid"] = batch["valid"] & decoded.to(batch["valid"].device)
+            yield batch
+
+
+class RawImages(torch.utils.data.Dataset):
+    """An ``ImageClassificationDataset``'s rows with the image's bytes instead of pixels (nothing decoded)."""
+
+    def __init__(self, images: Any, preprocess: DevicePreprocess) -> None:
+        self.images, self.preprocess = images, preprocess
+        self.transform = images.transform
+        self.labels = images.labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        values = self.images.dataset[[int(i) for i in indices]][self.images.image_column]
+        rows = []
+        for index, value in zip(indices, values, strict=True):
+            data = value.get("bytes")
+            if data is None and value.get("path"):
+                try:
+                    with open(value["path"], "rb") as f:
+                        data = f.read()
+                except OSError:
+                    data = None
+            rows.append({"raw": data, "labels": self.labels[index].item(), "index": int(index), "valid": True})
+        return rows
+
+    def describe(self, index: int) -> str:
+        return self.images.describe(index)
+
+
+def collate_raw(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation, but ``raw`` stays a list of bytes."""
+    raw = [row.pop("raw") for row in rows]
+    batch = torch.utils.data.default_collate(rows)
+    batch["raw"] = raw
+    return batch
+
+
+# ---- the decision -------------------------------------------------------------------------------------------------
+def cpu_decode_rate(images: Any, rows: int = 32, workers: int = 1) -> float:
+    """Images per second the CPU path decodes and transforms: ``rows`` images timed in this process, times the
+    loader workers that share the work (each on its own core)."""
+    count = min(rows, len(images))
+    started = time.perf_counter()
+    for index in range(count):
+        images[index]
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return count / elapsed * max(1, workers)
+
+
+def model_step_rate(step: Callable[[torch.Tensor], Any], input_size: tuple[int, int, int], batch_size: int,
+                    device: torch.device, steps: int = 3) -> float:  # fmt: skip
+    """Images per second ``step`` (a forward, or forward + backward) takes on ``device``, after one warm-up step."""
+    x = torch.randn((batch_size, *input_size), device=device)
+    step(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return steps * batch_size / max(time.perf_counter() - started, 1e-9)
+
+
+def choose_decode_device(requested: str, device: torch.device, cpu_rate: Callable[[], float],
+                         step_rate: Callable[[], float]) -> tuple[str, str]:  # fmt: skip
+    """``("cuda" | "cpu", why)``: ``requested`` (``--decode-device``) when it is ``cpu`` or ``cuda``, else the GPU
+    when there is one whose decoder works and the CPU decodes slower than the model steps (rates measured only
+    then). The pixels of both paths agree within ``TOLERANCE_LEVELS``, so a timing may choose.
+
+        choose_decode_device("auto", torch.device("cpu"), ..., ...)   # ("cpu", "no CUDA device")
+    """
+    if requested == "cpu":
+        return "cpu", "given"
+    if device.type != "cuda":
+        if requested == "cuda":
+            raise ValueError("--decode-device cuda needs a CUDA device; this run trains on " + device.type)
+        return "cpu", "no CUDA device"
+    available = probe()
+    if not available["gpu_decode"]:
+        if requested == "cuda":
+            raise ValueError(f"--decode-device cuda: the GPU cannot decode JPEGs here ({available['why']})")
+        return "cpu", f"the GPU cannot decode JPEGs here ({available['why']})"
+    if requested == "cuda":
+        return "cuda", "given"
+    decode, steps = cpu_rate(), step_rate()
+    choice = "cuda" if decode < steps else "cpu"
+    return choice, (
+        f"the CPU decodes {decode:.0f} img/s and the model steps at {steps:.0f} img/s"
+        + ("; decoding moves to the GPU" if choice == "cuda" else "; the CPU keeps up")
+    )
+
+
+# ---- what a machine has ---------------------------------------------------------------------------------------------
+def _tiny_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def probe() -> dict[str, Any]:
+    """What this machine offers for decoding images on a GPU: torchvision's nvJPEG path (tried on a 16×16 JPEG),
+    and whether TorchCodec or DALI are installed. ``gpu_decode`` is the answer; ``why`` says why not.
+
+        probe()["gpu_decode"]   # False on a machine without CUDA
+    """
+    import importlib.metadata as metadata
+
+    import torchvision
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    found: dict[str, Any] = {
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "torchvision_decode_deprecated": "deprecated" in (_decode_jpeg().__doc__ or "").lower(),
+        "torchcodec": version("torchcodec"),
+        "dali": next((v for v in map(version, ("nvidia-dali-cuda120", "nvidia-dali-cuda130")) if v), None),
+        "cuda": torch.cuda.is_available(), "device": None, "gpu_decode": False, "why": "",
+    }  # fmt: skip
+    if not found["cuda"]:
+        found["why"] = "no CUDA device"
+        return found
+    found["device"] = torch.cuda.get_device_name(0)
+    try:
+        data = torch.frombuffer(bytearray(_tiny_jpeg()), dtype=torch.uint8)
+        image = _quiet(_decode_jpeg(), [data], device=torch.device("cuda"))[0]
+        found["gpu_decode"] = image.shape == (3, 16, 16) and image.device.type == "cuda"
+        found["why"] = "" if found["gpu_decode"] else f"decode_jpeg gave {tuple(image.shape)} on {image.device}"
+    except Exception as e:  # nvJPEG missing from this build, or a driver problem: say which
+        found["why"] = f"decode_jpeg(device='cuda') failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return found
+
+
+def main() -> int:
+    """``python -m hubclf.data.gpu_decode``: ``probe()`` as JSON; exit status 0 when the GPU decodes JPEGs, 1 when
+    not (with the reason on stderr, one line)."""
+    found = probe()
+    print(json.dumps(found, indent=2))
+    if not found["gpu_decode"]:
+        print(f"hubclf.data.gpu_decode: no GPU decoding: {found['why']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

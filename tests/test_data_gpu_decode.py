@@ -1,0 +1,107 @@
+"""hubclf.data.gpu_decode on a CPU: the device path's code (torchvision's batched decode_jpeg, tensor resize and crop,
+normalisation) against the PIL path, within the stated tolerance; non-JPEGs, rotated and broken files take the CPU
+decoder; the decision and the probe without a GPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hubclf.data.gpu_decode import (
+    EXIF_ORIENTATION,
+    TOLERANCE_LEVELS,
+    DevicePreprocess,
+    choose_decode_device,
+    device_decodable,
+    probe,
+)
+from hubclf.data.images import build_transforms, decode_image
+
+
+def photo(seed: int, size=(150, 97), fmt="JPEG", **save) -> bytes:
+    """A smooth picture with edges (gradients and a disc), like a photo rather than noise."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    pixels = np.stack([x * 255 / w, y * 255 / h, np.full((h, w), rng.integers(0, 255))], axis=-1)
+    pixels[(y - h / 2) ** 2 + (x - w / 3) ** 2 < (min(h, w) / 4) ** 2] = rng.integers(0, 255, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_device_path_gives_the_cpu_paths_pixels_within_the_tolerance(interpolation):
+    config = {"input_size": (3, 96, 64), "interpolation": interpolation, "crop_pct": 0.875,
+              "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # fmt: skip
+    _, eval_tf = build_transforms(config, augment=False)
+    preprocess = DevicePreprocess(eval_tf, torch.device("cpu"))
+    raw = [photo(seed, size) for seed, size in enumerate([(150, 97), (300, 200), (97, 150), (64, 64)])]
+    pixels, valid = preprocess(raw)
+    expected = torch.stack([eval_tf(decode_image({"bytes": data, "path": None})) for data in raw])
+    assert valid.all() and pixels.shape == expected.shape == (4, 3, 96, 64)
+    levels = ((pixels - expected) * torch.tensor(config["std"]).view(1, 3, 1, 1) * 255).abs()
+    print(f"{interpolation}: max {levels.max():.2f} levels, mean {levels.mean():.3f}")
+    assert levels.max() <= TOLERANCE_LEVELS and levels.mean() < 1.0
+
+
+def test_png_rotated_and_broken_files_take_the_cpu_decoder():
+    _, eval_tf = build_transforms({"input_size": (3, 32, 32)}, augment=False)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    rotated = photo(1, fmt="JPEG", exif=exif.tobytes())
+    png = photo(2, fmt="PNG")
+    assert device_decodable(photo(0)) and not device_decodable(rotated) and not device_decodable(png)
+    preprocess = DevicePreprocess(eval_tf, torch.device("cpu"))
+    pixels, valid = preprocess([png, rotated, b"not an image", photo(0)[:200]])
+    assert valid.tolist() == [True, True, False, False]
+    for i, data in enumerate((png, rotated)):  # the CPU decoder: exactly the CPU path's pixels
+        assert torch.allclose(pixels[i], eval_tf(decode_image({"bytes": data, "path": None})), atol=1e-6)
+    assert not pixels[2].any()
+
+
+def test_the_decision_without_a_gpu_and_the_probe():
+    never = lambda: pytest.fail("nothing to measure without CUDA")  # noqa: E731
+    assert choose_decode_device("auto", torch.device("cpu"), never, never) == ("cpu", "no CUDA device")
+    assert choose_decode_device("cpu", torch.device("cuda"), never, never) == ("cpu", "given")
+    with pytest.raises(ValueError, match="--decode-device cuda needs a CUDA device"):
+        choose_decode_device("cuda", torch.device("cpu"), never, never)
+    if torch.cuda.is_available():
+        pytest.skip("the probe's no-GPU answer needs a machine without CUDA")
+    found = probe()
+    assert found["gpu_decode"] is False and found["why"] == "no CUDA device"
+    assert found["torchvision_decode_deprecated"] is True  # torchvision 0.29: superseded by TorchCodec
+    done = subprocess.run([sys.executable, "-m", "hubclf.data.gpu_decode"], capture_output=True, text=True)
+    assert done.returncode == 1 and json.loads(done.stdout)["gpu_decode"] is False
+    assert done.stderr.strip() == "hubclf.data.gpu_decode: no GPU decoding: no CUDA device"
+
+
+def test_a_run_on_the_device_path_trains_and_evaluates_from_raw_bytes(tmp_path, monkeypatch, caplog):
+    """The whole GPU input path on a CPU (decode_jpeg and the tensor transforms run there): forced through the
+    decision, the loaders carry bytes and the batches are decoded after Accelerate shards them."""
+    from hubclf.train import TrainConfig, train
+
+    for c in range(2):
+        folder = tmp_path / "data" / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            (folder / f"{i}.jpg").write_bytes(photo(10 * c + i, (80, 60)))
+    monkeypatch.setattr("hubclf.train.setup.choose_decode_device", lambda *a, **k: ("cuda", "forced by the test"))
+    seen = []
+    original = DevicePreprocess.__call__
+    monkeypatch.setattr(DevicePreprocess, "__call__", lambda self, raw: seen.append(len(raw)) or original(self, raw))
+    caplog.set_level("INFO", logger="hubclf.train")
+    config = TrainConfig(model="hubclf_alexnet_slim", data=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                         pretrained=False, img_size=(64, 64), epochs=1, batch_size=4, num_workers=0, augment="none",
+                         cache_features="off", cache_images="off", val_split=0.34, warmup_epochs=0)  # fmt: skip
+    result = train(config)
+    assert "--decode-device auto: cuda (forced by the test)" in caplog.text
+    assert sum(seen) == 7 + 5  # every train and eval image went through the device path once
+    assert result.final_metrics["num_samples"] == 5  # 0.34 of 12, stratified: 5 held out, 7 trained
