@@ -4,8 +4,9 @@ huggingface_hub and httpx log request URLs: httpx2 at INFO (``HTTP Request: PUT 
 retry warnings at WARNING (``Retrying ... PUT https://...``). Uploads and downloads of large files go to signed
 storage URLs whose query string (``?expires=...&signature=...``, ``X-Amz-Signature=...``) is a credential for that
 object until it expires, so a shared train log must not show it. A URL's user information
-(``http://user:password@host``, as in an ``HF_ENDPOINT`` behind a proxy) is a credential too. Redaction happens where log records are created
-(a log record factory), so it covers every logger and every handler, pytest's ``caplog`` included.
+(``http://user:password@host``, as in an ``HF_ENDPOINT`` behind a proxy) is a credential too. Redaction happens
+where log records are created (a log record factory), so it covers every logger and every handler, pytest's
+``caplog`` included.
 
     from hubclf.logs import redact, redacted_logs
     redact("PUT https://s3/x?X-Amz-Signature=abc")   # 'PUT https://s3/x?<redacted>'

@@ -100,7 +100,8 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels, error = self.transform(decode_image(str(self.paths[index]))), ""
+            image = decode_image(str(self.paths[index]), transform=self.transform)  # budget checked on the header
+            pixels, error = self.transform(image), ""
         except BadImageError as e:
             pixels, error = torch.zeros(self.input_size), str(e)
         return {"pixel_values": pixels, "error": error, "index": index}
