@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,13 @@ from hubclf._faults import fault_point
 from hubclf._version import __version__
 from hubclf.atomic import atomic_write_text, staged_dir, strict_json_dumps, to_strict_json
 from hubclf.card import render_model_card
-from hubclf.config_check import check_model_files, label_name_problems
+from hubclf.config_check import (
+    ConfigError,
+    check_model_cost,
+    check_model_files,
+    label_name_problems,
+    safetensors_header_shapes,
+)
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
 from hubclf.models._base import ConvClassifier
@@ -453,6 +460,7 @@ def from_pretrained(
     *,
     revision: str | None = None,
     num_classes: int | None = None,
+    max_param_bytes: int | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load a hubclf model from a Hub repo id, a local folder, or an ``hf-hub:`` / ``local-dir:`` name.
@@ -462,18 +470,41 @@ def from_pretrained(
     N-class classifier on the loaded backbone. ``cache_dir`` and ``token`` steer the download; other ``overrides``
     go to ``timm.create_model`` (e.g. ``drop_rate=0.2``).
 
+    Nothing is built before it is checked: ``config.json`` and the ``model.safetensors`` header
+    (``hubclf.config_check``), then the architecture is instantiated on the meta device, which allocates nothing,
+    and its parameter bytes must fit ``max_param_bytes`` (default: ``HUBCLF_MAX_PARAM_BYTES``, else 2 GiB) and its
+    tensors must be exactly those of the file. From the Hub, the weights are downloaded only once the budget holds.
+
         model = from_pretrained("me/flowers-alexnet", revision="v1", num_classes=5)
     """
     cache_dir, token = overrides.pop("cache_dir", None), overrides.pop("token", None)
-    folder, hub_id = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
+    folder, hub_id, fetch_weights = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
     source = hub_id or str(folder)
     config = _read_config(folder / CONFIG_NAME, source)
     _check_architecture(config["architecture"], source)
 
     # timm parses config.json (model_args, pretrained_cfg, label names) exactly as for its own "local-dir:" models;
     # the weights are loaded below, strictly, instead of through timm's head-dropping pretrained path.
-    model = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=config["num_classes"], **overrides)
-    _load_strict(model, safetensors.torch.load_file(folder / WEIGHTS_NAME), source)
+    def build() -> nn.Module:
+        return timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=config["num_classes"],
+                                 **overrides)  # fmt: skip
+
+    try:
+        with torch.device("meta"):  # shapes and sizes only: no memory, no initialisation
+            skeleton = build()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:  # every timm family builds there
+        raise ConfigError(
+            f"{source}/{CONFIG_NAME}: {config['architecture']} cannot be built on the meta device to check its size "
+            f"before memory is allocated ({type(e).__name__}: {e})"
+        ) from e
+    check_model_cost(skeleton, None, source, budget=max_param_bytes)  # before the weights are downloaded
+    weights = fetch_weights()
+    header = safetensors_header_shapes(weights, name=f"{source}/{WEIGHTS_NAME}")
+    check_model_files(folder / CONFIG_NAME, weights, source)  # the config against the header it now has
+    check_model_cost(skeleton, header, source, budget=max_param_bytes)
+    del skeleton
+    model = build()
+    _load_strict(model, safetensors.torch.load_file(weights), source)
 
     pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("file", "source")}
     if hub_id:
@@ -493,8 +524,9 @@ def from_pretrained(
 
 def _locate(
     name: str | os.PathLike, revision: str | None, *, cache_dir: str | None, token: str | None
-) -> tuple[Path, str | None]:
-    """Return the folder holding config.json + model.safetensors, downloading them first for a Hub id."""
+) -> tuple[Path, str | None, Callable[[], Path]]:
+    """The folder holding a checked config.json (downloaded first for a Hub id), the Hub id, and how to get
+    ``model.safetensors`` (for a Hub id: a download, which ``from_pretrained`` starts once the config passed)."""
     ref = ModelRef.parse(name, revision=revision)
     if ref.kind == "architecture":
         raise FileNotFoundError(
@@ -506,18 +538,21 @@ def _locate(
             hint = f"for the Hub repo, write hf-hub:{ref.text}"
             raise FileNotFoundError(f"model folder {ref.text} does not exist ({hint})")
         _check_model_folder(ref.path)
-        return ref.path, None
+        return ref.path, None, lambda: ref.path / WEIGHTS_NAME
 
     hub_id, revision = ref.repo_id, ref.revision
     download = dict(revision=revision, cache_dir=cache_dir, token=token, library_name="hubclf",
                     library_version=__version__)  # fmt: skip
     config_file = _download_config(hub_id, download)
-    try:
-        hf_hub_download(hub_id, WEIGHTS_NAME, **download)
-    except EntryNotFoundError as e:
-        raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+
+    def fetch_weights() -> Path:
+        try:
+            return Path(hf_hub_download(hub_id, WEIGHTS_NAME, **download))
+        except EntryNotFoundError as e:
+            raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+
     # Both files sit in the same snapshot folder of the cache.
-    return Path(config_file).parent, hub_id
+    return Path(config_file).parent, hub_id, fetch_weights
 
 
 def fetch_config(name: str | os.PathLike | ModelRef, *, token: str | None = None) -> dict[str, Any]:
