@@ -53,6 +53,8 @@ from hubclf._version import __version__
 from hubclf.atomic import atomic_write_text, staged_dir, strict_json_dumps, to_strict_json
 from hubclf.card import render_model_card
 from hubclf.config_check import (
+    MAX_CLASSES,
+    MAX_CONFIG_BYTES,
     ConfigError,
     check_model_cost,
     check_model_files,
@@ -68,7 +70,7 @@ from hubclf.remote_code import REMOTE_CODE_FILES, auto_map_entries, remote_code_
 
 __all__ = [
     "save_pretrained", "push_to_hub", "from_pretrained", "update_card", "verify_push", "fetch_config",
-    "render_model_card", "PushVerification",
+    "render_model_card", "PushVerification", "check_saveable",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ def save_pretrained(
         fault_point("save_pretrained.after_weights")
         for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
-        config = _write_config(model, tmp / CONFIG_NAME, label_names, metadata, extra_config)
+        config = _write_config(model, tmp / CONFIG_NAME, label_names, metadata, extra_config, where=save_dir)
         for name, text in remote_code_files(config).items():  # remote code: modeling_hubclf.py
             atomic_write_text(tmp / name, text)
         fault_point("save_pretrained.after_config")
@@ -238,14 +240,14 @@ def update_card(
             (tmp / name).write_bytes(png)
         for name, text in remote_code_files(config).items():  # remote code: written anew, never copied
             atomic_write_text(tmp / name, text)
-        atomic_write_text(tmp / CONFIG_NAME, strict_json_dumps(config, indent=2) + "\n")
+        atomic_write_text(tmp / CONFIG_NAME, _config_text(config, save_dir))
         fault_point("update_card.after_config")
         render_model_card(config, str(save_dir.resolve())).save(tmp / CARD_NAME)
     return save_dir
 
 
 def _write_config(
-    model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict
+    model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict, where: Path
 ) -> dict[str, Any]:
     """timm's own config export, then the two fixes that keep the file loadable everywhere. ``path`` is inside the
     folder that ``save_pretrained`` stages, so rewriting it in place is safe."""
@@ -274,8 +276,60 @@ def _write_config(
     if list(pretrained_cfg["input_size"]) != list(input_size):
         raise RuntimeError(f"timm exported input_size {pretrained_cfg['input_size']}, the model says {input_size}")
     config = to_strict_json(config)
-    atomic_write_text(path, strict_json_dumps(config, indent=2) + "\n")
+    atomic_write_text(path, _config_text(config, where))
     return config
+
+
+def _config_text(config: dict[str, Any], where: Path) -> str:
+    """config.json's text; refused when from_pretrained would refuse to read it (over ``MAX_CONFIG_BYTES``): a saved
+    folder always loads back."""
+    text = strict_json_dumps(config, indent=2) + "\n"
+    size = len(text.encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the config.json for {where} would be {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model's config may "
+            f"have to load (label names take {_label_names_bytes(config.get('label_names') or []):,}): shorten the "
+            "class names or use fewer classes"
+        )
+    return text
+
+
+# Room in config.json for everything but the label names and the per-epoch table: architecture, pretrained_cfg,
+# model_args, the card's hyperparameters and recipe decisions, a strategy section. A few KB in practice.
+CONFIG_RESERVE_BYTES = 64 << 10
+# One epoch's row of the card's table (CARD_COLUMNS: 8 numbers and a stage name) as config.json holds it, at most.
+EPOCH_ROW_BYTES = 400
+
+
+def _label_names_bytes(label_names: list[str]) -> int:
+    """What ``label_names`` take in config.json (indented, ASCII-escaped as written)."""
+    return len(strict_json_dumps({"label_names": list(label_names)}, indent=2)) - len('{\n  "label_names": \n}')
+
+
+def check_saveable(label_names: list[str], *, epochs: int = 1) -> None:
+    """Refuse, before training, classes whose model would save but never load back: the limits ``from_pretrained``
+    enforces (at most ``MAX_CLASSES`` classes, label names as ``label_name_problems`` says, a config.json of at most
+    ``MAX_CONFIG_BYTES``, here with room for ``epochs`` rows of the card's table and the rest). One ``ValueError``.
+
+        check_saveable([f"{i:05d}" + "x" * 215 for i in range(5000)])   # ValueError: ... take 1,140,004 bytes ...
+    """
+    if len(label_names) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(label_names):,} classes: a saved model may have at most {MAX_CLASSES:,} (from_pretrained refuses "
+            "more), so this run's model would not load back"
+        )
+    problems = label_name_problems(label_names, len(label_names))
+    if problems:
+        raise ValueError("class names " + "; ".join(problems))
+    names = _label_names_bytes(label_names)
+    needed = names + epochs * EPOCH_ROW_BYTES + CONFIG_RESERVE_BYTES
+    if needed > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the {len(label_names):,} class names take {names:,} bytes of config.json, which with the rest of the "
+            f"model's record ({needed - names:,} bytes for {epochs} epoch(s)) is over the {MAX_CONFIG_BYTES:,} bytes "
+            "from_pretrained reads: the model would save but never load back. Shorten the class names or use fewer "
+            "classes"
+        )
 
 
 # ---- push -----------------------------------------------------------------------------------------------------

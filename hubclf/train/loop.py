@@ -32,8 +32,9 @@ from hubclf._faults import fault_point
 from hubclf.atomic import restore_dir, to_strict_json
 from hubclf.data.dataset import ImageClassificationDataset
 from hubclf.data.splits import ImageClassificationData
-from hubclf.hub import push_to_hub
+from hubclf.hub import check_saveable, push_to_hub
 from hubclf.metrics import evaluate, format_metrics
+from hubclf.text import listing
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
@@ -196,9 +197,10 @@ class _Run:
         # The main process fills the 🤗 datasets cache first; the others then read it instead of racing to write it.
         with self.accelerator.main_process_first():
             data = load_training_data(self.config)
+        check_saveable(data.label_names, epochs=self.config.epochs)  # a model that would save but never load back
         logger.info(
             f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
-            f"{data.num_classes} classes: {data.label_names}"
+            f"{data.num_classes} classes: {listing(data.label_names, show=repr)}"
         )
         fault_point("train.data_loaded")
         self._stop_if_requested("data loading")
