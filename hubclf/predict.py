@@ -158,7 +158,7 @@ def predict(
             ):
                 path = str(files[index])
                 if error:
-                    logger.warning("%s", error)
+                    logger.warning("%s", printable(error))  # a file name may hold escape sequences
                     results.append(ImagePrediction(path, error=error))
                 else:
                     top = [{"label": names[c], "score": s} for c, s in zip(row_classes, row_scores, strict=True)]

@@ -233,3 +233,12 @@ def test_a_named_path_that_is_not_a_regular_file_is_refused_unopened(model_dir, 
     os.mkfifo(tmp_path / "folder" / "pipe.jpg")  # inside a folder: left out, like a file that is not an image
     save_image(tmp_path / "folder" / "ok.png", seed=2)
     assert find_images([tmp_path / "folder"]) == [tmp_path / "folder" / "ok.png"]
+
+
+def test_file_names_from_others_are_escaped_in_the_warnings_too(model_dir, tmp_path, capsys):
+    """An unreadable file named with an escape sequence reached the terminal raw in predict's warning line."""
+    bad = tmp_path / "red\x1b[31mALERT.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(model_dir), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "red\\x1b[31mALERT.png" in err

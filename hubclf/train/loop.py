@@ -34,7 +34,7 @@ from hubclf.data.dataset import ImageClassificationDataset
 from hubclf.data.splits import ImageClassificationData
 from hubclf.hub import CONFIG_NAME, check_saveable, push_to_hub, update_card
 from hubclf.metrics import evaluate, format_metrics
-from hubclf.text import listing
+from hubclf.text import listing, printable
 from hubclf.train.checkpoints import (
     TrainerState,
     find_checkpoint,
@@ -644,5 +644,5 @@ def _collect_bad_images(
     found += [eval_images.describe(r) for r in eval_rows if isinstance(eval_images, ImageClassificationDataset)]
     new = sorted(set(found) - set(known))
     for where in new:
-        logger.warning(f"skipped unreadable image: {where}")
+        logger.warning(f"skipped unreadable image: {printable(where)}")  # file names from someone's folder
     return new
