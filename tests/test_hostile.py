@@ -140,8 +140,10 @@ def model_dir(tmp_path_factory) -> Path:
 def png_rows(path: Path, width: int, height: int, mode: str = "RGBA") -> Path:
     """A PNG of ``width`` x ``height`` constant pixels, streamed row by row: a 100-megapixel file is written in
     seconds without holding its pixels (what a hostile file costs its maker: nothing)."""
-    channels, colour_type = {"RGBA": (4, 6), "RGB": (3, 2), "L": (1, 0)}[mode]
-    row = b"\x00" + bytes(range(1, channels + 1)) * width
+    bytes_per_pixel, colour_type, depth = {
+        "RGBA": (4, 6, 8), "RGB": (3, 2, 8), "L": (1, 0, 8), "I;16": (2, 0, 16), "P": (1, 3, 8)
+    }[mode]  # fmt: skip
+    row = b"\x00" + bytes(range(1, bytes_per_pixel + 1)) * width
     compressor, chunks = zlib.compressobj(9), []
     for _ in range(height):
         chunks.append(compressor.compress(row))
@@ -150,8 +152,10 @@ def png_rows(path: Path, width: int, height: int, mode: str = "RGBA") -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    palette = chunk(b"PLTE", bytes(range(6))) + chunk(b"tRNS", b"\x00") if mode == "P" else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))  # fmt: skip
     return path
 
 
@@ -218,6 +222,10 @@ def unix_socket(path: Path) -> None:
 
 def character_device(path: Path) -> None:
     os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null's node, in the sandbox
+
+
+def block_device(path: Path) -> None:
+    os.mknod(path, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # a loop device's node: never opened, by anyone
 
 
 def link_to_zero(path: Path) -> None:
@@ -299,9 +307,14 @@ def settings(text: str, name: str = "run.yaml") -> Callable[[Path, Path], list[s
     return build
 
 
-LAUGHS = "model: m\ndata: d\noutput_dir: out\nlog_with: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]" + "".join(
-    f", &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
-) + "]\n"
+# "Billion laughs": 1 KB of YAML whose aliases make a list of 387 million strings once expanded (or printed).
+LAUGHS = (
+    "model: hubclf_alexnet_slim\ndata: .\noutput_dir: out\nlog_with: [&a ["
+    + ", ".join(["lol"] * 9)
+    + "]"
+    + "".join(f", &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    + "]\n"
+)
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------------
@@ -395,6 +408,13 @@ IMAGE_CASES = {
                                         rf"big.png: decoding its 9999x9999 RGBA pixels would take 1,2\d\d MiB, "
                                         rf"{BUDGET}",
                                         400),
+    # 16-bit grey goes through float32 arrays (11 bytes a pixel); a palette with transparency through RGBA (14).
+    "image_16_bit_99_98_megapixels": Case(strict_train("deep.png", lambda p: png_rows(p, 9999, 9999, "I;16")),
+                                          rf"deep.png: decoding its 9999x9999 I;16\w? pixels would take 1,04\d MiB, "
+                                          rf"{BUDGET}", 400),
+    "image_palette_99_megapixels": Case(strict_train("flat.png", lambda p: png_rows(p, 9000, 11000, "P")),
+                                        rf"flat.png: decoding its 9000x11000 P pixels would take 1,32\d MiB, {BUDGET}",
+                                        400),
     "image_bomb_png_400_megapixels": Case(strict_train("bomb.png", lambda p: png_rows(p, 20_000, 20_000, "L")),
                                           r"bomb.png: Image size \(400000000 pixels\) exceeds limit", 400),
     "image_bomb_gif_65535_square": Case(strict_train("bomb.gif", lambda p: gif_header(p, 65535, 65535)),
@@ -434,6 +454,7 @@ CSV_CASES = {
     "csv_lists_a_link_to_dev_zero": Case(csv_listing(link_to_zero),
                                          r"not regular files: img/weird.png \(a character device\)"),
     "csv_lists_a_socket": Case(csv_listing(unix_socket), r"not regular files: img/weird.png \(a socket\)"),
+    "csv_lists_a_block_device": Case(csv_listing(block_device), r"not regular files: img/weird.png \(a block device\)"),
     "csv_is_a_fifo": Case(lambda s, m: (fifo(s / "labels.csv"), [*TRAIN, "--data", str(s / "labels.csv")])[-1],
                           r"labels.csv"),
     "csv_of_250_mb": Case(lambda s, m: [*TRAIN, "--data", str(sparse(s / "labels.csv", 250 * MIB))],
@@ -499,7 +520,7 @@ SETTINGS_CASES = {
     "yaml_is_a_fifo": Case(lambda s, m: (fifo(s / "run.yaml"), ["train", "--config", str(s / "run.yaml")])[-1],
                            r"run.yaml is not a regular file"),
     "json_settings_not_json": Case(settings("{'model': 1}", name="run.json"), r"run.json is not valid JSON"),
-    "yaml_epochs_fractional": Case(settings("model: m\ndata: d\noutput_dir: out\nepochs: 2.5\n"),
+    "yaml_epochs_fractional": Case(settings("model: hubclf_alexnet_slim\ndata: .\noutput_dir: out\nepochs: 2.5\n"),
                                    r"epochs must be an integer, got 2.5 \(float\)"),
 }  # fmt: skip
 
@@ -606,8 +627,8 @@ def test_a_hub_dataset_naming_local_files_is_refused(worker, use_hub, new_repo_i
 def test_a_password_in_hf_endpoint_is_never_printed(hub_server, model_dir, tmp_path):
     """``HF_ENDPOINT=http://user:pw@host`` was printed verbatim in push errors. A fresh interpreter: huggingface_hub
     reads HF_ENDPOINT when it is imported."""
-    env = {**os.environ, "HF_ENDPOINT": hub_server.endpoint.replace("://", "://hubuser:s3cretpw@"), "HF_HUB_DISABLE_XET": "1",
-           "HF_TOKEN": "hf_" + "x" * 30}  # fmt: skip
+    endpoint = hub_server.endpoint.replace("://", "://hubuser:s3cretpw@")
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_" + "x" * 30}
     run = subprocess.run([sys.executable, "-m", "hubclf.cli", "push", str(model_dir), "someone/else", "--no-verify"],
                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert run.returncode == 2, run.stderr[-2000:]
@@ -617,6 +638,6 @@ def test_a_password_in_hf_endpoint_is_never_printed(hub_server, model_dir, tmp_p
 
 
 def test_the_corpus_is_at_least_forty_cases_and_its_peaks_are_reported():
-    assert len(CASES) + 2 >= 40
+    assert len(CASES) + 3 >= 40  # with the class names, Hub dataset and HF_ENDPOINT cases
     if PEAKS:
         print("\npeak memory above the worker, MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(PEAKS.items())))
