@@ -13,6 +13,7 @@ offline: no analytics, no version check, no share link unless asked for.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -26,11 +27,12 @@ import torch.nn as nn
 from PIL import Image
 
 from hubclf._version import __version__
-from hubclf.atomic import staged_dir
-from hubclf.data.images import decode_image, eval_preprocessing
+from hubclf.atomic import atomic_write_json, staged_dir
+from hubclf.data.images import BadImageError, decode_image, eval_preprocessing
 from hubclf.data.sources import find_images
 from hubclf.hardware import resolve_device
 from hubclf.predict import label_names_of, load_model
+from hubclf.text import listing, md_text, printable
 
 if TYPE_CHECKING:
     import gradio
@@ -43,6 +45,7 @@ __all__ = [
     "import_gradio",
     "launch_app",
     "write_space",
+    "check_space_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'hubclf[app]'"
 MAX_EXAMPLES = 12  # a few thumbnails under the image; a whole photo folder would bury the app
 SPACE_EXAMPLES_DIR = "examples"
+# Written into every Space folder hubclf writes: --overwrite replaces only a folder that holds it (or nothing).
+SPACE_MARKER = ".hubclf-space"
 
 # Unless told not to, gradio asks api.gradio.app for its latest version and reports usage (to api.gradio.app and,
 # through huggingface_hub's telemetry, huggingface.co) from background threads; the app must stay silent offline.
@@ -65,7 +70,7 @@ class GradioMissingError(RuntimeError):
 
 
 class SpaceDirNotEmptyError(FileExistsError, ValueError):
-    """``write_space`` would replace a non-empty folder without ``overwrite=True``."""
+    """``write_space`` would replace a non-empty folder without ``overwrite=True``, or one hubclf did not write."""
 
 
 def import_gradio() -> Any:
@@ -82,7 +87,10 @@ def import_gradio() -> Any:
 class ImageScorer:
     """A loaded model with its eval transform and label names: ``scorer(pil_image)`` -> ``{label: probability}``.
 
-    This is the function the app calls on every image; it holds the model, so the model is loaded only once.
+    This is the function the app calls on every image; it holds the model, so the model is loaded only once. It
+    takes a PIL image or, as the app passes uploads, a file path: the file is then checked from its header before
+    it is decoded (``decode_image``), so an upload whose decoding or resizing would exhaust memory is refused
+    (``BadImageError``) instead of taking the server down.
 
         scorer = ImageScorer(hubclf.from_pretrained("out/zoo"))
         scorer(Image.open("ant.png"))   # {"zebra": 0.84, "ant": 0.11, "cat": 0.04}
@@ -96,10 +104,10 @@ class ImageScorer:
         self.data_config, self.transform = eval_preprocessing(model)
 
     @torch.inference_mode()
-    def __call__(self, image: Image.Image | None) -> dict[str, float] | None:
+    def __call__(self, image: Image.Image | str | None) -> dict[str, float] | None:
         if image is None:  # the image was cleared: clear the labels too
             return None
-        pixels = self.transform(decode_image(image)).unsqueeze(0).to(self.device)
+        pixels = self.transform(decode_image(image, transform=self.transform)).unsqueeze(0).to(self.device)
         probabilities = self.model(pixels).float().softmax(dim=1)[0].cpu().tolist()
         return dict(zip(self.label_names, probabilities, strict=True))
 
@@ -143,22 +151,33 @@ def build_app(
     _, height, width = scorer.data_config["input_size"]
     title = title or f"hubclf · {name}"
     labels = scorer.label_names
-    shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
+    # Label names come from someone's config.json: shown as typed, never as Markdown or HTML (a link, an image
+    # fetched from their server, a heading).
+    shown = ", ".join(md_text(label) for label in labels[:10]) + (
+        f" and {len(labels) - 10} more" if len(labels) > 10 else ""
+    )
+
+    def classify(image: Image.Image | str | None) -> dict[str, float] | None:
+        try:
+            return scorer(image)
+        except BadImageError as e:  # shown in the app, like predict lists an unreadable file; the server lives on
+            raise gr.Error(html.escape(printable(e)), print_exception=False) from None
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(
-            f"# {title}\nDrop in or paste an image. The model sees it at {height}×{width} (height×width) and "
-            f"knows {len(labels)} classes: {shown}."
+            f"# {md_text(title)}\nDrop in or paste an image. The model sees it at {height}×{width} (height×width) "
+            f"and knows {len(labels)} classes: {shown}."
         )
         with gr.Row(equal_height=True):
+            # A file path, not a PIL image: gradio would decode the upload whole before hubclf could check it.
             image = gr.Image(
-                type="pil", label="Image", sources=["upload", "clipboard"], image_mode="RGB", elem_id="image"
+                type="filepath", label="Image", sources=["upload", "clipboard"], image_mode=None, elem_id="image"
             )
             label = gr.Label(num_top_classes=min(top_k, len(labels)), label="Prediction", elem_id="prediction")
         if example_files:
             gr.Examples(examples=[[str(p)] for p in example_files], inputs=image, label="Examples")
         # change (not only upload) so pasting, picking an example and clearing all update the bars
-        image.change(scorer, inputs=image, outputs=label, api_name="predict")
+        image.change(classify, inputs=image, outputs=label, api_name="predict")
     return app
 
 
@@ -233,8 +252,10 @@ def write_space(
     """Write a Hugging Face Space (``app.py``, ``requirements.txt``, ``README.md``, ``examples/``) for ``repo_id``.
 
     ``app.py`` loads the model by its Hub id; ``README.md`` carries the Space metadata (sdk: gradio, the installed
-    gradio version). The folder is written next to ``space_dir`` and renamed into place; a non-empty ``space_dir``
-    is only replaced with ``overwrite=True``. Push it with ``hf upload me/flowers-demo DIR . --repo-type space``.
+    gradio version). The folder is written next to ``space_dir`` and renamed into place, with a ``.hubclf-space``
+    marker. A non-empty ``space_dir`` is only replaced with ``overwrite=True``, and only if hubclf wrote it (it holds
+    the marker); the current folder, a folder above it, the home folder and ``/`` are never replaced. Push it with
+    ``hf upload me/flowers-demo DIR . --repo-type space``.
 
         write_space("me/flowers-alexnet", "space/", examples=["photos/rose.jpg"])
     """
@@ -251,8 +272,7 @@ def write_space(
     if "/" not in repo_id or Path(repo_id).exists():
         raise ValueError(f"a Space loads its model from the Hub: give its repo id (owner/name), not {repo_id!r}")
     space_dir = Path(space_dir)
-    if space_dir.exists() and (not space_dir.is_dir() or any(space_dir.iterdir())) and not overwrite:
-        raise SpaceDirNotEmptyError(f"{space_dir} exists and is not empty (pass --overwrite to replace it)")
+    check_space_dir(space_dir, overwrite=overwrite)
     example_files = find_examples(examples) if examples else []
     gradio_version = import_gradio().__version__
     title = title or f"{repo_id.split('/')[-1]} classifier"
@@ -289,7 +309,41 @@ def write_space(
             (staging / SPACE_EXAMPLES_DIR).mkdir()
             for index, source in enumerate(example_files):
                 shutil.copyfile(source, staging / SPACE_EXAMPLES_DIR / f"{index:02d}-{source.name}")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; a written folder should look like any other
+        # The marker that lets a later --overwrite replace this folder (and no folder hubclf did not write).
+        atomic_write_json(staging / SPACE_MARKER, {"written_by": "hubclf app --write-space", "model": repo_id,
+                                                   "hubclf_version": __version__})  # fmt: skip
     return space_dir
+
+
+def check_space_dir(space_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a ``--write-space`` folder whose replacement would destroy what hubclf did not write.
+
+    Never replaced: the current folder or one above it (``.``, ``..``, ``/``), and the home folder. A non-empty
+    folder only with ``overwrite``, and only one that holds the marker hubclf writes into every Space folder.
+
+        check_space_dir(Path("."), overwrite=True)   # SpaceDirNotEmptyError: ... is the current folder ...
+    """
+    target = space_dir.expanduser().resolve()
+    here, home = Path.cwd().resolve(), Path.home().resolve()
+    if target == home or target == Path(target.anchor):
+        what = "your home folder" if target == home else "the root folder"
+        raise SpaceDirNotEmptyError(f"--write-space {space_dir} is {what}; give a new folder for the Space")
+    if target == here or target in here.parents:
+        what = "the current folder" if target == here else "a folder above the current one"
+        raise SpaceDirNotEmptyError(f"--write-space {space_dir} is {what} ({target}); give a new folder for the Space")
+    if not space_dir.exists():
+        return
+    if not space_dir.is_dir():
+        raise SpaceDirNotEmptyError(f"--write-space {space_dir} exists and is not a folder")
+    entries = sorted(entry.name for entry in space_dir.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise SpaceDirNotEmptyError(f"{space_dir} exists and is not empty (pass --overwrite to replace it)")
+    if not (space_dir / SPACE_MARKER).is_file():
+        raise SpaceDirNotEmptyError(
+            f"{space_dir} holds files hubclf did not write ({listing(entries, limit=5)}; no {SPACE_MARKER} marker): "
+            "--overwrite replaces only a Space folder written by hubclf app --write-space. Give a new folder"
+        )
 
 

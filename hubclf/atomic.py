@@ -10,6 +10,11 @@ Every file hubclf writes goes through this module (the SQLite promise, at the sc
 
 JSON is strict: NaN and ±inf are stored as ``null`` (``json.dumps`` would write ``NaN``, which no JSON parser
 outside Python accepts).
+
+Only regular files are replaced: a path that is a device, FIFO, socket, folder or symbolic link is refused
+(``NotARegularFileError``), so ``hubclf export MODEL /dev/null`` run as root cannot swap the device node for a file.
+A replaced file keeps its permission bits; a new file or folder gets the ones the umask gives (``0o666 & ~umask``,
+``0o777 & ~umask``), not ``mkstemp``'s owner-only ``0o600``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +49,10 @@ __all__ = [
     "to_strict_json",
     "pid_alive",
     "hostname",
+    "NotARegularFileError",
+    "check_replaceable",
+    "file_kind",
+    "current_umask",
 ]
 
 _OLD_SUFFIX = ".old"  # ``.NAME.old``: the previous folder, during the two-rename fallback of replace_dir
@@ -76,6 +86,60 @@ def strict_json_dumps(value: Any, **kwargs: Any) -> str:
 
 
 # ---- files ------------------------------------------------------------------------------------------------------
+class NotARegularFileError(ValueError):
+    """A write would replace something that is not a regular file (a device, FIFO, socket, folder or link)."""
+
+
+_KINDS = {
+    stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link",
+}  # fmt: skip
+
+
+def file_kind(mode: int) -> str:
+    """What ``os.lstat(...).st_mode`` describes, in words: ``"a FIFO (named pipe)"``, ``"a regular file"``...
+
+        file_kind(os.lstat("/dev/null").st_mode)   # 'a character device'
+    """
+    return "a regular file" if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def check_replaceable(path: str | os.PathLike) -> os.stat_result | None:
+    """The ``lstat`` of the regular file at ``path`` (``None`` when nothing is there); anything else is refused
+    with a ``NotARegularFileError`` that says what it is. Nothing is opened.
+
+        check_replaceable("/dev/null")   # NotARegularFileError: /dev/null is a character device ...
+    """
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in the way of a folder is named later)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise NotARegularFileError(
+            f"{path} is {file_kind(info.st_mode)}, not a regular file: hubclf only writes regular files (give "
+            "another path)"
+        )
+    return info
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere by
+    setting and restoring it (not thread-safe, hence the fallback only).
+
+        current_umask()   # 0o022
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename or a new file inside ``directory`` durable (a no-op where folders cannot be opened)."""
     try:
@@ -123,17 +187,22 @@ def atomic_write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
         atomic_write_file("cache/features.safetensors", lambda tmp: save_file(tensors, tmp))
     """
     path = Path(path)
+    existing = check_replaceable(path)
     make_parent_dirs(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        # The replaced file's permission bits, or an ordinary new file's (mkstemp makes it owner-only).
+        mode = stat.S_IMODE(existing.st_mode) if existing is not None else 0o666 & ~current_umask()
         fd = os.open(tmp, os.O_RDONLY)
         try:
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
         fault_point("atomic.before_rename")
+        check_replaceable(path)  # again: something may have been put there while the file was written
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -260,6 +329,8 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             save_file(tensors, tmp / "model.safetensors")
     """
     final_dir = Path(final_dir).resolve()  # "." has no name to put a sibling next to
+    if final_dir.exists() and not final_dir.is_dir():  # a folder swap would put a folder in place of the file
+        raise NotADirectoryError(f"{final_dir} is {file_kind(final_dir.stat().st_mode)}, not a folder")
     make_parent_dirs(final_dir)
     restore_dir(final_dir)
     prefix = f".{final_dir.name}.tmp-"
@@ -269,6 +340,9 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final_dir.parent))
     try:
+        # mkdtemp makes it owner-only; the folder keeps the mode of the one it replaces, or gets the umask's.
+        previous = final_dir.stat().st_mode if final_dir.is_dir() else None
+        os.chmod(tmp, stat.S_IMODE(previous) if previous is not None else 0o777 & ~current_umask())
         yield tmp
         replace_dir(tmp, final_dir)
     except BaseException:

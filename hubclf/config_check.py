@@ -25,10 +25,12 @@ import torch.nn as nn
 from timm.models import PretrainedCfg
 
 from hubclf.models._base import ConvClassifier, architecture_class, input_size_problem
-from hubclf.text import is_printable, short, shorts
+from hubclf.text import is_printable, listing, printable, short, shorts
 
 __all__ = [
     "ConfigError",
+    "check_model_cost",
+    "max_param_bytes",
     "check_model_files",
     "read_config_file",
     "safetensors_header_shapes",
@@ -46,6 +48,12 @@ MAX_CLASSES = 100_000
 MAX_LABEL_CHARS = 256
 MAX_PIXEL_STAT = 1000  # |mean|, |std|: timm's are on the 0..1 scale, a few models' on 0..255
 MAX_NAME_CHARS = 256  # architecture and other identifier-like strings
+# The most parameter (and buffer) bytes a model built from someone else's folder may take: 2 GiB, 536 million
+# float32 values, more than ViT-L (304M) or ConvNeXt-XL (350M). Checked on the meta device, before any memory is
+# allocated. HUBCLF_MAX_PARAM_BYTES (or from_pretrained's max_param_bytes) raises it for a bigger model you trust.
+MAX_PARAM_BYTES = 2 << 30
+PARAM_BYTES_ENV = "HUBCLF_MAX_PARAM_BYTES"
+MAX_LISTED = 10  # errors list this many tensors, then a count
 # timm's interpolation names (timm.data.transforms.str_to_interp_mode), its eval crop modes, and the pools
 # each head takes: hubclf's classic head pools to a fixed grid, its slim head is timm's ClassifierHead ("" = no
 # pooling); other timm models also have fast pools (timm.layers.SelectAdaptivePool2d) and ViT-style token/map pools.
@@ -280,8 +288,8 @@ def validate_config(
     if label_names is not None and num_classes is not None:
         problems += [f"label_names: {p}" for p in label_name_problems(label_names, num_classes)]
     problems += _label_descriptions_problems(config.get("label_descriptions"))
-    if "hubclf" in config and not isinstance(config["hubclf"], dict):
-        problems.append("'hubclf' (the model card metadata) must be an object")
+    problems += _hubclf_block_problems(config.get("hubclf", {}))
+    problems += _strategy_problems(config.get("strategy"))
     if "auto_map" in config:
         problems += _auto_map_problems(config["auto_map"], architecture)
 
@@ -419,6 +427,62 @@ def _model_args_problems(
     return problems, in_chans if _is_int(in_chans) else None
 
 
+# The ``hubclf`` block (what the model card shows) and the types its renderer expects of each field; other keys are
+# kept and not read. A wrong type here was an "internal error" on push instead of a message.
+HUBCLF_BLOCK_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (str,), "dataset": (str,), "base_model": (str,), "freeze": (str,), "trainable_params": (int,),
+    "total_params": (int,), "hyperparameters": (dict,), "eval_results": (dict,), "epoch_metrics": (list,),
+    "images": (list,), "images_skipped": (str,),
+}  # fmt: skip
+
+
+def _hubclf_block_problems(block: Any) -> list[str]:
+    """The ``hubclf`` block's fields, typed as ``HUBCLF_BLOCK_TYPES`` says (``null`` allowed for each)."""
+    if not isinstance(block, dict):
+        return [f"'hubclf' (the model card metadata) must be an object, got {short(block)}"]
+    problems = []
+    for key, kinds in HUBCLF_BLOCK_TYPES.items():
+        value = block.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            expected = {str: "a string", int: "an integer", dict: "an object", list: "a list"}[kinds[0]]
+            problems.append(f"hubclf.{key} must be {expected} or null, got {short(value)}")
+    for key in ("trainable_params", "total_params"):
+        if _is_int(block.get(key)) and block[key] < 0:
+            problems.append(f"hubclf.{key} must be at least 0, got {block[key]}")
+    results = block.get("eval_results")
+    if isinstance(results, dict):
+        bad = [k for k, v in results.items() if v is not None and not _is_number(v)]
+        if bad:
+            problems.append(f"hubclf.eval_results must map names to numbers or null: {shorts(bad[:MAX_LISTED])}")
+    rows = block.get("epoch_metrics")
+    if isinstance(rows, list) and not all(isinstance(row, dict) for row in rows):
+        problems.append("hubclf.epoch_metrics must be a list of objects (one per epoch)")
+    images = block.get("images")
+    if isinstance(images, list) and not all(isinstance(name, str) for name in images):
+        problems.append(f"hubclf.images must be a list of file names, got {short(images)}")
+    return problems
+
+
+def _strategy_problems(section: Any) -> list[str]:
+    """The "Why this strategy" card section (``--strategy auto``, ``hubclf compare``): summary, table, reason."""
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        return [f"'strategy' (the card's \"Why this strategy\" section) must be an object, got {short(section)}"]
+    problems = [
+        f"strategy.{key} must be a string, got {short(section.get(key))}"
+        for key in ("summary", "reason")
+        if key in section and not isinstance(section[key], str)
+    ]
+    columns, rows = section.get("columns", []), section.get("rows", [])
+    if not _is_list_of(columns, str):
+        problems.append(f"strategy.columns must be a list of strings, got {short(columns)}")
+    scalars = (str, int, float, type(None))
+    if not (isinstance(rows, list) and all(isinstance(row, list) and _is_list_of(row, scalars) for row in rows)):
+        problems.append(f"strategy.rows must be a list of rows of numbers and strings, got {short(rows)}")
+    return problems
+
+
 def _auto_map_problems(auto_map: Any, architecture: str) -> list[str]:
     if not architecture.startswith("hubclf_"):
         return [f"auto_map is only written for hubclf architectures, not for {short(architecture)}"]
@@ -496,6 +560,76 @@ def _shape_problems(
                 f"model.safetensors has shape {list(weight)}"
             )
     return problems
+
+
+# ---- the model it builds, on the meta device -------------------------------------------------------------------
+def max_param_bytes(value: int | None = None) -> int:
+    """The parameter-bytes budget: ``value``, else ``HUBCLF_MAX_PARAM_BYTES``, else ``MAX_PARAM_BYTES`` (2 GiB).
+
+        max_param_bytes()   # 2147483648
+    """
+    if value is None:
+        text = os.environ.get(PARAM_BYTES_ENV)
+        if text is None:
+            return MAX_PARAM_BYTES
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{PARAM_BYTES_ENV}={short(text)} is not a number of bytes") from None
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"the parameter budget must be a positive number of bytes, got {short(value)}")
+    return value
+
+
+def check_model_cost(
+    model: nn.Module,
+    tensor_shapes: dict[str, tuple[int, ...]] | None,
+    source: str,
+    *,
+    budget: int | None = None,
+) -> None:
+    """Check ``model``, built on the meta device from someone's config (no memory allocated), before the real build:
+    its parameter and buffer bytes against the budget (``max_param_bytes``), then its state dict against the tensors
+    that ``model.safetensors`` declares (``safetensors_header_shapes``): the same names, the same shapes, hence the
+    same parameter count. A 116-byte file next to a config naming vit_large is refused here, not after 1 GB and 19 s.
+
+        with torch.device("meta"):
+            skeleton = timm.create_model(f"local-dir:{folder}", pretrained=False)
+        check_model_cost(skeleton, safetensors_header_shapes(folder / "model.safetensors"), str(folder))
+    """
+    budget = max_param_bytes(budget)
+    state = model.state_dict()
+    architecture = model.pretrained_cfg.get("architecture") if hasattr(model, "pretrained_cfg") else None
+    name = short(architecture or type(model).__name__)
+    count = sum(tensor.numel() for tensor in state.values())
+    nbytes = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    if nbytes > budget:
+        raise ConfigError(
+            f"{source}/config.json builds {name} with {count:,} parameters and buffers ({nbytes / 2**30:.2f} GiB), "
+            f"over the {budget / 2**30:.2f} GiB hubclf builds from someone else's folder; if you trust it, set "
+            f"{PARAM_BYTES_ENV} to more bytes"
+        )
+    if tensor_shapes is None:
+        return
+    expected = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    missing = sorted(set(expected) - set(tensor_shapes))
+    unexpected = sorted(set(tensor_shapes) - set(expected))
+    mis_shaped = [
+        f"{key}: file {tuple(tensor_shapes[key])} vs model {expected[key]}"
+        for key in sorted(set(expected) & set(tensor_shapes))
+        if tuple(tensor_shapes[key]) != expected[key]
+    ]
+    if missing or unexpected or mis_shaped:
+        found = sum(math.prod(shape) for shape in tensor_shapes.values())
+        parts = [
+            f"{len(items)} {what}: {listing(items, MAX_LISTED, show=printable)}"
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+            if items
+        ]
+        raise ConfigError(
+            f"{source}/model.safetensors does not match {name} as config.json builds it ({found:,} of its "
+            f"{count:,} values; nothing was built): " + "; ".join(parts)
+        )
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------------

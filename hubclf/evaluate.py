@@ -133,7 +133,7 @@ def evaluate_model(
     errors = _most_confident(mistakes, show_errors, images, label_names) if show_errors else None
     if accelerator.is_main_process:
         for bad in skipped:
-            logger.warning("%s (skipped)", bad["error"])
+            logger.warning("%s (skipped)", printable(bad["error"]))  # file names from someone's folder
     return {
         "model": str(source) if source is not None else _describe(model),
         "data": data,

@@ -1,40 +1,45 @@
 """Speed defaults chosen from the machine instead of assumed: loader workers, mixed precision, fused optimizers.
 
     workers = default_num_workers()                      # from the cores this process may use
-    precision, why = choose_mixed_precision("cpu")       # "bf16" only where the CPU is measurably faster in bf16
+    precision, why = choose_mixed_precision("cpu")       # "bf16" only on CPUs with bf16 instructions
     optimizer_kwargs = fused_optimizer_kwargs("adamw", torch.device("cpu"))   # {"fused": True}
 
 Why each matters (measured on CPU, torch 2.14, AlexNet at 448×224, see docs/performance.md):
 
-- bf16 autocast is 14× *slower* than fp32 for AlexNet training on a CPU without AVX-512 (no bf16 kernels), and
-  may be faster on CPUs with AVX-512 BF16 or AMX. So it is used by default only where the CPU has the
-  instructions *and* a short timing of a convolution forward + backward shows bf16 winning by a margin.
+- bf16 autocast is 14× *slower* than fp32 for AlexNet training on a CPU without AVX-512 (no bf16 kernels: torch
+  emulates them), and 1.32× faster on one with AVX-512 BF16. The precision changes the numbers a run computes, so it
+  is decided from what the hardware *is* (``/proc/cpuinfo`` flags, the CUDA device's compute capability), which is
+  the same on a quiet and a busy machine, never from a timing, which is not: a probe that measured bf16 3.46×
+  faster on one run chose fp32 on another minutes later, and the same command and seed gave different weights.
 - torch's single-tensor optimizers allocate temporaries the size of the model on every step: for AlexNet's 57M
   parameters the fused CPU kernels are ~10× faster (SGD: ~310 -> ~22 ms per step; AdamW: ~320 -> ~31 ms).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
 
 __all__ = [
     "resolve_device", "cpu_flags", "cpu_has_bf16_instructions", "usable_cores", "processes_on_this_machine",
-    "default_num_workers", "resolve_num_workers", "shared_memory_budget", "bf16_speedup_on_cpu",
-    "choose_mixed_precision", "fused_optimizer_kwargs", "BF16_MIN_SPEEDUP", "MAX_AUTO_WORKERS",
+    "default_num_workers", "resolve_num_workers", "shared_memory_budget", "choose_mixed_precision",
+    "fused_optimizer_kwargs", "MAX_AUTO_WORKERS", "BF16_CPU_FLAGS", "BF16_CUDA_CAPABILITY",
 ]
 
 logger = logging.getLogger(__name__)
 
-# bf16 must beat fp32 by this factor in the probe: a tie is not worth the lower precision.
-BF16_MIN_SPEEDUP = 1.15
 MAX_AUTO_WORKERS = 8
+# CPU flags (/proc/cpuinfo) of native bf16 arithmetic: AVX-512 BF16 (Cooper Lake, Zen 4 and later) and AMX-BF16
+# (Sapphire Rapids and later). oneDNN runs bf16 convolutions and matrix products on them; without them torch
+# converts to fp32 and back around every operation, which is what made bf16 14x slower here.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# CUDA devices of compute capability 8.0 (Ampere) and later have bf16 tensor cores; earlier ones emulate bf16, and
+# fp16 (which they do have) needs loss scaling that can skip steps: there auto stays in fp32.
+BF16_CUDA_CAPABILITY = (8, 0)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -83,7 +88,7 @@ def cpu_has_bf16_instructions(flags: set[str] | None = None) -> bool:
     """
     flags = cpu_flags() if flags is None else flags
     capability = torch.backends.cpu.get_cpu_capability().upper()  # "DEFAULT", "AVX2", "AVX512", ...
-    return bool({"avx512_bf16", "amx_bf16"} & flags) and "AVX512" in capability
+    return bool(set(BF16_CPU_FLAGS) & flags) and "AVX512" in capability
 
 
 def usable_cores() -> int:
@@ -140,56 +145,38 @@ def shared_memory_budget(processes_per_machine: int = 1) -> int:
     return budget // max(processes_per_machine, 1)
 
 
-@functools.lru_cache(maxsize=1)
-def bf16_speedup_on_cpu(repeats: int = 5) -> float:
-    """fp32 time / bf16-autocast time of a convolution (AlexNet's third layer's shape) + linear forward and
-    backward on this CPU (> 1: bf16 is faster). Takes about half a second. CPU time, best of ``repeats``: other
-    programs on a busy machine then neither fake a win nor hide one."""
-    torch.manual_seed(0)
-    layers = torch.nn.Sequential(
-        torch.nn.Conv2d(192, 384, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(384, 256),
-    )
-    inputs = torch.randn(8, 192, 27, 13)
+def choose_mixed_precision(
+    device_type: str, *, flags: set[str] | None = None, cuda_capability: tuple[int, int] | None = None
+) -> tuple[str | None, str]:
+    """What ``--mixed-precision auto`` means here, and why: ``(value for Accelerate, reason)``, from the hardware's
+    features alone, so the same machine always decides the same, however busy it is.
 
-    def step(bf16: bool) -> float:
-        started = time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = layers(inputs).float().square().mean()
-        loss.backward()
-        return time.process_time() - started
-
-    times = {}
-    for bf16 in (False, True):
-        step(bf16)  # warm-up: oneDNN picks and caches its kernels
-        times[bf16] = min(step(bf16) for _ in range(repeats))
-    return times[False] / max(times[True], 1e-9)
-
-
-def choose_mixed_precision(device_type: str) -> tuple[str | None, str]:
-    """What ``--mixed-precision auto`` means here, and why: ``(value for Accelerate, reason)``.
-
-    On a CPU: ``"bf16"`` only when the CPU has bf16 instructions and the probe shows bf16 at least
-    ``BF16_MIN_SPEEDUP`` times faster, else ``"no"``. On accelerators and under ``accelerate launch
-    --mixed_precision`` (``ACCELERATE_MIXED_PRECISION``): ``None``, i.e. Accelerate's own setting, as before.
+    - A CPU: ``"bf16"`` where it has native bf16 instructions (``BF16_CPU_FLAGS`` in ``/proc/cpuinfo``) and torch
+      dispatches to AVX-512 kernels (``cpu_has_bf16_instructions``), else ``"no"`` (fp32).
+    - A CUDA device: ``"bf16"`` from compute capability 8.0 (bf16 tensor cores), else ``"no"``.
+    - Other accelerators, and ``accelerate launch --mixed_precision`` (``ACCELERATE_MIXED_PRECISION``): ``None``,
+      Accelerate's own setting.
 
     Example::
 
-        choose_mixed_precision("cpu")   # ("no", "CPU without AVX-512 BF16/AMX: bf16 would be slower")
+        choose_mixed_precision("cpu", flags={"avx2"})   # ("no", "CPU without AVX-512 BF16 or AMX-BF16 ...")
     """
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None, f"ACCELERATE_MIXED_PRECISION={os.environ['ACCELERATE_MIXED_PRECISION']} (accelerate launch)"
-    if device_type != "cpu":
-        return None, f"{device_type}: Accelerate's default"
-    if not cpu_has_bf16_instructions():
-        return "no", "CPU without AVX-512 BF16/AMX: bf16 would be slower than fp32"
-    speedup = bf16_speedup_on_cpu()
-    if speedup >= BF16_MIN_SPEEDUP:
-        return "bf16", f"CPU with bf16 instructions, bf16 measured {speedup:.2f}x faster than fp32"
-    return "no", f"CPU with bf16 instructions, but bf16 measured only {speedup:.2f}x fp32's speed"
+    if device_type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        if cpu_has_bf16_instructions(flags):
+            found = "/".join(sorted(set(BF16_CPU_FLAGS) & flags))
+            return "bf16", f"CPU flags {found}: native bf16 arithmetic"
+        return "no", "CPU without AVX-512 BF16 or AMX-BF16 (/proc/cpuinfo): bf16 would be emulated, slower than fp32"
+    if device_type == "cuda":
+        if cuda_capability is None:
+            cuda_capability = torch.cuda.get_device_capability()
+        major, minor = cuda_capability
+        if tuple(cuda_capability) >= BF16_CUDA_CAPABILITY:
+            return "bf16", f"CUDA compute capability {major}.{minor}: bf16 tensor cores"
+        return "no", f"CUDA compute capability {major}.{minor}, below 8.0: no bf16 tensor cores"
+    return None, f"{device_type}: Accelerate's default"
 
 
 def fused_optimizer_kwargs(opt: str, device: torch.device) -> dict[str, bool]:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,15 @@ from hubclf._faults import fault_point
 from hubclf._version import __version__
 from hubclf.atomic import atomic_write_text, staged_dir, strict_json_dumps, to_strict_json
 from hubclf.card import render_model_card
-from hubclf.config_check import check_model_files, label_name_problems
+from hubclf.config_check import (
+    MAX_CLASSES,
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    check_model_cost,
+    check_model_files,
+    label_name_problems,
+    safetensors_header_shapes,
+)
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
 from hubclf.models._base import ConvClassifier
@@ -61,7 +70,7 @@ from hubclf.remote_code import REMOTE_CODE_FILES, auto_map_entries, remote_code_
 
 __all__ = [
     "save_pretrained", "push_to_hub", "from_pretrained", "update_card", "verify_push", "fetch_config",
-    "render_model_card", "PushVerification",
+    "render_model_card", "PushVerification", "check_saveable",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -161,7 +170,7 @@ def save_pretrained(
         fault_point("save_pretrained.after_weights")
         for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
-        config = _write_config(model, tmp / CONFIG_NAME, label_names, metadata, extra_config)
+        config = _write_config(model, tmp / CONFIG_NAME, label_names, metadata, extra_config, where=save_dir)
         for name, text in remote_code_files(config).items():  # remote code: modeling_hubclf.py
             atomic_write_text(tmp / name, text)
         fault_point("save_pretrained.after_config")
@@ -222,14 +231,14 @@ def update_card(
             (tmp / name).write_bytes(png)
         for name, text in remote_code_files(config).items():  # remote code: written anew, never copied
             atomic_write_text(tmp / name, text)
-        atomic_write_text(tmp / CONFIG_NAME, strict_json_dumps(config, indent=2) + "\n")
+        atomic_write_text(tmp / CONFIG_NAME, _config_text(config, save_dir))
         fault_point("update_card.after_config")
         render_model_card(config, str(save_dir.resolve())).save(tmp / CARD_NAME)
     return save_dir
 
 
 def _write_config(
-    model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict
+    model: nn.Module, path: Path, label_names: list[str] | None, metadata: dict, extra_config: dict, where: Path
 ) -> dict[str, Any]:
     """timm's own config export, then the two fixes that keep the file loadable everywhere. ``path`` is inside the
     folder that ``save_pretrained`` stages, so rewriting it in place is safe."""
@@ -258,8 +267,60 @@ def _write_config(
     if list(pretrained_cfg["input_size"]) != list(input_size):
         raise RuntimeError(f"timm exported input_size {pretrained_cfg['input_size']}, the model says {input_size}")
     config = to_strict_json(config)
-    atomic_write_text(path, strict_json_dumps(config, indent=2) + "\n")
+    atomic_write_text(path, _config_text(config, where))
     return config
+
+
+def _config_text(config: dict[str, Any], where: Path) -> str:
+    """config.json's text; refused when from_pretrained would refuse to read it (over ``MAX_CONFIG_BYTES``): a saved
+    folder always loads back."""
+    text = strict_json_dumps(config, indent=2) + "\n"
+    size = len(text.encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the config.json for {where} would be {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model's config may "
+            f"have to load (label names take {_label_names_bytes(config.get('label_names') or []):,}): shorten the "
+            "class names or use fewer classes"
+        )
+    return text
+
+
+# Room in config.json for everything but the label names and the per-epoch table: architecture, pretrained_cfg,
+# model_args, the card's hyperparameters and recipe decisions, a strategy section. A few KB in practice.
+CONFIG_RESERVE_BYTES = 64 << 10
+# One epoch's row of the card's table (CARD_COLUMNS: 8 numbers and a stage name) as config.json holds it, at most.
+EPOCH_ROW_BYTES = 400
+
+
+def _label_names_bytes(label_names: list[str]) -> int:
+    """What ``label_names`` take in config.json (indented, ASCII-escaped as written)."""
+    return len(strict_json_dumps({"label_names": list(label_names)}, indent=2)) - len('{\n  "label_names": \n}')
+
+
+def check_saveable(label_names: list[str], *, epochs: int = 1) -> None:
+    """Refuse, before training, classes whose model would save but never load back: the limits ``from_pretrained``
+    enforces (at most ``MAX_CLASSES`` classes, label names as ``label_name_problems`` says, a config.json of at most
+    ``MAX_CONFIG_BYTES``, here with room for ``epochs`` rows of the card's table and the rest). One ``ValueError``.
+
+        check_saveable([f"{i:05d}" + "x" * 215 for i in range(5000)])   # ValueError: ... take 1,140,004 bytes ...
+    """
+    if len(label_names) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(label_names):,} classes: a saved model may have at most {MAX_CLASSES:,} (from_pretrained refuses "
+            "more), so this run's model would not load back"
+        )
+    problems = label_name_problems(label_names, len(label_names))
+    if problems:
+        raise ValueError("class names " + "; ".join(problems))
+    names = _label_names_bytes(label_names)
+    needed = names + epochs * EPOCH_ROW_BYTES + CONFIG_RESERVE_BYTES
+    if needed > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the {len(label_names):,} class names take {names:,} bytes of config.json, which with the rest of the "
+            f"model's record ({needed - names:,} bytes for {epochs} epoch(s)) is over the {MAX_CONFIG_BYTES:,} bytes "
+            "from_pretrained reads: the model would save but never load back. Shorten the class names or use fewer "
+            "classes"
+        )
 
 
 # ---- push -----------------------------------------------------------------------------------------------------
@@ -444,6 +505,7 @@ def from_pretrained(
     *,
     revision: str | None = None,
     num_classes: int | None = None,
+    max_param_bytes: int | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load a hubclf model from a Hub repo id, a local folder, or an ``hf-hub:`` / ``local-dir:`` name.
@@ -453,18 +515,41 @@ def from_pretrained(
     N-class classifier on the loaded backbone. ``cache_dir`` and ``token`` steer the download; other ``overrides``
     go to ``timm.create_model`` (e.g. ``drop_rate=0.2``).
 
+    Nothing is built before it is checked: ``config.json`` and the ``model.safetensors`` header
+    (``hubclf.config_check``), then the architecture is instantiated on the meta device, which allocates nothing,
+    and its parameter bytes must fit ``max_param_bytes`` (default: ``HUBCLF_MAX_PARAM_BYTES``, else 2 GiB) and its
+    tensors must be exactly those of the file. From the Hub, the weights are downloaded only once the budget holds.
+
         model = from_pretrained("me/flowers-alexnet", revision="v1", num_classes=5)
     """
     cache_dir, token = overrides.pop("cache_dir", None), overrides.pop("token", None)
-    folder, hub_id = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
+    folder, hub_id, fetch_weights = _locate(repo_id_or_path, revision, cache_dir=cache_dir, token=token)
     source = hub_id or str(folder)
     config = _read_config(folder / CONFIG_NAME, source)
     _check_architecture(config["architecture"], source)
 
     # timm parses config.json (model_args, pretrained_cfg, label names) exactly as for its own "local-dir:" models;
     # the weights are loaded below, strictly, instead of through timm's head-dropping pretrained path.
-    model = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=config["num_classes"], **overrides)
-    _load_strict(model, safetensors.torch.load_file(folder / WEIGHTS_NAME), source)
+    def build() -> nn.Module:
+        return timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=config["num_classes"],
+                                 **overrides)  # fmt: skip
+
+    try:
+        with torch.device("meta"):  # shapes and sizes only: no memory, no initialisation
+            skeleton = build()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:  # every timm family builds there
+        raise ConfigError(
+            f"{source}/{CONFIG_NAME}: {config['architecture']} cannot be built on the meta device to check its size "
+            f"before memory is allocated ({type(e).__name__}: {e})"
+        ) from e
+    check_model_cost(skeleton, None, source, budget=max_param_bytes)  # before the weights are downloaded
+    weights = fetch_weights()
+    header = safetensors_header_shapes(weights, name=f"{source}/{WEIGHTS_NAME}")
+    check_model_files(folder / CONFIG_NAME, weights, source)  # the config against the header it now has
+    check_model_cost(skeleton, header, source, budget=max_param_bytes)
+    del skeleton
+    model = build()
+    _load_strict(model, safetensors.torch.load_file(weights), source)
 
     pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("file", "source")}
     if hub_id:
@@ -484,8 +569,9 @@ def from_pretrained(
 
 def _locate(
     name: str | os.PathLike, revision: str | None, *, cache_dir: str | None, token: str | None
-) -> tuple[Path, str | None]:
-    """Return the folder holding config.json + model.safetensors, downloading them first for a Hub id."""
+) -> tuple[Path, str | None, Callable[[], Path]]:
+    """The folder holding a checked config.json (downloaded first for a Hub id), the Hub id, and how to get
+    ``model.safetensors`` (for a Hub id: a download, which ``from_pretrained`` starts once the config passed)."""
     ref = ModelRef.parse(name, revision=revision)
     if ref.kind == "architecture":
         raise FileNotFoundError(
@@ -497,18 +583,21 @@ def _locate(
             hint = f"for the Hub repo, write hf-hub:{ref.text}"
             raise FileNotFoundError(f"model folder {ref.text} does not exist ({hint})")
         _check_model_folder(ref.path)
-        return ref.path, None
+        return ref.path, None, lambda: ref.path / WEIGHTS_NAME
 
     hub_id, revision = ref.repo_id, ref.revision
     download = dict(revision=revision, cache_dir=cache_dir, token=token, library_name="hubclf",
                     library_version=__version__)  # fmt: skip
     config_file = _download_config(hub_id, download)
-    try:
-        hf_hub_download(hub_id, WEIGHTS_NAME, **download)
-    except EntryNotFoundError as e:
-        raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+
+    def fetch_weights() -> Path:
+        try:
+            return Path(hf_hub_download(hub_id, WEIGHTS_NAME, **download))
+        except EntryNotFoundError as e:
+            raise _no_safetensors_error(hub_id, _pickle_files_on_hub(hub_id, revision, token)) from e
+
     # Both files sit in the same snapshot folder of the cache.
-    return Path(config_file).parent, hub_id
+    return Path(config_file).parent, hub_id, fetch_weights
 
 
 def fetch_config(name: str | os.PathLike | ModelRef, *, token: str | None = None) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 huggingface_hub and httpx log request URLs: httpx2 at INFO (``HTTP Request: PUT https://...``), huggingface_hub's
 retry warnings at WARNING (``Retrying ... PUT https://...``). Uploads and downloads of large files go to signed
 storage URLs whose query string (``?expires=...&signature=...``, ``X-Amz-Signature=...``) is a credential for that
-object until it expires, so a shared train log must not show it. Redaction happens where log records are created
-(a log record factory), so it covers every logger and every handler, pytest's ``caplog`` included.
+object until it expires, so a shared train log must not show it. A URL's user information
+(``http://user:password@host``, as in an ``HF_ENDPOINT`` behind a proxy) is a credential too. Redaction happens
+where log records are created (a log record factory), so it covers every logger and every handler, pytest's
+``caplog`` included.
 
     from hubclf.logs import redact, redacted_logs
     redact("PUT https://s3/x?X-Amz-Signature=abc")   # 'PUT https://s3/x?<redacted>'
+    redact("http://me:pw@proxy:8080/api")            # 'http://<redacted>@proxy:8080/api'
     with redacted_logs():
         api.create_commit(...)
 """
@@ -28,16 +31,21 @@ _TOKEN = re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{16,}\b|(?<=Bearer )[^\s'\",]+
 # A query string (of a full URL or of a bare path, as in server request lines) ...
 _QUERY = re.compile(r"\?([^\s'\"<>#]+)")
 # ... is a credential when it carries one of these parameters (S3 / CloudFront / the Hub's own storage signatures).
+# The user information of a URL (``scheme://user:password@host``): everything between "://" and the "@" that ends
+# the authority, which RFC 3986 lets hold neither "/", "?", "#" nor whitespace.
+_USERINFO = re.compile(r"(?<=://)[^\s/?#@'\"<>]+@")
 _SIGNED_PARAM = re.compile(
     r"(?:^|&)(?:x-amz-[\w-]*|signature|expires|policy|key-pair-id|sig|token|access_token)=", re.IGNORECASE
 )
 
 
 def redact(text: str) -> str:
-    """``text`` with tokens and the query strings of signed URLs replaced by ``<redacted>``.
+    """``text`` with tokens, the user information of URLs and the query strings of signed URLs replaced by
+    ``<redacted>``.
 
     redact("GET /objects/a/b?expires=1&signature=f00 200")  # 'GET /objects/a/b?<redacted> 200'
     """
+    text = _USERINFO.sub(f"{REDACTED}@", text)
     text = _QUERY.sub(lambda m: f"?{REDACTED}" if _SIGNED_PARAM.search(m.group(1)) else m.group(0), text)
     return _TOKEN.sub(REDACTED, text)
 

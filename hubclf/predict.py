@@ -100,7 +100,8 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels, error = self.transform(decode_image(str(self.paths[index]))), ""
+            image = decode_image(str(self.paths[index]), transform=self.transform)  # budget checked on the header
+            pixels, error = self.transform(image), ""
         except BadImageError as e:
             pixels, error = torch.zeros(self.input_size), str(e)
         return {"pixel_values": pixels, "error": error, "index": index}
@@ -157,7 +158,7 @@ def predict(
             ):
                 path = str(files[index])
                 if error:
-                    logger.warning("%s", error)
+                    logger.warning("%s", printable(error))  # a file name may hold escape sequences
                     results.append(ImagePrediction(path, error=error))
                 else:
                     top = [{"label": names[c], "score": s} for c, s in zip(row_classes, row_scores, strict=True)]

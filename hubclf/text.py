@@ -61,3 +61,31 @@ def md_cell(text: Any) -> str:
         md_cell("a|b\\nc")   # 'a\\\\|b c'
     """
     return re.sub(r"\s+", " ", str(text)).replace("|", "\\|")
+
+
+# Characters that start Markdown syntax somewhere in a line (CommonMark's ASCII punctuation that can be escaped),
+# and the two that start HTML: text from others must not become a link, an image, a heading or a tag.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+
+
+def md_text(text: Any) -> str:
+    r"""Text shown literally inside Markdown (a heading, a sentence): one line, Markdown punctuation backslash-escaped,
+    ``&`` and ``<`` as HTML entities, control characters escaped. A label ``![x](http://evil/t.png)`` then shows as
+    typed instead of loading an image from someone else's server.
+
+        md_text("![x](http://e/t.png) <b>")   # '\!\[x\]\(http://e/t\.png\) &lt;b&gt;'
+    """
+    line = printable(re.sub(r"\s+", " ", str(text)).strip())
+    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", line)
+
+
+def listing(items: Any, limit: int = 10, show: Any = str) -> str:
+    """The first ``limit`` items, comma-separated (each through ``show``), then how many more: long lists in
+    messages and log lines stay one readable line (10,000 empty class folders are not a 199 KB line).
+
+        listing(range(12), limit=3)   # '0, 1, 2 and 9 more'
+    """
+    items = list(items)
+    shown = ", ".join(show(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit:,} more" if len(items) > limit else "")

@@ -197,7 +197,9 @@ def test_write_space_writes_a_ready_to_push_space(photos, tmp_path, capsys):
     argv = ["app", "me/zoo-alexnet", "--write-space", str(space), "--top-k", "2", "--examples", str(photos["lion"])]
     assert main(argv) == 0
     assert "hf upload" in capsys.readouterr().out
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "examples", "requirements.txt"]
+    assert sorted(p.name for p in space.iterdir()) == [
+        ".hubclf-space", "README.md", "app.py", "examples", "requirements.txt"
+    ]  # fmt: skip
     assert [p.name for p in (space / "examples").iterdir()] == ["00-lion.jpg"]
 
     meta = front_matter((space / "README.md").read_text(encoding="utf-8"))
@@ -216,16 +218,60 @@ def test_write_space_writes_a_ready_to_push_space(photos, tmp_path, capsys):
 def test_write_space_replaces_a_non_empty_folder_only_with_overwrite(tmp_path, capsys):
     require("gradio")
     space = tmp_path / "space"
-    space.mkdir()
-    (space / "mine.txt").write_text("keep me")
+    assert main(["app", "me/zoo", "--write-space", str(space)]) == 0
+    (space / "notes.txt").write_text("mine")
     assert main(["app", "me/zoo", "--write-space", str(space)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert [p.name for p in space.iterdir()] == ["mine.txt"]
-    assert main(["app", "me/zoo", "--write-space", str(space), "--overwrite"]) == 0
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    assert main(["app", "me/zoo", "--write-space", str(space), "--overwrite"]) == 0  # a Space hubclf wrote
+    assert sorted(p.name for p in space.iterdir()) == [".hubclf-space", "README.md", "app.py", "requirements.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["space"]
     (tmp_path / "empty").mkdir()
     assert main(["app", "me/zoo", "--write-space", str(tmp_path / "empty")]) == 0  # an empty folder is fine
+
+
+def test_overwrite_never_replaces_a_folder_hubclf_did_not_write(tmp_path, monkeypatch, capsys):
+    """``hubclf app owner/name --write-space . --overwrite`` deleted the contents of the current folder."""
+    require("gradio")
+    work = tmp_path / "home" / "a" / "work"
+    (work / "project").mkdir(parents=True)
+    (work / "notes.txt").write_text("keep me")
+    (work / "project" / "main.py").write_text("print()")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cases = {
+        ".": "is the current folder", str(work): "is the current folder", "..": "a folder above the current one",
+        "/": "is the root folder", "~": "is your home folder",
+        "project": "holds files hubclf did not write (main.py; no .hubclf-space marker)",
+    }  # fmt: skip
+    for where, message in cases.items():
+        assert main(["app", "me/zoo", "--write-space", where, "--overwrite"]) == 2, where
+        err = capsys.readouterr().err
+        assert err.startswith("hubclf app: error: ") and message in err and err.count("\n") == 1, (where, err)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "project"]  # nothing touched
+    assert (work / "notes.txt").read_text() == "keep me" and (work / "project" / "main.py").is_file()
+
+
+def test_the_app_shows_label_names_as_typed_and_refuses_an_image_over_budget(photos, tmp_path, monkeypatch):
+    """Label names from someone's config reach the app's Markdown; an upload whose resize would exhaust memory is
+    refused with a message instead of failing the server (a 375-byte 100000x1 PNG asked for gigabytes)."""
+    gr = require("gradio")
+    import hubclf.app as app_module
+
+    names = ["![x](http://127.0.0.1:9/track.png)", "<img src=x onerror=alert(1)>", "# big"]
+    model = timm.create_model("hubclf_alexnet_slim", num_classes=3, img_size=IMG_SIZE)
+    folder = hubclf.save_pretrained(model, tmp_path / "model", label_names=names)
+    app = app_module.build_app(str(folder), device="cpu")
+    (markdown,) = [block for block in app.blocks.values() if isinstance(block, gr.Markdown)]
+    assert "\\!\\[x\\]\\(http://127\\.0\\.0\\.1:9/track\\.png\\)" in markdown.value
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in markdown.value and "\\# big" in markdown.value
+    assert "<img" not in markdown.value and "](" not in markdown.value
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (100_000, 1)).save(strip)
+    (predict_fn,) = [fn.fn for fn in app.fns.values() if fn.api_name == "predict"]
+    with pytest.raises(gr.Error, match="resize its 100000x1 pixels.*MAX_DECODE_BYTES"):
+        predict_fn(str(strip))  # what gradio passes for an upload: its file path
+    assert predict_fn(str(photos["lion"])).keys() == set(names)  # the app lives on
 
 
 def test_the_written_space_serves_the_model_from_the_hub(model_dir, photos, use_hub, new_repo_id, tmp_path):

@@ -107,3 +107,81 @@ def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
     assert notes.read_text() == "a file"
     make_parent_dirs(tmp_path / "a" / "b" / "c.txt")
     assert (tmp_path / "a" / "b").is_dir() and not (tmp_path / "a" / "b" / "c.txt").exists()
+
+
+# ---- guards: only regular files are replaced, and they keep their mode --------------------------------------------
+def _specials(tmp_path):
+    """A FIFO, a socket, a character device (a copy of /dev/null's node, where mknod is allowed), a symbolic link
+    and a folder, each where a file is about to be written."""
+    import socket
+    import stat as st
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sock = tmp_path / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    link = tmp_path / "link"
+    (tmp_path / "target.txt").write_text("kept")
+    link.symlink_to(tmp_path / "target.txt")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    found = {"FIFO": fifo, "socket": sock, "symbolic link": link, "folder": folder}
+    try:
+        os.mknod(tmp_path / "null", 0o666 | st.S_IFCHR, os.makedev(1, 3))
+        found["character device"] = tmp_path / "null"
+    except PermissionError:  # not root: the other kinds still show the rule
+        pass
+    return found, server
+
+
+def test_atomic_writes_refuse_to_replace_anything_but_a_regular_file(tmp_path):
+    from hubclf.atomic import NotARegularFileError, atomic_write_bytes
+
+    found, server = _specials(tmp_path)
+    try:
+        for kind, path in found.items():
+            before = os.lstat(path)
+            with pytest.raises(NotARegularFileError, match=rf"^{path} is an? {kind}.*not a regular file"):
+                atomic_write_bytes(path, b"x")
+            after = os.lstat(path)
+            assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), kind  # left as it was
+    finally:
+        server.close()
+    assert (tmp_path / "target.txt").read_text() == "kept"
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path):
+    import stat as st
+
+    kept = tmp_path / "shared.json"
+    kept.write_text("{}")
+    os.chmod(kept, 0o644)
+    atomic_write_json(kept, {"a": 1})
+    assert st.S_IMODE(kept.stat().st_mode) == 0o644  # was 0o600 (mkstemp's) after every rewrite
+    os.chmod(kept, 0o640)
+    atomic_write_text(kept, "x")
+    assert st.S_IMODE(kept.stat().st_mode) == 0o640
+    previous = os.umask(0o027)
+    try:
+        new = atomic_write_text(tmp_path / "new.txt", "x")
+        with staged_dir(tmp_path / "model") as tmp:
+            (tmp / "a").write_text("a")
+    finally:
+        os.umask(previous)
+    assert st.S_IMODE(new.stat().st_mode) == 0o640
+    assert st.S_IMODE((tmp_path / "model").stat().st_mode) == 0o750  # mkdtemp's 0o700 before
+    os.chmod(tmp_path / "model", 0o755)
+    with staged_dir(tmp_path / "model") as tmp:  # a replaced folder keeps its mode too
+        (tmp / "b").write_text("b")
+    assert st.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_staged_dir_refuses_to_swap_a_folder_in_for_a_special_file(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(NotADirectoryError, match="is a FIFO.*not a folder"):
+        with staged_dir(fifo):
+            pass
+    assert os.path.exists(fifo) and not os.path.isdir(fifo)

@@ -235,6 +235,21 @@ CASES = [
      "config.json", r"auto_map has entries \['AutoTokenizer'\]; only \['AutoModel', 'AutoModelForImageClass"),
     ("auto_map_not_an_object", edit_config(set_in("auto_map", "modeling_hubclf.Model")),
      "config.json", r"auto_map must be an object naming the classes of modeling_hubclf.py, got 'modeling_hubclf"),
+    # What the model card renders: a wrong type was an "internal error" on push.
+    ("hubclf_block_a_list", edit_config(set_in("hubclf", [1])),
+     "config.json", r"'hubclf' \(the model card metadata\) must be an object, got \[1\]"),
+    ("hubclf_hyperparameters_a_list", edit_config(set_in("hubclf.hyperparameters", [1])),
+     "config.json", r"hubclf.hyperparameters must be an object or null, got \[1\]"),
+    ("hubclf_eval_results_text", edit_config(set_in("hubclf.eval_results", {"accuracy": "high"})),
+     "config.json", r"hubclf.eval_results must map names to numbers or null: \['accuracy'\]"),
+    ("hubclf_epoch_metrics_numbers", edit_config(set_in("hubclf.epoch_metrics", [1, 2])),
+     "config.json", r"hubclf.epoch_metrics must be a list of objects"),
+    ("hubclf_total_params_text", edit_config(set_in("hubclf.total_params", "many")),
+     "config.json", r"hubclf.total_params must be an integer or null, got 'many'"),
+    ("strategy_a_number", edit_config(set_in("strategy", 5)),
+     "config.json", r"'strategy' \(the card's \"Why this strategy\" section\) must be an object, got 5"),
+    ("strategy_rows_nested", edit_config(set_in("strategy", {"summary": "s", "columns": ["a"], "rows": [[{"x": 1}]]})),
+     "config.json", r"strategy.rows must be a list of rows of numbers and strings"),
 ]  # fmt: skip
 CLI_CASES = {  # a representative subset also goes through `hubclf predict` (all of them would only repeat the loads)
     "img_size_huge", "num_classes_1e13", "num_classes_vs_head", "in_chans_vs_first_conv", "model_args_unknown",
@@ -467,3 +482,113 @@ def test_label_names_are_escaped_when_printed():
          "loss": 0.1, "model": "m", "data": "d\n", "split": "validation", "num_samples": 2}
     )  # fmt: skip
     assert "\x1b" not in report and "a\\x1b[31m" in report and "d\\n" in report
+
+
+# ---- the architecture it builds: on the meta device first -------------------------------------------------------
+def tiny_weights_for(architecture: str, folder: Path, **config_changes) -> Path:
+    """A folder whose config names ``architecture`` and whose model.safetensors is ~100 bytes (a 0-channel first
+    conv): the header checks pass it (no classifier, the first conv present), the model it names is large."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({"patch_embed.proj.weight": torch.zeros(0, 3, 16, 16)}, folder / "model.safetensors")
+    config = {"architecture": architecture, "num_classes": 0, "pretrained_cfg": {"input_size": [3, 224, 224]},
+              **config_changes}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def nothing_is_allocated(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Fail the test if a model is built anywhere but on the meta device, or a weight tensor read."""
+    real_create = timm.create_model
+    built: list[str] = []
+
+    def create_on_meta_only(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        devices = {tensor.device.type for tensor in model.state_dict().values()}
+        if devices != {"meta"}:
+            raise AssertionError(f"{args[0]} was built on {devices} before it was checked")
+        built.append(args[0])
+        return model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights loader ran")
+
+    monkeypatch.setattr(timm, "create_model", create_on_meta_only)
+    monkeypatch.setattr(hubclf.hub.safetensors.torch, "load_file", refuse)
+    return built
+
+
+def test_a_tiny_file_naming_a_huge_architecture_is_refused_on_the_meta_device(tmp_path, nothing_is_allocated):
+    """A 116-byte model.safetensors next to a config naming vit_large passed the header checks, and the full model
+    was built (+0.94 GB, 19 s) before loading failed."""
+    folder = tiny_weights_for("vit_large_patch16_224", tmp_path / "vit")
+    assert (folder / "model.safetensors").stat().st_size < 120
+    with pytest.raises(ConfigError) as error:
+        from_pretrained(folder)
+    message = str(error.value)
+    assert message.startswith(
+        f"{folder}/model.safetensors does not match 'vit_large_patch16_224' as config.json builds it (0 of its "
+        "303,301,632 values; nothing was built): 293 missing: blocks.0.attn.proj.bias, "
+    )
+    assert "and 283 more; 1 mis-shaped: patch_embed.proj.weight: file (0, 3, 16, 16) vs model (1024, 3, 16, 16)" in (
+        message
+    )
+    assert nothing_is_allocated == [f"local-dir:{folder}"]  # built once, on the meta device
+
+
+def test_the_parameter_budget_is_checked_before_anything_is_allocated(
+    good, tmp_path, monkeypatch, nothing_is_allocated
+):
+    folder = tiny_weights_for("vit_huge_patch14_224", tmp_path / "huge")  # 631M parameters: 2.35 GiB in float32
+    with pytest.raises(ConfigError, match=r"builds 'vit_huge_patch14_224' with 630,\d{3},\d{3} parameters and buffers "
+                       r"\(2\.3\d GiB\), over the 2\.00 GiB hubclf builds from someone else's folder; if you trust it, "
+                       r"set HUBCLF_MAX_PARAM_BYTES to more bytes$"):  # fmt: skip
+        from_pretrained(folder)
+    monkeypatch.setenv("HUBCLF_MAX_PARAM_BYTES", "1_000_000")  # configurable: here below the good model's 9.9 MB
+    with pytest.raises(ConfigError, match=r"hubclf_alexnet_slim' with 2,47\d,\d{3} parameters"):
+        from_pretrained(good)
+    with pytest.raises(ConfigError, match="over the"):
+        from_pretrained(good, max_param_bytes=1000)
+    monkeypatch.setenv("HUBCLF_MAX_PARAM_BYTES", "lots")
+    with pytest.raises(ConfigError, match="HUBCLF_MAX_PARAM_BYTES='lots' is not a number of bytes"):
+        from_pretrained(good)
+
+
+def test_a_good_folder_is_checked_on_the_meta_device_then_built_once(good, monkeypatch):
+    real_create, devices = timm.create_model, []
+
+    def recording(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    assert from_pretrained(good).label_names == LABELS
+    assert devices == ["meta", "cpu"]
+
+
+def test_an_over_budget_hub_model_is_refused_before_its_weights_are_downloaded(use_hub, new_repo_id, good, monkeypatch):
+    repo_id = new_repo_id("big")
+    api = HfApi(token=use_hub.token)
+    api.create_repo(repo_id)
+    for name in ("config.json", "model.safetensors"):
+        api.upload_file(path_or_fileobj=str(good / name), path_in_repo=name, repo_id=repo_id)
+    monkeypatch.setenv("HUBCLF_MAX_PARAM_BYTES", "1000000")
+    since = len(use_hub.requests)
+    with pytest.raises(ConfigError, match="over the"):
+        from_pretrained(repo_id)
+    assert not any("model.safetensors" in r.path for r in use_hub.requests[since:])
+
+
+@pytest.mark.parametrize("case", ["hubclf_hyperparameters_a_list", "strategy_rows_nested"])
+def test_a_bad_card_record_is_one_line_on_push_not_an_internal_error(good, tmp_path, case, capsys):
+    """Someone's config.json with an unvalidated hubclf/strategy block reached the card renderer on push."""
+    break_it, _, message = next(c[1:] for c in CASES if c[0] == case)
+    folder = copy_folder(good, tmp_path / "hostile")
+    break_it(folder)
+    assert main(["push", str(folder), "me/anything", "--no-verify"]) == 2  # refused before any request
+    err = capsys.readouterr().err
+    assert err.startswith("hubclf push: error: ") and "internal error" not in err and err.count("\n") == 1
+    assert re.search(message, err), err

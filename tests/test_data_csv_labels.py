@@ -134,3 +134,17 @@ def test_train_and_eval_on_csv_labels_end_to_end(tmp_path, capsys):
     assert (config.data, config.labels, config.path_column) == ("photos", "l.csv", "file")
 
 
+
+
+def test_csv_rows_and_the_csv_itself_must_be_regular_files(tmp_path):
+    """A FIFO listed in a CSV hung the first epoch (opening it waits for a writer): refused from its stat."""
+    import os
+
+    csv_image_set(tmp_path, {"a.png": 0})
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    with pytest.raises(LabelsCSVError, match=r"2 listed path\(s\) are not regular files: pipe.png \(a FIFO \(named pipe\)\), zero.png \(a character device\)$"):  # noqa: E501
+        read_labels_csv(write_csv(tmp_path / "l.csv", "path,label\na.png,x\npipe.png,y\nzero.png,y\n"))
+    os.mkfifo(tmp_path / "labels.csv")
+    with pytest.raises(LabelsCSVError, match="labels.csv is a FIFO .*not a regular file"):
+        read_labels_csv(tmp_path / "labels.csv")

@@ -135,3 +135,16 @@ def test_a_name_that_is_neither_a_folder_nor_a_reachable_hub_dataset_says_both(t
     with pytest.raises(FileNotFoundError, match=r"^--data Photos: no such folder here, and as a Hub dataset id: "
                        r"Couldn't reach 'Photos' on the Hub \(OfflineModeIsEnabled\)$"):  # fmt: skip
         open_dataset("Photos")
+
+
+def test_many_empty_class_folders_make_one_short_log_line(tmp_path, caplog):
+    """10,000 empty class folders made one 199 KB log line; 300 show the cut (10,000 take a minute to scan)."""
+    make_image_folder(tmp_path, num_classes=2, per_class=3)
+    for i in range(300):
+        (tmp_path / f"empty_{i:05d}").mkdir()
+    with caplog.at_level("WARNING", logger="hubclf.data.splits"):
+        data = load_image_dataset(str(tmp_path), val_split=0.34)
+    assert len(data.empty_class_folders) == 300  # all of them are still reported to the caller
+    (line,) = [r.getMessage() for r in caplog.records if "hold no image" in r.getMessage()]
+    assert line.startswith("300 class folder(s) hold no image and are not classes of this run: 'empty_00000', ")
+    assert line.endswith("'empty_00009' and 290 more") and len(line) < 400

@@ -35,29 +35,47 @@ def test_bf16_needs_the_instructions_and_avx512_dispatch(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("has_bf16", "speedup", "expected"),
-    [(False, 9.0, "no"), (True, 1.05, "no"), (True, 1.5, "bf16")],
+    ("flags", "capability", "expected"),
+    [
+        ({"avx2", "fma"}, "AVX2", "no"),  # this machine's kind: bf16 would be emulated, 14x slower
+        ({"avx512f", "avx512_bf16"}, "AVX512", "bf16"),
+        ({"avx512f", "amx_bf16", "amx_tile"}, "AVX512", "bf16"),
+        ({"avx512_bf16"}, "AVX2", "no"),  # torch would not dispatch to its AVX-512 kernels
+    ],
 )
-def test_cpu_mixed_precision_is_bf16_only_where_it_measures_faster(monkeypatch, has_bf16, speedup, expected):
+def test_cpu_mixed_precision_follows_the_cpu_flags(monkeypatch, flags, capability, expected):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda: has_bf16)
-    probed = []
-    monkeypatch.setattr(hardware, "bf16_speedup_on_cpu", lambda: probed.append(1) or speedup)
-    choice, why = choose_mixed_precision("cpu")
-    assert choice == expected and why
-    assert probed == ([1] if has_bf16 else [])  # no probe on a CPU without the instructions
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    choice, why = choose_mixed_precision("cpu", flags=flags)
+    assert choice == expected and ("CPU flags" in why if expected == "bf16" else "/proc/cpuinfo" in why)
 
 
-def test_accelerators_and_accelerate_launch_keep_accelerates_setting(monkeypatch):
+def test_the_precision_decision_never_times_anything(monkeypatch):
+    """``--mixed-precision auto`` timed a bf16 probe: on a busy machine it chose fp32 where a quiet run chose bf16,
+    and the same command and seed gave different weights. The decision now reads what the hardware is, only."""
+    import time
+
+    def no_clock(*args):
+        raise AssertionError("the precision decision read a clock")
+
+    for name in ("process_time", "perf_counter", "time", "monotonic"):
+        monkeypatch.setattr(time, name, no_clock)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert choose_mixed_precision("cuda")[0] is None
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert choose_mixed_precision("cpu") == ("bf16", "CPU flags amx_bf16/avx512_bf16: native bf16 arithmetic")
+    assert not hasattr(hardware, "bf16_speedup_on_cpu")
+
+
+def test_cuda_precision_follows_the_compute_capability_and_accelerate_launch_wins(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert choose_mixed_precision("cuda", cuda_capability=(9, 0)) == ("bf16", "CUDA compute capability 9.0: bf16 "
+                                                                      "tensor cores")  # fmt: skip
+    assert choose_mixed_precision("cuda", cuda_capability=(7, 5))[0] == "no"  # T4, V100: no bf16 tensor cores
+    assert choose_mixed_precision("mps")[0] is None  # other accelerators: Accelerate's default
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     choice, why = choose_mixed_precision("cpu")
     assert choice is None and "fp16" in why
-
-
-def test_the_bf16_probe_returns_a_ratio():
-    assert hardware.bf16_speedup_on_cpu() > 0  # whatever this machine is; the decision is tested above
 
 
 def test_fused_optimizers_where_torch_has_them():
@@ -83,8 +101,7 @@ def test_auto_keeps_the_precision_an_earlier_run_in_this_process_fixed(monkeypat
     from hubclf.train import TrainConfig
     from hubclf.train.setup import resolve_hardware_defaults
 
-    monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda: True)
-    monkeypatch.setattr(hardware, "bf16_speedup_on_cpu", lambda: 2.0)  # auto alone would pick bf16
+    monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda flags=None: True)  # auto alone: bf16
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         Accelerator(mixed_precision="no", cpu=True)  # an earlier run in this process
@@ -113,3 +130,77 @@ def test_resolve_device_names_what_this_machine_has(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"^device mps: MPS \(Apple silicon\) is not available here; use cpu$"):
         resolve_device("mps")
+
+
+# ---- recorded, reused by --resume, the same under load ------------------------------------------------------------
+def test_a_resumed_run_reuses_the_recorded_choices(monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    from hubclf.train import TrainConfig
+    from hubclf.train.setup import resolve_hardware_defaults
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})  # here auto would choose fp32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    threads = torch.get_num_threads()
+    recorded = {"mixed_precision": "bf16", "channels_last": False, "num_threads": threads + 1}
+    try:
+        config, choices = resolve_hardware_defaults(TrainConfig(model="m", data="d", output_dir="o"), recorded)
+        assert (config.mixed_precision, config.channels_last) == ("bf16", False)
+        assert torch.get_num_threads() == threads + 1  # a CPU backward sums in an order that depends on it
+        assert "--mixed-precision auto: bf16, as the checkpoint recorded" in choices
+        given, choices = resolve_hardware_defaults(
+            TrainConfig(model="m", data="d", output_dir="o", mixed_precision="no"), recorded
+        )
+        assert given.mixed_precision == "no" and any("no longer bit-identical" in line for line in choices)
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.slow
+def test_the_same_command_gives_the_same_weights_on_a_quiet_and_a_busy_machine(tmp_path):
+    """With ``--mixed-precision auto`` a busy machine chose fp32 where a quiet one chose bf16 (a timing probe), and the
+    same command and seed gave different weights (max |Δw| 8e-3 after 3 epochs). Now: bit-identical, and the
+    choices are recorded in every checkpoint's manifest."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.image_folders import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", 3, per_class=3, split="train")
+    make_image_folder(data, 3, per_class=1, split="validation", seed=1)
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}  # auto decides, for real
+
+    def train(name: str) -> dict:
+        command = [
+            sys.executable, "-m", "hubclf.cli", "train", "--model", "hubclf_alexnet_slim", "--no-pretrained",
+            "--img-size", "64", "64", "--epochs", "2", "--batch-size", "2", "--num-workers", "0", "--seed", "0",
+            "--data", str(data), "--output-dir", str(tmp_path / name),
+        ]  # fmt: skip
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return load_file(tmp_path / name / "final" / "model.safetensors")
+
+    quiet = train("quiet")
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(2, os.cpu_count() or 1))
+    ]
+    try:
+        busy = train("busy")
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert quiet.keys() == busy.keys()
+    assert all(torch.equal(quiet[key], busy[key]) for key in quiet)
+    manifests = [json.loads((p / "manifest.json").read_text()) for p in sorted((tmp_path / "busy").glob("check*/*"))]
+    numerics = manifests[-1]["numerics"]
+    assert numerics["mixed_precision"] == choose_mixed_precision("cpu")[0]
+    assert numerics["num_threads"] == torch.get_num_threads() and numerics["channels_last"] is True
+    assert any("/proc/cpuinfo" in line or "CPU flags" in line for line in numerics["why"])
+    assert manifests[-1]["config"]["seed"] == 0

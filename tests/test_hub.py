@@ -320,11 +320,11 @@ def test_tampered_weights_give_an_error_listing_the_tensors(saved, tmp_path):
     del tensors["features.0.bias"]
     tensors["features.99.weight"] = torch.zeros(1)
     save_file(tensors, tampered / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(ValueError) as error:  # hubclf.config_check.ConfigError, from the header: nothing was built
         from_pretrained(tampered)
     message = str(error.value)
     assert "features.3.bias: file (7,) vs model (192,)" in message
-    assert "features.0.bias" in message and "features.99.weight" in message and "nothing was loaded" in message
+    assert "features.0.bias" in message and "features.99.weight" in message and "nothing was built" in message
 
 
 @pytest.mark.parametrize(
@@ -574,3 +574,26 @@ def test_live_hub_private_push_load_delete(model):
         assert loaded.label_names == LABELS
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+# ---- save => reload ----------------------------------------------------------------------------------------------
+def test_a_config_from_pretrained_would_refuse_is_never_saved(tmp_path):
+    """5,000 labels of 220 characters saved fine, and then neither from_pretrained nor push read the 1.1 MB
+    config.json back."""
+    from hubclf.hub import check_saveable
+
+    names = [f"{i:05d}" + "x" * 215 for i in range(5000)]
+    headless = timm.create_model("hubclf_alexnet_slim", num_classes=5000, pretrained=False)
+    with pytest.raises(ValueError, match=r"config.json for .*big would be 1,1\d\d,\d{3} bytes, over the 1,048,576"):
+        save_pretrained(headless, tmp_path / "big", label_names=names)
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(ValueError, match=r"the 5,000 class names take 1,140,004 bytes of config.json.*never load back"):
+        check_saveable(names, epochs=5)
+    with pytest.raises(ValueError, match=r"^100,001 classes: a saved model may have at most 100,000"):
+        check_saveable([str(i) for i in range(100_001)])
+    with pytest.raises(ValueError, match="at most 256 characters"):
+        check_saveable(["a" * 257, "b"])
+    check_saveable(names[:3000], epochs=100)  # 0.7 MB of names: room for the rest
+    # Non-ASCII names are written escaped ("\u00e9"): six bytes a character, counted as written.
+    with pytest.raises(ValueError, match="the 700 class names take"):
+        check_saveable([f"{i:03d}" + "é" * 250 for i in range(700)])

@@ -97,3 +97,44 @@ def test_dataset_repos_are_separate_from_model_repos_and_private_ones_stay_hidde
         HfApi(token=False).dataset_info(repo_id)
     assert (use_hub.root / "datasets" / repo_id / ".git").is_dir()
     assert use_hub.find_secret(use_hub.token) == []
+
+
+def test_a_hub_dataset_cannot_make_hubclf_open_local_files(use_hub, new_repo_id, tmp_path, capsys):
+    """Parquet image cells ``{bytes: null, path: "/abs/local"}`` were opened on the user's machine; a FIFO there hung
+    ``train`` and ``eval``. Remote data is read from its own bytes only; a local path in it is a one-line error."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    secret = tmp_path / "home" / "secret.png"
+    secret.parent.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(secret)
+    fifo = tmp_path / "home" / "pipe.png"
+    os.mkfifo(fifo)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    png = (tmp_path / "home" / "secret.png").read_bytes()
+    cells = [{"bytes": png, "path": "fine.png"}] * 2 + [{"bytes": None, "path": str(p)} for p in (secret, fifo)]
+    pq.write_table(pa.table({"image": cells, "label": [0, 1, 0, 1]}, schema=features.arrow_schema),
+                   tmp_path / "train.parquet")  # fmt: skip
+    api = HfApi(token=use_hub.token)
+    repo_id = new_repo_id("local-paths")
+    api.create_repo(repo_id, repo_type="dataset")
+    api.upload_file(path_or_fileobj=str(tmp_path / "train.parquet"), path_in_repo="data/train-00000.parquet",
+                    repo_id=repo_id, repo_type="dataset")  # fmt: skip
+
+    import timm
+
+    import hubclf
+
+    model = hubclf.save_pretrained(timm.create_model("hubclf_alexnet_slim", num_classes=2), tmp_path / "model",
+                                   label_names=["a", "b"])  # fmt: skip
+    out = tmp_path / "out"
+    for argv in (["train", "--data", repo_id, "--output-dir", str(out), *TINY_TRAIN],
+                 ["eval", str(model), "--data", repo_id]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()[-1]  # after the download's progress bars
+        assert err.startswith(f"hubclf {argv[0]}: error: --data {repo_id}: 2 image(s) of the 'train' split carry no ")
+        assert f"row 2: {str(secret)!r}, 3: {str(fifo)!r}" in err and "does not open local files" in err
+    assert [p.name for p in out.iterdir()] == [".lock"]  # refused before anything was written
+    # Rows 0 and 1 carry their bytes: their paths ("fine.png") are only names, and were not refused.

@@ -25,6 +25,10 @@ TOKEN = "hf_" + "aB3" * 12
         (f"token {TOKEN} and Authorization: Bearer {TOKEN}", "token <redacted> and Authorization: Bearer <redacted>"),
         ("GET https://huggingface.co/api/models?search=alexnet&limit=5", None),  # an unsigned query stays readable
         ("is this a question? yes=no", None),
+        # Credentials in a URL's user information (an HF_ENDPOINT behind a proxy), wherever the URL is quoted.
+        ("cannot reach http://me:s3cret@proxy.local:8080/api/models/x ('http://tok@h/')",
+         "cannot reach http://<redacted>@proxy.local:8080/api/models/x ('http://<redacted>@h/')"),
+        ("mail me at me@example.com or see https://example.com/a@b", None),  # no "://" before the "@"
     ],
 )  # fmt: skip
 def test_redact(text, expected):

@@ -205,3 +205,40 @@ def test_predict_and_cli_tta_average_the_two_views(tmp_path, photos, capsys):
     assert main(["predict", str(folder), str(image), "--tta", "--json", "--top-k", "3"]) == 0
     printed = {p["label"]: p["score"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
     assert printed == pytest.approx(scores)
+
+
+def test_a_thin_strip_is_listed_like_a_corrupt_file_and_the_other_images_are_classified(model_dir, tmp_path, capsys):
+    """``predict strip.png ok.png`` classified nothing: a 375-byte 100000x1 PNG asked the resize for gigabytes."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (100_000, 1)).save(strip)
+    ok = save_image(tmp_path / "ok.png", seed=1)
+    code = main(["predict", str(model_dir), str(strip), str(ok), "--top-k", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1  # some images could not be read
+    assert out.splitlines() == [str(ok), "   84.4%  zebra"]
+    assert f"cannot read image {strip}: the model's transform would resize its 100000x1 pixels" in err
+
+
+def test_a_named_path_that_is_not_a_regular_file_is_refused_unopened(model_dir, tmp_path, capsys):
+    """A FIFO typed as a predict path hung predict (opening it waits for a writer)."""
+    import os
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    assert main(["predict", str(model_dir), str(fifo)]) == 2
+    assert capsys.readouterr().err == f"hubclf predict: error: {fifo} is a FIFO (named pipe), not an image file\n"
+    assert main(["predict", str(model_dir), "/dev/zero"]) == 2
+    assert "/dev/zero is a character device, not an image file" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "folder" / "pipe.jpg")  # inside a folder: left out, like a file that is not an image
+    save_image(tmp_path / "folder" / "ok.png", seed=2)
+    assert find_images([tmp_path / "folder"]) == [tmp_path / "folder" / "ok.png"]
+
+
+def test_file_names_from_others_are_escaped_in_the_warnings_too(model_dir, tmp_path, capsys):
+    """An unreadable file named with an escape sequence reached the terminal raw in predict's warning line."""
+    bad = tmp_path / "red\x1b[31mALERT.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(model_dir), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "red\\x1b[31mALERT.png" in err

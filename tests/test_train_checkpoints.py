@@ -4,6 +4,7 @@ timeline (lineage) rather than by step number."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -109,3 +110,263 @@ def test_latest_without_a_complete_checkpoint_starts_over_and_says_so(tmp_path, 
     assert "no complete checkpoint in" in caplog.text and "starting the run over" in caplog.text
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         find_checkpoint(str(tmp_path / "nowhere"), tmp_path)
+
+
+# ---- no pickle, and verified -------------------------------------------------------------------------------------
+def trained_accelerator(ema: bool = True):
+    """An Accelerator with a prepared channels-last conv net and fused AdamW after two steps, and an EMA of it."""
+    from timm.utils import ModelEmaV3
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 6, 6))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    average = ModelEmaV3(model, decay=0.9) if ema else None
+    for _ in range(2):
+        accelerator.backward(model(torch.randn(2, 3, 6, 6)).square().sum())
+        optimizer.step()
+        optimizer.zero_grad()
+        if average is not None:
+            average.update(model)
+    return accelerator, model, optimizer, average
+
+
+def snapshot(model, optimizer, average) -> dict:
+    import random
+
+    import numpy as np
+
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "ema": {k: v.clone() for k, v in average.state_dict().items()},
+        "optimizer": {(p, k): (v.clone(), v.stride()) for p, entries in optimizer.state_dict()["state"].items()
+                      for k, v in entries.items()},  # fmt: skip
+        "rng": (random.random(), float(np.random.rand()), torch.rand(1).item()),
+    }
+
+
+def test_the_whole_training_state_round_trips_without_pickle(tmp_path, monkeypatch):
+    """--model-ema checkpoints went through Accelerate's register_for_checkpointing into custom_checkpoint_0.pkl, read
+    back with torch.load(weights_only=False); the optimizer and RNG states were pickles too."""
+    import pickle
+
+    from hubclf.train.checkpoints import load_training_state
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    state = TrainerState(global_step=2, epoch=1)
+    path = save_checkpoint(accelerator, tmp_path, state, keep=2, ema=average, record={"config": {"lr": 0.1}})
+    assert sorted(p.name for p in path.iterdir()) == [
+        "ema.safetensors", "manifest.json", "model.safetensors", "optimizer.safetensors",
+        "random_states_0.safetensors", "trainer_state.json",
+    ]  # fmt: skip
+    expected = snapshot(model, optimizer, average)
+    # Move everything on, then restore: with no unpickler available at all.
+    for _ in range(2):
+        accelerator.backward(model(torch.randn(2, 3, 6, 6)).sum())
+        optimizer.step()
+        average.update(model)
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("an unpickler ran")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "Unpickler", no_unpickling)
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    load_training_state(accelerator, path, ema=average)
+    actual = snapshot(model, optimizer, average)
+    for part in ("model", "ema"):
+        assert all(torch.equal(expected[part][k], actual[part][k]) for k in expected[part]), part
+    for key, (value, strides) in expected["optimizer"].items():
+        assert torch.equal(value, actual["optimizer"][key][0]) and strides == actual["optimizer"][key][1], key
+    assert expected["rng"] == actual["rng"]
+
+
+EVIL = '''
+import os, sys, torch
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+torch.save({"module.0.weight": Payload()}, sys.argv[1])
+'''
+
+
+def test_a_tampered_checkpoint_runs_no_code_whatever_its_manifest_says(tmp_path):
+    """A custom_checkpoint_0.pkl whose __reduce__ creates a file: refused unread as unlisted, and, listed in a rewritten
+    manifest, still never read (nothing in a checkpoint is unpickled)."""
+    import subprocess
+    import sys
+
+    from hubclf.train.checkpoints import CheckpointError, load_training_state, write_manifest
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, ema=average)
+    marker = tmp_path / "PWNED"
+    evil = path / "custom_checkpoint_0.pkl"
+    subprocess.run([sys.executable, "-c", EVIL, str(evil), str(marker)], check=True)
+    with pytest.raises(CheckpointError, match=r"holds 'custom_checkpoint_0.pkl', which its manifest does not list"):
+        load_training_state(accelerator, path, ema=average)
+    write_manifest(path)  # the attacker rewrites the manifest too
+    load_training_state(accelerator, path, ema=average)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "optimizer.safetensors").write_bytes((d / "optimizer.safetensors").read_bytes()[:-1] + b"\x01"),
+         r"optimizer.safetensors does not match its manifest \(sha256 differs\)"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-8]),
+         r"model.safetensors has 1,\d{3} bytes, its manifest says 1,\d{3}:"),
+        (lambda d: (d / "random_states_0.safetensors").unlink(),
+         r"random_states_0.safetensors is missing, but the checkpoint's manifest lists it"),
+        (lambda d: ((d / "ema.safetensors").unlink(), (d / "ema.safetensors").symlink_to("/dev/zero")),
+         r"ema.safetensors is a symbolic link, not the regular file its manifest lists"),
+        (lambda d: (d / "manifest.json").unlink(),
+         r"manifest.json is missing: .* was written by an older hubclf \(whose checkpoints hold pickles\) or not by"),
+        (lambda d: (d / "manifest.json").write_text('{"format": "hubclf-checkpoint/1", "files": {"../x": {}}}'),
+         r"manifest.json: the entry for '../x' is not a file name with bytes and sha256"),
+    ],
+    ids=["bit_flip", "truncated", "missing_file", "symlink_to_a_device", "no_manifest", "path_in_manifest"],
+)  # fmt: skip
+def test_resume_refuses_a_folder_that_does_not_match_its_manifest(tmp_path, damage, message):
+    from hubclf.train.checkpoints import CheckpointError, load_training_state
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, ema=average)
+    damage(path)
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_training_state(accelerator, path, ema=average)
+    assert "\n" not in str(error.value)
+
+
+def _replace_packed(path, value):
+    from hubclf.train.checkpoints import _save_packed
+
+    path.unlink()
+    _save_packed(path, value)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: _replace_packed(d / "optimizer.safetensors", {"state": {}, "param_groups": [{"params": [0]}] * 3}),
+         r"optimizer.safetensors cannot be restored \(ValueError: loaded state dict has a different number of"),
+        (lambda d: (d / "optimizer.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}" + b"x" * 10),
+         r"optimizer.safetensors cannot be restored \(SafetensorError"),
+        (lambda d: _replace_packed(d / "random_states_0.safetensors", {"step": 2, "python": [3, [1, 2], None],
+                                                                       "numpy": [], "torch": None, "cuda": []}),
+         r"random_states_0.safetensors cannot be restored \("),
+        (lambda d: _replace_packed(d / "random_states_0.safetensors", {"step": "x"}),
+         r"random_states_0.safetensors cannot be restored \(KeyError: 'python'\)"),
+    ],
+    ids=["optimizer_of_another_model", "optimizer_not_safetensors", "rng_state_broken", "rng_state_missing_keys"],
+)  # fmt: skip
+def test_a_bad_file_under_a_matching_manifest_is_one_line_naming_it(tmp_path, damage, message):
+    """A tampered optimizer.bin was an "internal error"; a corrupt random_states_0.pkl was skipped silently (and the
+    resumed run no longer reproducible)."""
+    from hubclf.train.checkpoints import CheckpointError, load_training_state, write_manifest
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, ema=average)
+    damage(path)
+    write_manifest(path)
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_training_state(accelerator, path, ema=average)
+    assert "\n" not in str(error.value) and "damaged or from another run" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [({"epoch": "2"}, "epoch must be a non-negative integer, got '2'"),
+     ({"history": [1], "best_epoch": 1}, "history has the wrong type"),
+     ({"lineage": ["../../etc"]}, "lineage has the wrong type or value"),
+     ({"best_top1": "high"}, "best_top1 has the wrong type")],
+)  # fmt: skip
+def test_a_tampered_trainer_state_is_an_error_that_names_it(tmp_path, values, message):
+    import json
+
+    (tmp_path / STATE_FILE).write_text(json.dumps({**dataclasses_asdict(TrainerState()), **values}))
+    with pytest.raises(CheckpointError, match=rf"{STATE_FILE} is not a hubclf trainer state: .*{re.escape(message)}"):
+        TrainerState.load(tmp_path)
+
+
+def dataclasses_asdict(value):
+    import dataclasses
+
+    return dataclasses.asdict(value)
+
+
+# ---- resuming, end to end ----------------------------------------------------------------------------------------
+TINY = ["--model", "hubclf_alexnet_slim", "--no-pretrained", "--img-size", "64", "64", "--batch-size", "2",
+        "--num-workers", "0", "--warmup-epochs", "0", "--lr", "1e-3", "--seed", "0",
+        "--keep-checkpoints", "5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from tests.image_folders import make_image_folder
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_image_folder(root, 3, per_class=3, split="train")
+    make_image_folder(root, 3, per_class=1, split="validation", seed=1)
+    return root
+
+
+def final_weights(output_dir):
+    from safetensors.torch import load_file
+
+    return load_file(output_dir / "final" / "model.safetensors")
+
+
+@pytest.mark.parametrize("with_best", [True, False], ids=["best_carried_over", "checkpoint_copied_alone"])
+def test_resume_into_a_new_output_dir_works_to_the_end_best_included(tmp_path, tiny_data, capsys, with_best):
+    """``--resume <checkpoint> --output-dir new/`` trained, wrote final/, then exited 2 on a missing best/config.json
+    (and skipped the push)."""
+    import json
+    import shutil
+
+    from hubclf.cli import main
+
+    first = tmp_path / "first"
+    assert main(["train", *TINY, "--data", str(tiny_data), "--epochs", "3", "--output-dir", str(first)]) == 0
+    (epoch_one,) = [p for p in list_checkpoints(first) if TrainerState.load(p).epoch == 1]
+    source = epoch_one
+    if not with_best:
+        source = tmp_path / "elsewhere" / "step"
+        shutil.copytree(epoch_one, source)  # a checkpoint copied without its run's best/
+    second = tmp_path / "second"
+    argv = ["train", *TINY, "--data", str(tiny_data), "--epochs", "3", "--output-dir", str(second), "--resume"]
+    assert main([*argv, str(source)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (second / "best" / name).is_file(), name
+    expected, actual = final_weights(first), final_weights(second)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)  # the same run, continued elsewhere
+    record = json.loads((second / "best" / "config.json").read_text())["hubclf"]
+    assert len(record["epoch_metrics"]) == 3 and (second / "metrics.jsonl").read_text().count("\n") == 3
+    if with_best:  # the best epoch of the first run may be epoch 1, whose weights only its best/ holds
+        best_epoch = TrainerState.load(list_checkpoints(second)[-1]).best_epoch
+        assert (second / "best" / "model.safetensors").read_bytes() == (
+            (first / "best" / "model.safetensors").read_bytes()
+        ) or best_epoch > 1
+
+
+def test_resuming_a_tampered_checkpoint_is_one_line_and_exit_2(tmp_path, tiny_data, capsys):
+    from hubclf.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", *TINY, "--data", str(tiny_data), "--epochs", "1", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    (checkpoint,) = list_checkpoints(out)
+    optimizer = checkpoint / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:-1] + b"\x00")
+    argv = ["train", *TINY, "--data", str(tiny_data), "--epochs", "2", "--output-dir", str(out)]
+    assert main([*argv, "--resume", "latest"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"hubclf train: error: {optimizer} does not match its manifest (sha256 differs): the checkpoint was changed "
+        "or damaged after it was written"
+    )

@@ -122,3 +122,35 @@ def test_speed_flags_default_to_the_hardware_and_parse_from_the_cli():
         ["train", "--model", "m", "--data", "d", "--output-dir", "o", "--no-channels-last"]
     )
     assert config_from_args(args).channels_last is False
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "error"),
+    [
+        ("lr: [1]", r"^lr must be a number, got \[1\] \(list\)$"),
+        ("epochs: 3.5", r"^epochs must be an integer, got 3.5 \(float\)$"),
+        ("lr: fast", r"^lr must be a number, got 'fast' \(str\)$"),
+        ("freeze: 5", r"^freeze must be a string, got 5 \(int\)$"),
+        ("pretrained: maybe", r"^pretrained must be true or false, got 'maybe' \(str\)$"),
+        ("crop_scale: {min: 0.5}", r"^crop_scale must be a list of 2 numbers \(or unset\), got \{'min': 0.5\}"),
+        ("log_with: [1, 2]", r"^log_with must be a list of strings, got \[1, 2\] \(list\)$"),
+        ("seed: true", r"^seed must be an integer, got True \(bool\)$"),
+    ],
+)
+def test_yaml_values_are_type_checked_like_the_flags(tmp_path, yaml_text, error, capsys):
+    """A YAML --config with `lr: [1]` reached a comparison and came out as "internal error ... please report it"."""
+    from hubclf.cli import main
+
+    (tmp_path / "c.yaml").write_text(f"model: hubclf_alexnet\ndata: photos\noutput_dir: out\n{yaml_text}\n")
+    with pytest.raises(ValueError, match=error):
+        TrainConfig.from_file(tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hubclf train: error: ") and "internal error" not in err and err.count("\n") == 1
+
+
+def test_values_are_converted_the_way_the_flags_convert_them(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as text; --lr 1e-3 is a number: so is this.
+    (tmp_path / "c.yaml").write_text("model: m\ndata: d\noutput_dir: o\nlr: 1e-3\nepochs: '4'\nlog_with: tensorboard\n")
+    config = TrainConfig.from_file(tmp_path / "c.yaml")
+    assert (config.lr, config.epochs, config.log_with) == (0.001, 4, ["tensorboard"])

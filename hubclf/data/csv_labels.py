@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 
+from hubclf.atomic import file_kind
 from hubclf.data.labels import normalize_class_name, normalized_class_names
 
 # Recognised header names, compared case-insensitively; a flag (--path-column / --label-column) overrides them.
@@ -87,9 +88,14 @@ def read_labels_csv(
         if seen[os.path.normpath(file)] > 1
     ]  # fmt: skip
     _fail_if_any(csv_path, duplicates, "a path listed more than once")
-    missing = [str(path) for path, file in zip(paths, files, strict=True) if not file.is_file()]
+    missing = [str(path) for path, file in zip(paths, files, strict=True) if not file.exists()]
     if missing:
         raise LabelsCSVError(f"{csv_path}: {len(missing)} listed file(s) do not exist in {root}: {_listing(missing)}")
+    # A FIFO would block the first read of it forever, a device could be endless: refused from their stat, unopened.
+    special = [f"{path} ({file_kind(file.stat().st_mode)})" for path, file in zip(paths, files, strict=True)
+               if not file.is_file()]  # fmt: skip
+    if special:
+        raise LabelsCSVError(f"{csv_path}: {len(special)} listed path(s) are not regular files: {_listing(special)}")
 
     originals = sorted(set(labels))
     normal = dict(zip(originals, normalized_class_names(originals, f"{csv_path}: labels"), strict=True))
@@ -106,8 +112,10 @@ def read_labels_csv(
 
 def _read_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The stripped header and the non-blank rows with their line numbers, after the file-level checks."""
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise FileNotFoundError(f"labels CSV {csv_path} does not exist")
+    if not csv_path.is_file():
+        raise LabelsCSVError(f"labels CSV {csv_path} is {file_kind(csv_path.stat().st_mode)}, not a regular file")
     size = csv_path.stat().st_size
     if size > MAX_CSV_BYTES:
         limit = MAX_CSV_BYTES // 2**20

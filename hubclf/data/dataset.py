@@ -142,7 +142,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             pixels, valid = torch.zeros(self.input_size), False  # reported on the first pass
         else:
             try:
-                image = decode_image(value)
+                image = decode_image(value, transform=self.transform)  # refused from its header if over budget
             except BadImageError:
                 if self.on_bad_image == "error":
                     raise

@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
 from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 
+from hubclf.atomic import file_kind
 from hubclf.refs import SAVED_DATASET_MARKERS, DataSource
+from hubclf.text import listing
 
 # The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
@@ -61,6 +64,8 @@ def open_dataset(
             loaded = datasets.load_dataset(source.repo_id, revision=source.revision)
         except ConnectionError as e:  # say both readings: a mistyped folder is the likelier one offline
             raise FileNotFoundError(f"--data {data}: no such folder here, and as a Hub dataset id: {e}") from e
+        if isinstance(loaded, (datasets.Dataset, datasets.DatasetDict)):
+            check_remote_images(loaded, source.repo_id, data)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict(train=loaded)
     if not isinstance(loaded, datasets.DatasetDict):
@@ -91,6 +96,51 @@ def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
         f"same depth ({Path(data) / 'cat' / '1.jpg'}, {Path(data) / 'dog' / '2.jpg'}); or give the labels in a CSV "
         "with --labels"
     )
+
+def check_remote_images(loaded: datasets.Dataset | datasets.DatasetDict, repo_id: str, data: str) -> None:
+    """A Hub dataset's images must come from the dataset itself: every image cell carries its bytes, or names a
+    file that 🤗 datasets downloaded from the repo (an imagefolder repo's files in the Hub cache, or what it
+    extracted from the repo's archives). A cell ``{"bytes": null, "path": "/home/me/secret.png"}`` would make hubclf
+    open a file on this machine (a FIFO there hangs the run): a ``ValueError`` naming the rows.
+
+    Only the ``path`` field of cells without bytes is read, with Arrow, so no image is loaded.
+
+        check_remote_images(datasets.load_dataset("user/flowers"), "user/flowers", "user/flowers")
+    """
+    import pyarrow.compute as pc
+    from huggingface_hub import constants
+
+    roots = [
+        os.path.realpath(Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"),
+        os.path.realpath(datasets.config.DOWNLOADED_DATASETS_PATH),
+    ]
+    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
+    for name, split in splits:
+        for column, feature in split.features.items():
+            if not isinstance(feature, datasets.Image):
+                continue
+            cells = split.data.column(column)
+            without_bytes = pc.is_null(pc.struct_field(cells, "bytes"))
+            paths = pc.struct_field(cells, "path").to_pylist()
+            outside = [
+                (row, path)
+                for row, (missing, path) in enumerate(zip(without_bytes.to_pylist(), paths, strict=True))
+                if missing and not _inside(path, roots)
+            ]
+            if outside:
+                raise ValueError(
+                    f"--data {data}: {len(outside)} image(s) of the {name!r} split carry no image bytes but a path on "
+                    f"this machine (row {listing(outside, show=lambda item: f'{item[0]}: {item[1]!r}')}); the images "
+                    "of a Hub dataset must come from the dataset, so hubclf does not open local files for it"
+                )
+
+
+def _inside(path: str | None, roots: list[str]) -> bool:
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    return any(real.startswith(root + os.sep) for root in roots)
+
 
 def find_empty_class_folders(data: str) -> list[str]:
     """Class folders of a local image folder that hold no image, as paths relative to it (``[]`` for other data).
@@ -135,7 +185,9 @@ def find_empty_class_folders(data: str) -> list[str]:
 def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand ``paths``: files are kept as given, folders become their image files (recursive, sorted).
 
-    Hidden files and folders are skipped. A path that does not exist is an error, and so is finding no image at all.
+    Hidden files and folders are skipped, and so is anything in a folder that is not a regular file (a FIFO,
+    device or socket). A path that does not exist is an error, and so is a named path that is not a regular file
+    (decided from its ``stat``, without opening it), and finding no image at all.
 
         find_images(["cat.jpg", "more/"])   # [Path("cat.jpg"), Path("more/a.png"), Path("more/sub/b.jpg")]
     """
@@ -151,6 +203,9 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             ]
         elif path.exists():
+            kind = path.stat().st_mode
+            if not stat.S_ISREG(kind):  # a FIFO would block the read forever; a device could be endless
+                raise ValueError(f"{path} is {file_kind(kind)}, not an image file")
             found.append(path)  # named explicitly: try it whatever its extension
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")

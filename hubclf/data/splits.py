@@ -25,7 +25,7 @@ from hubclf.data.labels import (
 )
 from hubclf.data.sources import find_empty_class_folders, open_dataset
 from hubclf.refs import DataSource
-from hubclf.text import show_name
+from hubclf.text import listing, show_name
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ def load_image_dataset(
     if untrained:
         logger.warning(
             "%d class(es) have no image in the %r split, so the model never learns them: %s",
-            len(untrained), train_split, ", ".join(map(show_name, untrained)),
+            len(untrained), train_split, listing(untrained, show=show_name),
         )  # fmt: skip
     empty_folders = find_empty_class_folders(data) if labels is None else []
     if empty_folders:
         logger.warning(
             "%d class folder(s) hold no image and are not classes of this run: %s",
-            len(empty_folders), ", ".join(map(show_name, empty_folders)),
+            len(empty_folders), listing(empty_folders, show=show_name),
         )  # fmt: skip
     return ImageClassificationData(
         train=train,

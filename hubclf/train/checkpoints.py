@@ -1,9 +1,18 @@
-"""Resumable, crash-safe checkpoints: ``accelerator.save_state`` (weights, optimizer, RNG of every process) plus a
-readable ``trainer_state.json`` (epoch, step, stage, best score, metric history, lineage) in
-``output_dir/checkpoints/step_<N>/``.
+"""Resumable, crash-safe checkpoints: the training state (weights, optimizer, EMA weights, gradient scaler, RNG of
+every process) as safetensors files, a readable ``trainer_state.json`` (epoch, step, stage, best score, metric
+history, lineage) and a ``manifest.json`` in ``output_dir/checkpoints/step_<N>/``.
 
-    path = save_checkpoint(accelerator, output_dir, state, keep=2)
+    path = save_checkpoint(accelerator, output_dir, state, keep=2, ema=ema, record={"config": ...})
     path = find_checkpoint("latest", output_dir); state = TrainerState.load(path)
+    load_training_state(accelerator, path, ema=ema)     # verifies the manifest, then restores everything
+
+Nothing in a checkpoint is a pickle, and nothing is ever unpickled from one. Accelerate's ``save_state`` writes the
+optimizer, the RNG states and registered objects (the EMA weights) with ``torch.save``, and its ``load_state``
+reads the registered objects back with ``torch.load(weights_only=False)``, which runs whatever code a tampered file
+holds; so hubclf writes and reads those states itself: tensors in safetensors files, everything else (optimizer
+hyperparameters, Python's and NumPy's RNG states) as JSON in their metadata. A folder is resumed only when every
+file matches the manifest written with it (names, sizes, sha256), and it names the hubclf version and the run's
+config, including the choices that change its numbers (``numerics``), which ``--resume`` reuses.
 
 A checkpoint is written into ``checkpoints/.tmp-step_<N>``, fsynced, and renamed into place only once every file
 of every process is on disk, so a kill at any instant leaves the previous checkpoints intact and at most a
@@ -15,21 +24,41 @@ and pruning keeps the newest ``keep`` checkpoints of the timeline being trained 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import math
+import os
+import random
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
 from hubclf._faults import fault_point
-from hubclf.atomic import atomic_write_json, replace_dir
+from hubclf._version import __version__
+from hubclf.atomic import atomic_write_json, file_kind, replace_dir
+from hubclf.text import listing
 from hubclf.train.safety import raise_on_every_process
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "hubclf-checkpoint/1"
+MODEL_FILE = "model.safetensors"  # the trainable module: the whole model, or the classifier in the head stage
+OPTIMIZER_FILE = "optimizer.safetensors"
+SCALER_FILE = "scaler.safetensors"  # the fp16 gradient scaler
+EMA_FILE = "ema.safetensors"  # --model-ema's averaged weights
+RNG_FILE = "random_states_{}.safetensors"  # one per process: Python's, NumPy's and torch's generators
 CHECKPOINT_DIR = "checkpoints"
 TMP_PREFIX = ".tmp-"
+MAX_MANIFEST_BYTES = 16 << 20
 _NAME = re.compile(r"^step_(\d+)$")
 
 logger = logging.getLogger(__name__)
@@ -79,9 +108,48 @@ class TrainerState:
             raise CheckpointError(f"{path} holds a {type(values).__name__}, not a trainer state object")
         known = {f.name for f in dataclasses.fields(cls)}
         try:
-            return cls(**{key: value for key, value in values.items() if key in known})
+            state = cls(**{key: value for key, value in values.items() if key in known})
         except TypeError as e:
             raise CheckpointError(f"{path} is not a hubclf trainer state: {e}") from e
+        problems = state._problems()
+        if problems:
+            raise CheckpointError(f"{path} is not a hubclf trainer state: {'; '.join(problems)}")
+        return state
+
+    def _problems(self) -> list[str]:
+        """What is of the wrong type or out of range: a tampered file must be an error here, not a crash later."""
+
+        def count(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        problems = [
+            f"{name} must be a non-negative integer, got {getattr(self, name)!r:.40}"
+            for name in ("epoch", "batches_done", "global_step", "sequence", "nonfinite_in_a_row", "nonfinite_total")
+            if not count(getattr(self, name))
+        ]
+        checks = {
+            "stage": isinstance(self.stage, str),
+            "best_top1": self.best_top1 is None or number(self.best_top1),
+            "best_epoch": self.best_epoch is None or (count(self.best_epoch) and self.best_epoch <= len(self.history)
+                                                      if isinstance(self.history, list) else False),
+            "history": isinstance(self.history, list) and all(isinstance(row, dict) for row in self.history),
+            "bad_images": isinstance(self.bad_images, list) and all(isinstance(x, str) for x in self.bad_images),
+            "partial_epoch": isinstance(self.partial_epoch, dict) and all(
+                isinstance(k, str) and number(v) for k, v in self.partial_epoch.items()
+            ),
+            "backbone_fingerprint": self.backbone_fingerprint is None or isinstance(self.backbone_fingerprint, str),
+            "lineage": isinstance(self.lineage, list) and all(
+                isinstance(name, str) and _NAME.match(name) for name in self.lineage
+            ),
+            # its shards and offsets are checked against the stream's own by ImageStream's sampler on resume
+            "stream_position": self.stream_position is None or isinstance(self.stream_position, dict),
+        }  # fmt: skip
+        problems += [f"{name} has the wrong type or value: {getattr(self, name)!r:.60}" for name, ok in checks.items()
+                     if not ok]  # fmt: skip
+        return problems
 
 
 def checkpoint_dir(output_dir: str | Path, global_step: int) -> Path:
@@ -145,10 +213,22 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerState, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Any,
+    output_dir: str | Path,
+    state: TrainerState,
+    keep: int,
+    *,
+    ema: torch.nn.Module | None = None,
+    record: dict[str, Any] | None = None,
+) -> Path:
     """Save on all processes (each writes its own RNG state) into a temporary folder, rename it into place once
     complete, then keep only the newest ``keep`` checkpoints of this timeline. Updates ``state.sequence`` and
-    ``state.lineage``."""
+    ``state.lineage``. ``ema``: the EMA weights (--model-ema); ``record``: what the manifest says of the run
+    (``{"config": ..., "numerics": ...}``).
+
+        save_checkpoint(accelerator, "out", state, keep=2, ema=ema, record={"config": config.to_dict()})
+    """
     final = checkpoint_dir(output_dir, state.global_step)
     tmp = final.with_name(TMP_PREFIX + final.name)
     error = None
@@ -160,7 +240,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
         except Exception as e:  # reported on every process below, not left for the others to wait on
             error = e
     raise_on_every_process(accelerator, error, "preparing the checkpoint folder")
-    accelerator.save_state(str(tmp))
+    save_training_state(accelerator, tmp, ema=ema)
     fault_point("checkpoint.after_save_state")
     accelerator.wait_for_everyone()
     error = None
@@ -170,6 +250,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
             state.sequence = 1 + max((TrainerState.load(p).sequence for p in complete), default=0)
             state.lineage = [name for name in state.lineage if name != final.name] + [final.name]
             state.save(tmp)  # the "complete" marker, inside the folder before it gets its real name
+            write_manifest(tmp, record)
             fault_point("checkpoint.after_state")
             replace_dir(tmp, final)
             fault_point("checkpoint.after_rename")
@@ -179,6 +260,291 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
             error = e
     raise_on_every_process(accelerator, error, "saving the checkpoint")
     return final
+
+
+# ---- the training state, without pickle ------------------------------------------------------------------------
+def save_training_state(accelerator: Any, directory: str | Path, *, ema: torch.nn.Module | None = None) -> None:
+    """What ``accelerator.save_state`` saves, as safetensors files (call it on every process): the prepared models
+    (``model.safetensors``), optimizers and the fp16 gradient scaler from the main process, each process's RNG
+    states (``random_states_<rank>.safetensors``), and ``ema``'s weights.
+
+        save_training_state(accelerator, "out/checkpoints/.tmp-step_00000010", ema=ema)
+    """
+    directory = Path(directory)
+    models = [accelerator.unwrap_model(model) for model in accelerator._models]
+    if accelerator.is_main_process:
+        for index, model in enumerate(models):
+            safetensors.torch.save_model(model, str(directory / _numbered(MODEL_FILE, index)), {"format": "pt"})
+        for index, optimizer in enumerate(accelerator._optimizers):
+            _save_packed(directory / _numbered(OPTIMIZER_FILE, index), optimizer.state_dict())
+        if accelerator.scaler is not None:
+            _save_packed(directory / SCALER_FILE, accelerator.scaler.state_dict())
+        if ema is not None:
+            safetensors.torch.save_model(ema, str(directory / EMA_FILE), {"format": "pt"})
+    rng = {
+        "step": accelerator.step,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    _save_packed(directory / RNG_FILE.format(accelerator.process_index), rng)
+
+
+def load_training_state(accelerator: Any, directory: str | Path, *, ema: torch.nn.Module | None = None) -> None:
+    """Restore what ``save_training_state`` saved (call it on every process), after ``verify_checkpoint``: never an
+    unpickler, whatever the folder holds. A file that is missing, damaged or does not fit the run is a
+    ``CheckpointError`` naming it (a damaged RNG state included: the resumed run would no longer be reproducible).
+
+        load_training_state(accelerator, "out/checkpoints/step_00000010", ema=ema)
+    """
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    for index, model in enumerate(accelerator._models):
+        path = directory / _numbered(MODEL_FILE, index)
+        with _naming(path):
+            safetensors.torch.load_model(accelerator.unwrap_model(model), str(path), strict=True)
+    for index, optimizer in enumerate(accelerator._optimizers):
+        path = directory / _numbered(OPTIMIZER_FILE, index)
+        with _naming(path):
+            saved = _load_packed(path)
+            _restore_tuples(saved.get("param_groups"), optimizer.state_dict()["param_groups"])
+            optimizer.load_state_dict(saved)
+            _match_parameter_layouts(getattr(optimizer, "optimizer", optimizer))
+    if accelerator.scaler is not None:
+        with _naming(directory / SCALER_FILE):
+            accelerator.scaler.load_state_dict(_load_packed(directory / SCALER_FILE))
+    if ema is not None:
+        path = directory / EMA_FILE
+        with _naming(path):
+            safetensors.torch.load_model(ema, str(path), strict=True)
+    path = directory / RNG_FILE.format(accelerator.process_index)
+    with _naming(path):
+        rng = _load_packed(path)
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state(tuple(rng["numpy"]))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if not (isinstance(rng["step"], int) and rng["step"] >= 0):
+            raise ValueError(f"step must be a non-negative integer, got {rng['step']!r:.40}")
+        accelerator.step = rng["step"]
+
+
+class _naming:
+    """Turn any failure of reading or restoring ``path`` into one ``CheckpointError`` that names the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        if error is None or isinstance(error, CheckpointError) or not isinstance(error, Exception):
+            return False
+        what = " ".join(f"{type(error).__name__}: {error}".split())
+        raise CheckpointError(
+            f"{self.path} cannot be restored ({what[:300]}); the checkpoint is damaged or from another run"
+        ) from error
+
+
+def _numbered(name: str, index: int) -> str:
+    """``model.safetensors``, ``model_1.safetensors``...: one file per prepared object, as Accelerate numbers them."""
+    stem, _, suffix = name.partition(".")
+    return name if index == 0 else f"{stem}_{index}.{suffix}"
+
+
+# A JSON value with its tensors set aside: {"__tensor__": key} marks where one was, {"__tuple__": [...]} a tuple,
+# {"__float__": "nan"} a non-finite float, {"__ndarray__": key, "dtype": ...} a NumPy array, {"__items__": [[k, v],
+# ...]} a dict with non-string keys (an optimizer's state is keyed by parameter index). The file's metadata holds
+# the JSON ("hubclf.state"), its tensors the tensors.
+_STATE_KEY = "hubclf.state"
+
+
+def _save_packed(path: Path, value: Any) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    text = json.dumps(_pack(value, tensors), allow_nan=False, separators=(",", ":"))
+    metadata = {"format": "pt", _STATE_KEY: text}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage in the file
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(value.astype(np.int64 if value.dtype.kind in "iu" else np.float64))
+        return {"__ndarray__": key, "dtype": value.dtype.str}
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else {"__float__": repr(float(value))}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_pack(item, tensors) for item in value]}
+    if isinstance(value, list):
+        return [_pack(item, tensors) for item in value]
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and not key.startswith("__") for key in value):
+            return {key: _pack(item, tensors) for key, item in value.items()}
+        return {"__items__": [[_pack(key, tensors), _pack(item, tensors)] for key, item in value.items()]}
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists, dicts)")
+
+
+def _load_packed(path: Path) -> Any:
+    """The value ``_save_packed`` wrote; nothing but safetensors and JSON is parsed."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    if _STATE_KEY not in metadata:
+        raise ValueError(f"no {_STATE_KEY!r} metadata: not a hubclf training-state file")
+    return _unpack(json.loads(metadata[_STATE_KEY]), tensors)
+
+
+def _unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_unpack(item, tensors) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"__tensor__"}:
+        return tensors[value["__tensor__"]]
+    if set(value) == {"__ndarray__", "dtype"}:
+        return tensors[value["__ndarray__"]].numpy().astype(np.dtype(str(value["dtype"])))
+    if set(value) == {"__float__"}:
+        if value["__float__"] not in ("nan", "inf", "-inf"):
+            raise ValueError(f"bad non-finite float {value['__float__']!r:.20}")
+        return float(value["__float__"])
+    if set(value) == {"__tuple__"}:
+        return tuple(_unpack(item, tensors) for item in value["__tuple__"])
+    if set(value) == {"__items__"}:
+        return {_unpack(key, tensors): _unpack(item, tensors) for key, item in value["__items__"]}
+    return {key: _unpack(item, tensors) for key, item in value.items()}
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments...) its parameter's memory layout again. A safetensors
+    file stores tensors contiguous, but the optimizer made them like its parameters (``zeros_like``): channels-last
+    for channels-last convolution weights. Fused kernels walk parameter and state in memory order, so a restored
+    moment in the other layout would update the wrong elements."""
+    for param, entries in optimizer.state.items():
+        for key, value in list(entries.items()):
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                entries[key] = torch.empty_like(param, dtype=value.dtype, device=value.device).copy_(value)
+
+
+def _restore_tuples(saved: Any, current: Any) -> None:
+    """Lists where the optimizer's own groups hold tuples (``betas``): JSON has no tuples, and torch's optimizer
+    keeps the saved values as given."""
+    if not (isinstance(saved, list) and isinstance(current, list)):
+        return
+    for saved_group, current_group in zip(saved, current, strict=False):
+        if isinstance(saved_group, dict) and isinstance(current_group, dict):
+            for key, value in current_group.items():
+                if isinstance(value, tuple) and isinstance(saved_group.get(key), list):
+                    saved_group[key] = tuple(saved_group[key])
+
+
+# ---- manifest ----------------------------------------------------------------------------------------------------
+def write_manifest(directory: str | Path, record: dict[str, Any] | None = None) -> Path:
+    """``manifest.json``: every file of the checkpoint folder with its size and sha256, the hubclf version, and
+    ``record`` (the run's config and numerics). Written last, once all files are in the folder.
+
+        write_manifest("out/checkpoints/.tmp-step_00000010", {"config": config.to_dict()})
+    """
+    directory = Path(directory)
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.name != MANIFEST_FILE:
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"format": MANIFEST_FORMAT, "hubclf_version": __version__, "files": files, **(record or {})}
+    return atomic_write_json(directory / MANIFEST_FILE, manifest)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's manifest (bounded, strict JSON); a ``CheckpointError`` naming it when missing or malformed.
+
+        read_manifest("out/checkpoints/step_00000010")["numerics"]["mixed_precision"]   # "no"
+    """
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path} is missing: {directory} was written by an older hubclf (whose checkpoints hold pickles) or not "
+            "by hubclf, and its files cannot be checked, so it is not resumed. Start the run over"
+        ) from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{path} is {file_kind(info.st_mode)} of {info.st_size:,} bytes, not a manifest")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{path} is unreadable ({why}); the checkpoint is damaged") from e
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise CheckpointError(f"{path} is not a {MANIFEST_FORMAT} manifest")
+    for name, entry in files.items():
+        if (
+            not isinstance(entry, dict) or Path(name).name != name or name in ("", ".", "..", MANIFEST_FILE)
+            or not isinstance(entry.get("bytes"), int) or not isinstance(entry.get("sha256"), str)
+        ):  # fmt: skip
+            raise CheckpointError(f"{path}: the entry for {name!r:.80} is not a file name with bytes and sha256")
+    return manifest
+
+
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Check every file of a checkpoint folder against its manifest before anything is read from it: exactly the
+    listed files, each a regular file (never followed through a link) of the listed size and sha256. Returns the
+    manifest; the first file that does not match is a one-line ``CheckpointError`` naming it.
+
+        verify_checkpoint("out/checkpoints/step_00000010")["hubclf_version"]
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    listed = manifest["files"]
+    present = {path.name for path in directory.iterdir()} - {MANIFEST_FILE}
+    extra = sorted(present - set(listed))
+    if extra:
+        raise CheckpointError(
+            f"{directory} holds {listing(extra, show=repr)}, which its manifest does not list: the checkpoint was "
+            "changed after it was written, so it is not resumed"
+        )
+    for name, entry in listed.items():
+        path = directory / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing, but the checkpoint's manifest lists it") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path} is {file_kind(info.st_mode)}, not the regular file its manifest lists")
+        if info.st_size != entry["bytes"]:
+            raise CheckpointError(
+                f"{path} has {info.st_size:,} bytes, its manifest says {entry['bytes']:,}: the checkpoint was changed "
+                "or damaged after it was written"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointError(
+                f"{path} does not match its manifest (sha256 differs): the checkpoint was changed or damaged after "
+                "it was written"
+            )
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _prune(output_dir: str | Path, lineage: list[str], keep: int) -> None:

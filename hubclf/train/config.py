@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ CLASS_WEIGHT_CHOICES = ("auto", "none", "balanced")
 # --strategy: "auto" measures head vs fine-tuning on the data (hubclf.train.strategy); the others name a freeze mode.
 STRATEGIES = ("auto", "head", "finetune", "staged")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16", "fp8")
+MAX_CONFIG_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes
 
 
 def square_or_pair(img_size: Any) -> tuple[int, int]:
@@ -131,6 +135,7 @@ class TrainConfig:
     hub_private: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._apply_strategy()
         if self.img_size is not None:
             self.img_size = square_or_pair(self.img_size)
@@ -191,6 +196,17 @@ class TrainConfig:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         elif self.backbone_lr_scale <= 0:
             raise ValueError(f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+
+    def _check_types(self) -> None:
+        """Every value of the type its field declares, converted the way the command line's flags convert theirs
+        (``"1e-3"`` is a number, as ``--lr 1e-3`` is): a YAML ``lr: [1]`` is a one-line error here, not a
+        ``TypeError`` deep in a comparison. Older configs' ``augment: true`` stays accepted."""
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if (item.name == "augment" and isinstance(value, bool)) or item.name == "img_size":
+                continue  # augment: older configs' booleans; img_size: square_or_pair reads and checks it
+            setattr(self, item.name, _typed(item.name, value, hints[item.name]))
 
     def _check_optimisation(self) -> None:
         """Values the optimizer, scheduler and clipping would take without complaint but train wrongly with (lr 0,
@@ -284,19 +300,35 @@ class TrainConfig:
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a YAML (``.yaml``/``.yml``) or JSON file of field names; ``overrides`` win over the file."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
-            values = json.loads(text)
-        else:
+        if not path.is_file():  # a FIFO would block the read forever, a device could be endless
+            raise ValueError(f"config file {path} is not a regular file")
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise ValueError(f"config file {path} is {path.stat().st_size:,} bytes; a settings file has at most "
+                             f"{MAX_CONFIG_FILE_BYTES:,}")  # fmt: skip
+        suffix = path.suffix.lower()
+        if suffix not in (".yaml", ".yml", ".json"):
             raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
+        try:
+            text = path.read_bytes()[: MAX_CONFIG_FILE_BYTES + 1].decode("utf-8")
+            if suffix == ".json":
+                values = json.loads(text)
+            else:
+                import yaml
+
+                values = yaml.safe_load(text) or {}  # safe_load: no Python tags, no objects
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(f"config file {path} is not valid {suffix[1:].upper()}: {' '.join(str(e).split())}") from e
+        except Exception as e:  # yaml.YAMLError, without importing yaml here
+            if type(e).__module__.split(".")[0] != "yaml":
+                raise
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
+        keys = [key for key in values if not isinstance(key, str)]
+        if keys:
+            raise ValueError(f"config file {path}: setting names are text, got {_shown(keys[0])}")
         values = {key.replace("-", "_"): value for key, value in values.items()}
         return cls.from_dict({**values, **overrides}, source=str(path))
 
@@ -320,6 +352,85 @@ class TrainConfig:
         """Plain JSON-able values, e.g. for the model card's hyperparameters or ``accelerator.init_trackers``."""
         values = dataclasses.asdict(self)
         return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as a ``hint`` (a field's annotation), or a ``ValueError`` naming the setting and what it takes."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if union else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in (o for o in options if o is not type(None)):
+        converted = _as(value, option)
+        if converted is not _NO:
+            return converted
+    wanted = " or ".join(_describe(o) for o in options if o is not type(None))
+    wanted += " (or unset)" if type(None) in options else ""
+    raise ValueError(f"{name} must be {wanted}, got {_shown(value)} ({type(value).__name__})")
+
+
+_NO = object()
+# repr() of a YAML value may never end: aliases make a 1 KB file a list of 387 million strings ("billion laughs").
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _shown(value: Any) -> str:
+    """A value for a message, its repr bounded however deep or wide the value is."""
+    return _REPR.repr(value)
+
+
+def _as(value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` if it is one (numbers also from their text, as argparse's type=int/float read them)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is bool:
+        return value if isinstance(value, bool) else _NO
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _NO
+        return _NO
+    if kind is str:
+        return value if isinstance(value, str) else _NO
+    if origin is tuple:  # img_size (an int is a square) and crop_scale: a list or tuple of numbers
+        if args == (int, int) and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        items = [_as(item, args[0]) for item in value]
+        return _NO if any(item is _NO for item in items) else tuple(items)
+    if origin is list:  # log_with: one name or a list of names
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(item, args[0]) for item in value):
+            return list(value)
+        return _NO
+    return value
+
+
+def _describe(kind: Any) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple:
+        return f"a list of {len(args)} {'integers' if args[0] is int else 'numbers'}"
+    if origin is list:
+        return "a list of strings"
+    return _KINDS.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def staged_unfreeze_epoch(epochs: int) -> int:

@@ -33,9 +33,17 @@ from hubclf.atomic import restore_dir, to_strict_json
 from hubclf.data.dataset import ImageClassificationDataset
 from hubclf.data.splits import ImageClassificationData
 from hubclf.data.streaming import ImageStream
-from hubclf.hub import push_to_hub
+from hubclf.hub import CONFIG_NAME, check_saveable, push_to_hub, update_card
 from hubclf.metrics import evaluate, format_metrics
-from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
+from hubclf.text import listing, printable
+from hubclf.train.checkpoints import (
+    TrainerState,
+    find_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    read_manifest,
+    save_checkpoint,
+)
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
 from hubclf.train.outputs import (
@@ -65,6 +73,7 @@ from hubclf.train.setup import (
     feature_sets,
     image_datasets,
     load_training_data,
+    numerics_record,
     resolve_hardware_defaults,
     skip_batches,
 )
@@ -84,7 +93,11 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
         result = run(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
     output_dir = Path(config.output_dir)
-    config, speed_choices = resolve_hardware_defaults(config)
+    # The checkpoint to resume, found first: its manifest records the choices that change the numbers (precision,
+    # channels-last, threads), which the resumed run reuses so that it continues bit-identically.
+    checkpoint = find_checkpoint(config.resume, output_dir) if config.resume else None
+    recorded = read_manifest(checkpoint).get("numerics") if checkpoint is not None else None
+    config, speed_choices = resolve_hardware_defaults(config, recorded if isinstance(recorded, dict) else None)
     with StopOnSignal() as stop:
         accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum_steps,
@@ -106,7 +119,9 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
                         restore_dir(output_dir / folder)
                     _refuse_to_mix_runs(config, output_dir)
             fault_point("train.locked")
-            return _Run(config, accelerator, stop, output_dir, keep_process_group).train()
+            record = {"config": config.to_dict(), "numerics": numerics_record(config, config.mixed_precision,
+                                                                              speed_choices)}  # fmt: skip
+            return _Run(config, accelerator, stop, output_dir, keep_process_group, checkpoint, record).train()
         finally:
             lock.release()
 
@@ -163,10 +178,18 @@ class _Run:
     """One run of the loop: ``train()`` is its spine, the other methods its phases in order."""
 
     def __init__(
-        self, config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, output_dir: Path, keep_group: bool
+        self,
+        config: TrainConfig,
+        accelerator: Accelerator,
+        stop: StopOnSignal,
+        output_dir: Path,
+        keep_group: bool,
+        checkpoint: Path | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.accelerator, self.stop, self.output_dir = config, accelerator, stop, output_dir
         self.keep_process_group = keep_group
+        self.checkpoint, self.record = checkpoint, record  # the one to resume; what every checkpoint records
 
     def train(self) -> TrainResult:
         # The same seed on every process: identical initial weights and identical shuffling decisions.
@@ -199,14 +222,17 @@ class _Run:
         # The main process fills the 🤗 datasets cache first; the others then read it instead of racing to write it.
         with self.accelerator.main_process_first():
             data = load_training_data(self.config)
+        check_saveable(data.label_names, epochs=self.config.epochs)  # a model that would save but never load back
         logger.info(
             f"{len(data.train)} train / {len(data.eval)} eval images ({data.eval_split_name}), "
-            f"{data.num_classes} classes: {data.label_names}"
+            f"{data.num_classes} classes: {listing(data.label_names, show=repr)}"
         )
         fault_point("train.data_loaded")
         self._stop_if_requested("data loading")
         recipe = choose_recipe(self.config, data)  # every "auto" setting resolved from the data, one line each
         self.config = recipe.config
+        if self.record is not None:
+            self.record["config"] = self.config.to_dict()  # what every checkpoint's manifest records
         for decision in recipe.decisions:
             logger.info(f"recipe: {decision}")
         return data, recipe
@@ -242,9 +268,7 @@ class _Run:
         train_loader, eval_loader = build_loaders(config, train_set, eval_set, sampler, accelerator.device)
         optimizer = build_optimizer(model, config, stages[0], accelerator.device)  # one for the whole run
         criterion, mixer = recipe.criterion(accelerator.device), recipe.mixer(data.num_classes)
-        ema = recipe.model_ema(model)  # --model-ema: evaluated and saved instead of the raw weights
-        if ema is not None:
-            accelerator.register_for_checkpointing(ema)
+        ema = recipe.model_ema(model)  # --model-ema: evaluated and saved (and checkpointed) instead of the raw weights
         return _Parts(
             data=data, recipe=recipe, model=model, train_images=train_images, eval_images=eval_images,
             train_set=train_set, eval_set=eval_set, sampler=sampler, train_loader=train_loader,
@@ -254,8 +278,7 @@ class _Run:
 
     # ---- resume point ----------------------------------------------------------------------------------------------
     def _resume_point(self, parts: _Parts, state: TrainerState) -> tuple[TrainerState, Path | None]:
-        config = self.config
-        checkpoint = find_checkpoint(config.resume, self.output_dir) if config.resume else None
+        config, checkpoint = self.config, self.checkpoint
         if checkpoint is None:
             return state, None
         saved = TrainerState.load(checkpoint)
@@ -288,18 +311,37 @@ class _Run:
         if checkpoint is not None:
             # Restores weights, optimizer, gradient-accumulation step and every process's RNG. Everything above that
             # consumed randomness (init, feature extraction) ran before this line, so the RNG continues exactly.
-            accelerator.load_state(str(checkpoint))
+            load_training_state(accelerator, checkpoint, ema=parts.ema)  # verified first; nothing unpickled
             if scheduler is not None:
                 scheduler.step_update(state.global_step)
             logger.info(f"resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.global_step}")
         state.stage = stage.name
+        carried = self._best_of_resumed_run(state, checkpoint)
         with main_process_work(accelerator, "writing the metrics file") as is_main:
             if is_main:
                 write_metrics(self.output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
                 parts.recipe.save(self.output_dir)
+                if carried is not None:
+                    update_card(self.output_dir / BEST_DIR, from_dir=carried)  # hard links, one atomic swap
         if config.log_with:
             accelerator.init_trackers("hubclf", config=tracker_config(config))
         return stage, scheduler
+
+    def _best_of_resumed_run(self, state: TrainerState, checkpoint: Path | None) -> Path | None:
+        """``--resume`` from another run's checkpoint into a new ``--output-dir``: that run's ``best/`` (the best
+        epoch's weights are in no checkpoint) is the folder to carry over. Without one, the best so far is
+        forgotten, so that the next epoch, or the final model, becomes ``best/``."""
+        best = self.output_dir / BEST_DIR
+        if checkpoint is None or not state.best_epoch or (best / CONFIG_NAME).is_file():
+            return None
+        source = checkpoint.resolve().parent.parent / BEST_DIR  # RUN/checkpoints/step_N -> RUN/best
+        if (source / CONFIG_NAME).is_file():
+            logger.info(f"resuming into {self.output_dir}: best/ (epoch {state.best_epoch}) comes from {source}")
+            return source
+        logger.warning(f"{source} is missing, so the best model so far (epoch {state.best_epoch}) is not in "
+                       f"{self.output_dir}; best/ will hold the best epoch from here on")  # fmt: skip
+        state.best_top1 = state.best_epoch = None
+        return None
 
     def _enter_stage(self, parts: _Parts, name: str) -> _Stage:
         wrapped = prepare_stage(
@@ -379,7 +421,9 @@ class _Run:
                 state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
                 totals.zero_()
                 _record_stream_position(parts, state, epoch)
-                path = save_checkpoint(accelerator, self.output_dir, state, config.keep_checkpoints)
+                path = save_checkpoint(
+                    accelerator, self.output_dir, state, config.keep_checkpoints, ema=parts.ema, record=self.record
+                )
                 if interrupted:
                     self._end_training()
                     raise TrainingInterrupted(path)
@@ -469,7 +513,9 @@ class _Run:
         if self.config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["epoch"])
         _record_stream_position(parts, state, state.epoch)
-        path = save_checkpoint(accelerator, output_dir, state, self.config.keep_checkpoints)
+        path = save_checkpoint(
+            accelerator, output_dir, state, self.config.keep_checkpoints, ema=parts.ema, record=self.record
+        )
         fault_point("epoch.checkpointed")
         if self.stop.requested_on_any_process(accelerator):
             self._end_training()
@@ -478,12 +524,17 @@ class _Run:
     # ---- final model, push (main process only; a failure there fails every process) ----------------------------
     def _finish(self, parts: _Parts, state: TrainerState) -> str | None:
         accelerator, output_dir, config = self.accelerator, self.output_dir, self.config
+        final_is_best = state.best_epoch is None  # resumed at the very end, without the original run's best/
+        if final_is_best:
+            state.best_epoch, state.best_top1 = len(state.history), state.history[-1]["val_top1"]
         with main_process_work(accelerator, "saving the final model") as is_main:
             if is_main:
                 final = parts.model if parts.ema is None else ema_model(parts.ema, parts.model)
                 save_model(final, output_dir / FINAL_DIR, config, parts.data, state, accelerator.num_processes,
                            parts.recipe)  # fmt: skip
                 fault_point("final.saved")
+                if final_is_best:
+                    update_card(output_dir / BEST_DIR, from_dir=output_dir / FINAL_DIR)
                 refresh_best_card(output_dir / BEST_DIR, parts.data, state)
                 fault_point("final.best_card_saved")
         hub_url = None
@@ -610,5 +661,5 @@ def _collect_bad_images(
     found += [eval_images.describe(r) for r in eval_rows if r >= 0 and hasattr(eval_images, "describe")]
     new = sorted(set(found) - set(known))
     for where in new:
-        logger.warning(f"skipped unreadable image: {where}")
+        logger.warning(f"skipped unreadable image: {printable(where)}")  # file names from someone's folder
     return new

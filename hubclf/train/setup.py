@@ -64,21 +64,33 @@ logger = get_logger(__name__)  # Accelerate's logger: one line per message, from
 
 
 # ---- machine ----------------------------------------------------------------------------------------------------
-def resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+def resolve_hardware_defaults(
+    config: TrainConfig, recorded: dict[str, Any] | None = None
+) -> tuple[TrainConfig, list[str]]:
     """``config`` with ``num_workers="auto"`` and ``mixed_precision="auto"`` decided for this machine (see
     ``hubclf.hardware``), and one log line per decision saying why.
+
+    Every setting that changes the numbers a run computes (mixed precision, channels-last, the number of compute
+    threads) is decided from the hardware's features, never from a timing. ``recorded`` is what the checkpoint being
+    resumed recorded (its manifest's ``numerics``): a resumed run reuses those choices (and sets torch's thread count
+    back to the recorded one), so it continues bit-identically on the same machine; a value given explicitly still
+    wins, with a warning.
 
         config, why = resolve_hardware_defaults(config)
     """
     # The state the Accelerator will share; like AcceleratorState, honour ACCELERATE_USE_CPU, or a multi-CPU
     # launch would be initialised as a single process.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    recorded = recorded or {}
     choices, changes = [], {}
     if config.num_workers == "auto":
         local_processes = processes_on_this_machine(state.num_processes)
         changes["num_workers"] = default_num_workers(processes_per_machine=local_processes)
         choices.append(f"--num-workers auto: {changes['num_workers']} DataLoader worker(s) per process")
-    if config.mixed_precision == "auto" and AcceleratorState._shared_state:
+    if config.mixed_precision == "auto" and recorded.get("mixed_precision"):
+        changes["mixed_precision"] = recorded["mixed_precision"]
+        choices.append(f"--mixed-precision auto: {changes['mixed_precision']}, as the checkpoint recorded")
+    elif config.mixed_precision == "auto" and AcceleratorState._shared_state:
         # An earlier run in this process fixed Accelerate's precision; it cannot change until the process restarts.
         changes["mixed_precision"] = AcceleratorState().mixed_precision
         choices.append(f"--mixed-precision auto: {changes['mixed_precision']}, as the earlier run in this process")
@@ -88,11 +100,37 @@ def resolve_hardware_defaults(config: TrainConfig) -> tuple[TrainConfig, list[st
             broadcast_object_list(decision)  # every process must train in the same precision: the main one decides
         changes["mixed_precision"], why = decision[0]
         choices.append(f"--mixed-precision auto: {changes['mixed_precision'] or 'left to Accelerate'} ({why})")
-    if config.channels_last is None:
+    elif recorded.get("mixed_precision") and config.mixed_precision not in (None, recorded["mixed_precision"]):
+        choices.append(f"--mixed-precision {config.mixed_precision} as given, but the checkpoint was trained in "
+                       f"{recorded['mixed_precision']}: the resumed run is no longer bit-identical")  # fmt: skip
+    if config.channels_last is None and "channels_last" in recorded:
+        changes["channels_last"] = bool(recorded["channels_last"])
+        choices.append(f"channels-last memory format {'on' if changes['channels_last'] else 'off'}, as recorded")
+    elif config.channels_last is None:
         changes["channels_last"] = state.device.type == "cpu"
         layout = "on" if changes["channels_last"] else "off"
         choices.append(f"channels-last memory format {layout} (device: {state.device.type})")
+    threads = recorded.get("num_threads")
+    if isinstance(threads, int) and threads > 0 and threads != torch.get_num_threads():
+        # A CPU convolution's backward sums in an order that depends on the thread count.
+        choices.append(f"compute threads: {threads}, as the checkpoint recorded (this process had "
+                       f"{torch.get_num_threads()})")  # fmt: skip
+        torch.set_num_threads(threads)
     return dataclasses.replace(config, **changes), choices
+
+
+def numerics_record(config: TrainConfig, mixed_precision: str, choices: list[str]) -> dict[str, Any]:
+    """What a run records of the choices that change its numbers, for ``--resume`` to reuse (a checkpoint's manifest).
+
+        numerics_record(config, "no", why)   # {"mixed_precision": "no", "channels_last": True, "num_threads": 2, ...}
+    """
+    return {
+        "mixed_precision": mixed_precision,
+        "channels_last": bool(config.channels_last),
+        "num_threads": torch.get_num_threads(),
+        "seed": config.seed,
+        "why": list(choices),
+    }
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
