@@ -177,6 +177,7 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
+    from hubclf.train.input_size import choose_input_size
     from hubclf.train.preflight import preflight_checks
     from hubclf.train.setup import load_training_data
 
@@ -194,6 +195,12 @@ def compare(
     if push_best:
         check_repo_id(push_best)
     data = load_training_data(config)
+    size = choose_input_size(config, data)  # once, so that every strategy trains at the same size
+    logger.info(size.decision)
+    if size.warning:
+        logger.warning(size.warning)
+    config = size.config
+    configs = {strategy: strategy_config(config, strategy) for strategy in strategies}
     runs = []
     for number, strategy in enumerate(strategies, 1):
         lr, source = _pick_lr(configs[strategy], strategy, lrs, grids, search_epochs, output_dir, lr_search)

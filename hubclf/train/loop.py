@@ -37,6 +37,7 @@ from hubclf.metrics import evaluate, format_metrics
 from hubclf.train.checkpoints import TrainerState, find_checkpoint, list_checkpoints, save_checkpoint
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
+from hubclf.train.input_size import choose_input_size
 from hubclf.train.outputs import (
     BEST_DIR,
     FINAL_DIR,
@@ -202,7 +203,11 @@ class _Run:
         )
         fault_point("train.data_loaded")
         self._stop_if_requested("data loading")
-        recipe = choose_recipe(self.config, data)  # every "auto" setting resolved from the data, one line each
+        size = choose_input_size(self.config, data)  # without --img-size: the data's shape
+        if size.warning:
+            logger.warning(size.warning)
+        recipe = choose_recipe(size.config, data)  # every "auto" setting resolved from the data, one line each
+        recipe.decisions.insert(0, size.decision)  # logged, saved in recipe.json and the card, like the others
         self.config = recipe.config
         for decision in recipe.decisions:
             logger.info(f"recipe: {decision}")

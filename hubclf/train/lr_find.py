@@ -39,6 +39,7 @@ from hubclf.atomic import atomic_write_json
 from hubclf.hardware import resolve_device, resolve_num_workers
 from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
+from hubclf.train.input_size import choose_input_size
 from hubclf.train.preflight import preflight_checks
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.setup import create_model, image_dataset, load_training_data, transforms_for
@@ -129,6 +130,11 @@ def lr_find(
 
     data = load_training_data(config)
     if model is None:
+        size = choose_input_size(config, data)  # as train() chooses it: the data's shape without --img-size
+        logger.info(size.decision)
+        if size.warning:
+            logger.warning(size.warning)
+        config = size.config
         model = create_model(config, data.label_names)  # as train() creates it: the same input size and crop
     elif model.num_classes != data.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the data {data.num_classes}")
