@@ -56,6 +56,8 @@ from hubclf.train.safety import ignore_interrupts_in_worker
 from hubclf.train.stages import apply_stage, param_groups
 
 logger = get_logger(__name__)  # Accelerate's logger: one line per message, from the main process
+# pretrained_cfg fields that describe timm's default weights rather than the architecture.
+WEIGHTS_DESCRIPTION = ("tag", "license", "origin_url", "notes")
 
 
 # ---- machine ----------------------------------------------------------------------------------------------------
@@ -139,6 +141,11 @@ def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
             model.reset_classifier(num_classes)
     else:
         model = _create_architecture(config, num_classes)
+        if not config.pretrained or config.weights:
+            # timm attaches its default weights' config whether or not it loads them: their tag, licence and origin
+            # would describe weights this model never had (in config.json and on the card).
+            cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in WEIGHTS_DESCRIPTION}
+            model.pretrained_cfg = model.default_cfg = cfg
     if config.freeze == FREEZE_BACKBONE:
         check_frozen_head(model)  # the head-only stage and cached features rely on timm's classifier contract
     if config.crop_pct is not None:
@@ -156,7 +163,7 @@ def _create_architecture(config: TrainConfig, num_classes: int) -> nn.Module:
         sources = {**(known.to_dict() if known else {}), **(overlay or {})}
         if not any(sources.get(key) for key in ("url", "file", "hf_hub_id", "state_dict")):
             raise ValueError(f"timm knows no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
-    else:
+    elif config.resume is None:  # a resumed run's weights come from its checkpoint, which the loop names
         logger.warning(f"--no-pretrained: {name} starts from random weights")
     create = partial(
         timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
