@@ -249,6 +249,9 @@ def _pick_lr(
         from hubclf.train.lr_find import lr_find
 
         found = lr_find(dataclasses.replace(config, output_dir=str(output_dir / SEARCH_DIR / strategy)))
+        if not found.confident:  # a flat or noisy curve: the configured lr, said as such
+            logger.info(f"  {strategy}: lr-find has no confident suggestion ({found.caveat}); lr {config.lr:g}")
+            return config.lr, f"lr-find: {found.caveat.partition(':')[0]} curve, lr as configured"
         logger.info(f"  {strategy}: lr-find suggests {found.suggested_lr:.3g} ({found.method})")
         return float(f"{found.suggested_lr:.3g}"), f"lr-find ({found.method})"
     from hubclf.train import train

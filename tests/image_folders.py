@@ -69,3 +69,22 @@ def make_photo_folder(
             folder.mkdir(parents=True, exist_ok=True)
             crop.resize((width, round(width * aspect))).save(folder / f"{i}.png")
     return root
+
+
+def make_digits_folder(root: Path, per_class: int = 30, side: int = 64) -> Path:
+    """``root/{train,validation}/digit_<d>/<n>.png``: scikit-learn's real handwritten digits (8×8, bundled), the first
+    ``per_class`` of each digit, one in three held out, scaled up to ``side`` pixels for AlexNet's 63-pixel minimum."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    seen: dict[int, int] = {}
+    for pixels, label in zip(digits.images, digits.target, strict=True):
+        n = seen.get(int(label), 0)
+        seen[int(label)] = n + 1
+        if n >= per_class:
+            continue
+        folder = root / ("validation" if n % 3 == 2 else "train") / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray((pixels / 16 * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+        image.convert("RGB").save(folder / f"{n}.png")
+    return root

@@ -132,7 +132,7 @@ def input_size_for(
     else:
         short = min(default)
         stretch = min(max(aspect, 1 / aspect), MAX_ASPECT)
-        long = max(short, SIZE_STEP * round(short * stretch / SIZE_STEP))
+        long = max(short, SIZE_STEP * math.floor(short * stretch / SIZE_STEP + 0.5))  # halves up, not to even
         size = (long, short) if aspect > 1 else (short, long)
     if minimum is not None and not fixed:
         size = (max(size[0], minimum[0]), max(size[1], minimum[1]))

@@ -50,6 +50,7 @@ from hubclf.train.outputs import (
     write_metrics,
 )
 from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
+from hubclf.train.resume_check import check_resume_data, write_settings
 from hubclf.train.safety import (
     RunLock,
     StopOnSignal,
@@ -82,6 +83,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
         result = run(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
     output_dir = Path(config.output_dir)
+    given = config  # before anything "auto" is resolved: what a --resume is compared with (settings.json)
     config, speed_choices = resolve_hardware_defaults(config)
     with StopOnSignal() as stop:
         accelerator = Accelerator(
@@ -104,7 +106,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
                         restore_dir(output_dir / folder)
                     _refuse_to_mix_runs(config, output_dir)
             fault_point("train.locked")
-            return _Run(config, accelerator, stop, output_dir, keep_process_group).train()
+            return _Run(config, accelerator, stop, output_dir, keep_process_group, given).train()
         finally:
             lock.release()
 
@@ -161,10 +163,17 @@ class _Run:
     """One run of the loop: ``train()`` is its spine, the other methods its phases in order."""
 
     def __init__(
-        self, config: TrainConfig, accelerator: Accelerator, stop: StopOnSignal, output_dir: Path, keep_group: bool
+        self,
+        config: TrainConfig,
+        accelerator: Accelerator,
+        stop: StopOnSignal,
+        output_dir: Path,
+        keep_group: bool,
+        given: TrainConfig | None = None,
     ) -> None:
         self.config, self.accelerator, self.stop, self.output_dir = config, accelerator, stop, output_dir
         self.keep_process_group = keep_group
+        self.given = given or config
 
     def train(self) -> TrainResult:
         # The same seed on every process: identical initial weights and identical shuffling decisions.
@@ -255,6 +264,8 @@ class _Run:
         checkpoint = find_checkpoint(config.resume, self.output_dir) if config.resume else None
         if checkpoint is None:
             return state, None
+        # Other classes would reach load_state as "size mismatch for head.fc.weight": say what changed instead.
+        check_resume_data(self.output_dir, parts.data.label_names, _image_counts(parts.data))
         saved = TrainerState.load(checkpoint)
         if saved.stage == HEAD and saved.backbone_fingerprint != parts.frozen_fingerprint:
             raise ValueError(
@@ -292,6 +303,7 @@ class _Run:
             if is_main:
                 write_metrics(self.output_dir / METRICS_FILE, state.history)  # drops lines newer than the checkpoint
                 parts.recipe.save(self.output_dir)
+                write_settings(self.output_dir, self.given, parts.data.label_names, _image_counts(parts.data))
         if config.log_with:
             accelerator.init_trackers("hubclf", config=tracker_config(config))
         return stage, scheduler
@@ -538,6 +550,10 @@ class _Run:
             f"(the last at step {state.global_step}, epoch {epoch + 1}); they were skipped, not applied. {best}. "
             "Lower --lr, add --clip-grad, or raise --max-nonfinite-steps"
         )
+
+
+def _image_counts(data: ImageClassificationData) -> dict[str, int]:
+    return {"train": len(data.train), "eval": len(data.eval)}
 
 
 # ---- step arithmetic ---------------------------------------------------------------------------------------------

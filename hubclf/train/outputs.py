@@ -204,6 +204,7 @@ def hyperparameters(config: TrainConfig, num_processes: int, recipe: Recipe | No
         "epochs", "batch_size", "grad_accum_steps", "lr", "backbone_lr_scale", "opt", "weight_decay", "sched",
         "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "crop_pct", "freeze", "unfreeze_after",
         "mixed_precision", "hflip", "color_jitter", "aa", "reprob", "smoothing", "class_weights", "patience",
+        "drop_rate", "drop_path_rate", "crop_scale", "crop_ratio",
     )  # fmt: skip
     values = {key: getattr(config, key) for key in keys}
     values.update(

@@ -134,7 +134,8 @@ def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
             raise ValueError(
                 f"--no-pretrained/--weights apply to architecture names, not to the saved model {ref.text}"
             )
-        model = _create_at_size(partial(from_pretrained, ref.text, num_classes=num_classes), config.img_size)
+        create = partial(from_pretrained, ref.text, num_classes=num_classes, **_regularisation(config))
+        model = _with_regularisation(config, lambda: _create_at_size(create, config.img_size))
         saved_names = getattr(model, "label_names", None)
         if saved_names and list(saved_names) != list(label_names):
             logger.info(f"{ref.text} was trained on classes {saved_names}; starting a new classifier for these ones")
@@ -166,10 +167,11 @@ def _create_architecture(config: TrainConfig, num_classes: int) -> nn.Module:
     elif config.resume is None:  # a resumed run's weights come from its checkpoint, which the loop names
         logger.warning(f"--no-pretrained: {name} starts from random weights")
     create = partial(
-        timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
-    )
+        timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay,
+        **_regularisation(config),
+    )  # fmt: skip
     with _missing_pretrained_tensors() as missing:
-        model = _create_at_size(create, config.img_size)
+        model = _with_regularisation(config, lambda: _create_at_size(create, config.img_size))
     classifier = model.pretrained_cfg.get("classifier") or ()
     prefixes = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
     missing = [k for k in missing if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
@@ -180,6 +182,22 @@ def _create_architecture(config: TrainConfig, num_classes: int) -> nn.Module:
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}"
         )
     return model
+
+
+def _regularisation(config: TrainConfig) -> dict[str, float]:
+    """--dropout / --drop-path, as timm's model arguments (only those given: every timm model takes drop_rate)."""
+    given = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _with_regularisation(config: TrainConfig, create: Callable[[], nn.Module]) -> nn.Module:
+    """``create()``, with an architecture that has no stochastic depth named as such instead of a TypeError."""
+    try:
+        return create()
+    except TypeError as e:
+        if "drop_path_rate" not in str(e):
+            raise
+        raise ValueError(f"--drop-path: {config.model} has no stochastic depth (drop path); leave the flag out") from e
 
 
 @contextmanager
