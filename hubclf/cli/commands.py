@@ -496,12 +496,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="Export a model to ONNX or TorchScript (labels and preprocessing inside), checked against PyTorch",
+        help="Export a model to ONNX or TorchScript, checked against PyTorch; labels and preprocessing settings "
+        "stored as metadata",
         description="Writes OUT only after the exported file reproduces PyTorch's logits (max abs difference <= "
-        "--atol) with onnxruntime / torch.jit.load. Label names, input size, mean, std, interpolation and crop_pct "
-        "are stored in the file (ONNX metadata_props, TorchScript extra file config.json). ONNX needs "
-        "pip install 'hubclf[export]'. Exit status: 0 written, 2 error (nothing written). "
-        "Example: hubclf export me/flowers-alexnet flowers.onnx --img-size 448 224 --dynamic",
+        "--atol) with onnxruntime / torch.jit.load, for a batch of 1 and one of 3. The batch axis is free. Label "
+        "names, input size, mean, std, interpolation and crop_pct are stored in the file as metadata (ONNX "
+        "metadata_props, TorchScript extra file config.json): the graph takes normalised pixels, your code resizes "
+        "and normalises with them. ONNX needs pip install 'hubclf[export]'. Exit status: 0 written, 2 error (nothing "
+        "written). Example: hubclf export me/flowers-alexnet flowers.onnx --img-size 448 224 --dynamic",
     )
     p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
     p.add_argument("out", help="output file (.onnx or .pt), or a folder (gets model.onnx / model.pt)")
@@ -517,7 +519,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dynamic",
         action="store_true",
-        help="free batch/height/width axes (ONNX); also checks a second rectangular size (5/7 of each side)",
+        help="free height and width too, not only the batch (ONNX); also checks a second rectangular size (5/7 of "
+        "each side)",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default: 1e-4)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
