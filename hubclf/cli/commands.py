@@ -100,13 +100,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 _LIBRARIES_THAT_PRINT_THEIR_OWN = ("huggingface_hub", "datasets")
 
 
-def _log_to_stderr() -> None:
-    """INFO and above on stderr with a timestamp, as ``logging.basicConfig``, unless logging is already set up."""
+class _PlainLines(logging.Formatter):
+    """One process, no --verbose: the message alone ("warning: " before warnings), without Accelerate's
+    "[RANK 0] ", which says nothing when there is one rank."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = _RANK_PREFIX.sub("", super().format(record), count=1)
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+_RANK_PREFIX = re.compile(r"^\[RANK \d+\] ")
+
+
+def _several_processes() -> bool:
+    """Started by ``accelerate launch`` / ``torchrun`` with more than one process (read from the environment, so
+    nothing is imported to know it)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def _log_to_stderr(verbose: bool = False) -> None:
+    """INFO and above on stderr, unless logging is already set up: plain lines on one process; with ``--verbose`` or
+    under several processes a timestamp, the level, the logger and Accelerate's rank, as ``logging.basicConfig``."""
     root = logging.getLogger()
     if root.handlers:  # the caller's (or pytest's) configuration wins, as with basicConfig
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if verbose or _several_processes():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_PlainLines("%(message)s"))
     handler.addFilter(lambda record: not record.name.startswith(_LIBRARIES_THAT_PRINT_THEIR_OWN))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -120,7 +142,7 @@ def _run_train(args: argparse.Namespace) -> int:
     quick_checks(config)  # before torch and timm are imported (seconds): a mistyped path is reported at once
     from hubclf.train import TrainingInterrupted, train
 
-    _log_to_stderr()
+    _log_to_stderr(verbose=getattr(args, "verbose", False))
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours to print
     try:
         result = train(config)

@@ -105,6 +105,7 @@ LR_FIND_EXCLUDES: dict[str, str] = {
     "--model-ema": _NOTHING_SAVED, "--model-ema-decay": _NOTHING_SAVED, "--save-every-steps": _NOTHING_SAVED,
     "--keep-checkpoints": _NOTHING_SAVED, "--resume": _NOTHING_SAVED, "--log-with": _NOTHING_SAVED,
     "--push-to-hub": _NOTHING_SAVED, "--private": _NOTHING_SAVED,
+    "--verbose": "lr-find prints its own few lines",
 }  # fmt: skip
 # Flags compare sets per strategy (the freezing), spells its own way (--lr per strategy, --push-best: those it
 # defines itself), or cannot use (one compare is several runs: no --resume).
@@ -113,6 +114,7 @@ COMPARE_EXCLUDES: dict[str, str] = {
     "--lr": "compare takes --lr per strategy", "--freeze": _PER_STRATEGY, "--unfreeze-after": _PER_STRATEGY,
     "--strategy": _PER_STRATEGY, "--resume": "a compare is several runs: start a new one in a new --output-dir",
     "--push-to-hub": "compare publishes the winner with --push-best REPO_ID",
+    "--verbose": "each run's log goes to OUTPUT_DIR/<strategy>.log as it is",
 }  # fmt: skip
 
 
@@ -331,6 +333,11 @@ def add_train_arguments(
     add("--log-with", nargs="+", help="Accelerate trackers, e.g. tensorboard")
     add("--push-to-hub", metavar="REPO_ID", help="push the best model to this Hub repo at the end")
     add("--private", dest="hub_private", action="store_true", help="create the Hub repo as private")
+    add(
+        "--verbose",
+        action="store_true",
+        help="log lines with time, level, logger and process rank (always so under several processes)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -95,8 +95,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
         if config.mixed_precision is None:  # auto left it to Accelerate (accelerators, accelerate launch)
             config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
             speed_choices.append(f"mixed precision: {config.mixed_precision}, Accelerate's setting")
-        for choice in speed_choices:
-            logger.info(choice)
+        logger.info("; ".join(speed_choices))  # one line: workers, precision, memory format, each with its why
         lock = RunLock(output_dir)
         try:
             with main_process_work(accelerator, "locking the output folder") as is_main:
@@ -183,6 +182,7 @@ class _Run:
         state, checkpoint = self._resume_point(parts, state)
         stage, scheduler = self._prepare(parts, state, checkpoint)
         config = self.config
+        self.run_progress = _run_progress(self.accelerator, config, state, len(stage.train_loader))
         for epoch in range(state.epoch, config.epochs):
             if should_stop_early(state.history, state.best_epoch, config.patience):
                 logger.info(f"early stopping: no better val top-1 for {config.patience} epochs (best: epoch "
@@ -197,6 +197,7 @@ class _Run:
             totals, bad_rows, lr = self._train_epoch(parts, stage, scheduler, state, epoch)
             record, evaluated = self._evaluate_epoch(parts, stage, state, epoch, totals, bad_rows, lr, started)
             self._save_epoch(parts, state, record, evaluated)
+        self.run_progress.close()
         hub_url = self._finish(parts, state)
         fault_point("train.done")
         return TrainResult.from_state(self.output_dir, state, hub_url)
@@ -220,6 +221,14 @@ class _Run:
         self.config = recipe.config
         for decision in recipe.decisions:
             logger.info(f"recipe: {decision}")
+        processes = self.accelerator.num_processes
+        if self.config.batch_size * processes > len(data.train):
+            per_process = " per process" if processes > 1 else ""
+            logger.info(
+                f"note: --batch-size {self.config.batch_size}{per_process} is more than the {len(data.train)} "
+                "training images, so each epoch is one optimizer step on all of them; a --batch-size of about "
+                f"{max(1, len(data.train) // (4 * processes))} gives 4 steps per epoch"
+            )
         return data, recipe
 
     # ---- model, datasets, loaders, optimizer ----------------------------------------------------------------------
@@ -338,6 +347,8 @@ class _Run:
             initial=state.batches_done,
             total=len(stage.train_loader),
             disable=not accelerator.is_local_main_process,
+            position=1,  # under the whole run's line (_run_progress)
+            leave=False,  # the epoch's result line replaces it
         )
         for batch in progress:
             with accelerator.accumulate(stage.trainable):
@@ -367,6 +378,7 @@ class _Run:
             totals.nan_to_num_(0.0)
             bad_rows += batch["index"][~batch["valid"].bool()].tolist()
             state.batches_done += 1
+            self.run_progress.update()
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
@@ -450,7 +462,8 @@ class _Run:
         is_best = state.best_top1 is None or metrics["top1"] > state.best_top1
         if is_best:
             state.best_top1, state.best_epoch = metrics["top1"], epoch + 1
-        accelerator.print(
+        _print_above_bars(
+            accelerator,
             f"epoch {epoch + 1}/{self.config.epochs} [{stage.name}] train_loss {train_loss:.4f} "
             f"{format_metrics(metrics, prefix='val_')}"
             + (f" bad_images {len(state.bad_images)}" if state.bad_images else "")
@@ -550,6 +563,27 @@ class _Run:
             f"(the last at step {state.global_step}, epoch {epoch + 1}); they were skipped, not applied. {best}. "
             "Lower --lr, add --clip-grad, or raise --max-nonfinite-steps"
         )
+
+
+def _run_progress(accelerator: Accelerator, config: TrainConfig, state: TrainerState, steps_per_epoch: int) -> tqdm:
+    """One line for the whole run, above each epoch's bar: its ETA counts training, evaluation and saving alike
+    (``smoothing=0``: the average pace since the start, not the last batch's)."""
+    remaining = (config.epochs - state.epoch) * steps_per_epoch - state.batches_done
+    return tqdm(
+        total=max(remaining, 0),
+        desc=f"run: {config.epochs - state.epoch} epoch(s)",
+        unit="step",
+        smoothing=0,
+        position=0,
+        disable=not accelerator.is_local_main_process,
+        bar_format="{desc} |{bar:20}| {percentage:3.0f}% [{elapsed} so far, ETA {remaining}]",
+    )
+
+
+def _print_above_bars(accelerator: Accelerator, line: str) -> None:
+    """A result line on the main process that does not tear the progress bars (``tqdm.write``)."""
+    if accelerator.is_main_process:
+        tqdm.write(line)
 
 
 def _image_counts(data: ImageClassificationData) -> dict[str, int]:
