@@ -1,6 +1,9 @@
-"""hubclf.cli: every error is one line on stderr and exit status 2, also one that bad input cannot explain."""
+"""hubclf.cli: every error is one line on stderr and exit status 2, also one that bad input cannot explain; the first
+mistakes get help; the log says what matters, once."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -204,3 +207,49 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
             continue
         assert process.returncode == 130 and err.splitlines()[-1].endswith(": interrupted"), err  # was a traceback
         assert len(err.splitlines()) == 1, err
+
+
+# ---- quiet, informative output ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("verbose", "world_size"), [(False, "1"), (True, "1"), (False, "2")])
+def test_one_process_logs_plain_lines_and_verbose_or_several_keep_time_and_rank(monkeypatch, verbose, world_size):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    cli._log_to_stderr(verbose=verbose)
+    [handler] = root.handlers
+
+    def line(level: int, message: str) -> str:
+        return handler.format(logging.LogRecord("hubclf.train.loop", level, __file__, 1, message, None, None))
+
+    if verbose or world_size != "1":
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO hubclf.train.loop: \[RANK 0\] 8 classes",
+                        line(logging.INFO, "[RANK 0] 8 classes"))  # fmt: skip
+    else:  # was "2026-01-01 10:00:00,000 INFO hubclf.train.loop: [RANK 0] 8 classes"
+        assert line(logging.INFO, "[RANK 0] 8 classes") == "8 classes"
+        assert line(logging.WARNING, "[RANK 0] skipped unreadable image: a.jpg") == (
+            "warning: skipped unreadable image: a.jpg"
+        )
+
+
+@pytest.mark.slow
+def test_a_run_on_a_local_folder_prints_no_library_chatter_and_one_whole_run_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.image_folders import make_image_folder
+
+    make_image_folder(tmp_path / "photos", 2, per_class=6)
+    command = [sys.executable, "-m", "hubclf.cli", "train", "--model", "hubclf_alexnet_slim", "--no-pretrained",
+               "--data", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out"), "--img-size", "64", "64",
+               "--epochs", "2", "--batch-size", "64", "--num-workers", "0", "--val-split", "0.5"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert "[RANK" not in err and not re.search(r"\d\d:\d\d:\d\d,\d+", err)  # no timestamps on one process
+    assert "Downloading data" not in err and "Generating train split" not in err  # the folder is local
+    assert "note: --batch-size 64 is more than the 6 training images, so each epoch is one optimizer step" in err
+    assert "run: 2 epoch(s) |" in err and "ETA" in err  # the whole run's line, beside the epochs' bars
+    assert "epoch 1/2 [full] train_loss" in run.stdout
