@@ -32,7 +32,7 @@ from typing import Any
 
 from hubclf.atomic import atomic_write_file, atomic_write_json
 from hubclf.refs import ModelRef, check_repo_id
-from hubclf.stats import wilson_interval
+from hubclf.stats import mcnemar_p_value, wilson_interval
 from hubclf.train.config import FREEZE_NONE, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ LR_GRIDS: dict[str, tuple[float, ...]] = {
 }
 JSON_NAME, PLOT_NAME, SEARCH_DIR = "compare.json", "compare.png", "lr_search"
 LR_SEARCHES = ("grid", "lr-find")
+SIGNIFICANCE = 0.05  # McNemar's p-value under which the winner's lead over a strategy counts as real
 
 
 @dataclass
@@ -65,6 +66,10 @@ class StrategyRun:
     peak_gpu_mib: float | None
     output_dir: str
     best_model_dir: str
+    # Against the winner, on the same validation images: "" for the winner itself, "tie", or McNemar's one-sided
+    # p-value that the winner is better (``p_value``), "not significant" at 0.05 or above.
+    vs_best: str = ""
+    p_value: float | None = None
 
 
 @dataclass
@@ -83,7 +88,35 @@ class CompareResult:
 
     @property
     def best(self) -> StrategyRun:
-        return max(self.runs, key=lambda run: (run.val_top1, -run.wall_s))
+        return max(self.runs, key=_rank)
+
+
+def _rank(run: StrategyRun) -> tuple[float, float]:
+    """The winner: the highest validation top-1; a tie goes to the faster run."""
+    return run.val_top1, -run.wall_s
+
+
+def mark_differences(config: TrainConfig, runs: list[StrategyRun], best: StrategyRun) -> None:
+    """Set each run's ``vs_best``: a tie with the winner, or whether the winner is significantly better on the same
+    validation images (McNemar's exact test on the images one gets right and the other wrong, ``hubclf.stats``).
+    With a few dozen images a difference of a few points is often chance; the table says so.
+
+        mark_differences(config, runs, best)   # runs[1].vs_best == "p=0.31, not significant"
+    """
+    from hubclf.train.strategy import _paired_correctness  # the same scoring --strategy auto uses
+
+    others = [run for run in runs if run is not best]
+    if not others:
+        return
+    scored = _paired_correctness(config, *(Path(run.best_model_dir) for run in [best, *others]))
+    for run, right in zip(others, scored[1:], strict=True):
+        only_best = sum(b and not r for b, r in zip(scored[0], right, strict=True))
+        only_run = sum(r and not b for b, r in zip(scored[0], right, strict=True))
+        if only_best == only_run:
+            run.vs_best = "tie"  # as many images won as lost: the same top-1
+            continue
+        run.p_value = mcnemar_p_value(only_run, only_best)
+        run.vs_best = f"p={run.p_value:.2g}" + (", not significant" if run.p_value >= SIGNIFICANCE else "")
 
 
 def parse_strategies(text: str | Sequence[str]) -> list[str]:
@@ -177,6 +210,7 @@ def compare(
 
         compare(config, ["head", "scratch"], lrs={"head": 3e-2})
     """
+    from hubclf.train.input_size import choose_input_size
     from hubclf.train.preflight import preflight_checks
     from hubclf.train.setup import load_training_data
 
@@ -194,6 +228,12 @@ def compare(
     if push_best:
         check_repo_id(push_best)
     data = load_training_data(config)
+    size = choose_input_size(config, data)  # once, so that every strategy trains at the same size
+    logger.info(size.decision)
+    if size.warning:
+        logger.warning(size.warning)
+    config = size.config
+    configs = {strategy: strategy_config(config, strategy) for strategy in strategies}
     runs = []
     for number, strategy in enumerate(strategies, 1):
         lr, source = _pick_lr(configs[strategy], strategy, lrs, grids, search_epochs, output_dir, lr_search)
@@ -211,6 +251,7 @@ def compare(
             )
         )  # fmt: skip
         logger.info(f"{strategy}: val top-1 {runs[-1].val_top1:.1%} in {runs[-1].wall_s:.0f} s")
+    mark_differences(config, runs, max(runs, key=_rank))
     result = CompareResult(
         runs=runs, epochs=config.epochs, seed=config.seed, train_images=len(data.train),
         eval_images=len(data.eval), json_path=output_dir / JSON_NAME, plot_path=output_dir / PLOT_NAME,
@@ -242,6 +283,9 @@ def _pick_lr(
         from hubclf.train.lr_find import lr_find
 
         found = lr_find(dataclasses.replace(config, output_dir=str(output_dir / SEARCH_DIR / strategy)))
+        if not found.confident:  # a flat or noisy curve: the configured lr, said as such
+            logger.info(f"  {strategy}: lr-find has no confident suggestion ({found.caveat}); lr {config.lr:g}")
+            return config.lr, f"lr-find: {found.caveat.partition(':')[0]} curve, lr as configured"
         logger.info(f"  {strategy}: lr-find suggests {found.suggested_lr:.3g} ({found.method})")
         return float(f"{found.suggested_lr:.3g}"), f"lr-find ({found.method})"
     from hubclf.train import train
@@ -323,13 +367,15 @@ def format_table(result: CompareResult) -> str:
     """The comparison as an aligned text table, best first marked with ``*``."""
     best = result.best
     gpu = any(run.peak_gpu_mib is not None for run in result.runs)
-    header = ["strategy", "lr", "val top-1", "wall time", "images/s", "peak RSS"] + (["peak GPU"] if gpu else [])
+    header = ["strategy", "lr", "val top-1", "vs best", "wall time", "images/s", "peak RSS"]
+    header += ["peak GPU"] if gpu else []
     rows = [header]
     for run in result.runs:
         row = [
             run.strategy + (" *" if run is best else ""),
             f"{run.lr:g}",
             f"{run.val_top1:.1%}",
+            run.vs_best or "-",
             f"{run.wall_s:.1f} s",
             f"{run.images_per_s:.0f}",
             f"{run.peak_rss_mib:.0f} MiB",
@@ -344,7 +390,23 @@ def format_table(result: CompareResult) -> str:
         f"{result.epochs} epochs each, seed {result.seed}, {result.train_images} train / {result.eval_images} "
         f"validation images; * = best val top-1 ({best.strategy}) -> {best.best_model_dir}"
     )
+    lines += [line for line in (_caveat(result),) if line]
     return "\n".join(lines)
+
+
+def _caveat(result: CompareResult) -> str | None:
+    """What "vs best" means when it matters: ties, and differences that may be chance."""
+    ties = [run.strategy for run in result.runs if run.vs_best == "tie"]
+    unsure = [run.strategy for run in result.runs if run.vs_best.endswith("not significant")]
+    said = []
+    if ties:
+        said.append(f"{', '.join(ties)} tie(s) with {result.best.strategy}, which won as the faster")
+    if unsure:
+        said.append(
+            f"{result.best.strategy}'s lead over {', '.join(unsure)} is not significant on {result.eval_images} "
+            f"validation images (McNemar p >= {SIGNIFICANCE}): it may be chance"
+        )
+    return "; ".join(said) or None
 
 
 def plot(result: CompareResult, path: Path) -> Path:
@@ -393,16 +455,21 @@ def card_section(result: CompareResult) -> dict[str, Any]:
         low, high = wilson_interval(round(run.val_top1 * result.eval_images), result.eval_images)
         rows.append([
             f"**{run.strategy}**" if run is result.best else run.strategy, f"{run.lr:g}", f"{run.val_top1:.1%}",
-            f"{low:.1%} – {high:.1%}", f"{run.wall_s:.0f} s", f"{run.images_per_s:.0f}", f"{run.peak_rss_mib:.0f} MiB",
+            f"{low:.1%} – {high:.1%}", run.vs_best or "-", f"{run.wall_s:.0f} s", f"{run.images_per_s:.0f}",
+            f"{run.peak_rss_mib:.0f} MiB",
         ])  # fmt: skip
     return {
         "summary": f"`hubclf compare` trained this model's architecture with {len(result.runs)} strategies, each for "
         f"{result.epochs} epochs with seed {result.seed} and its own learning rate, on {result.train_images} "
         f"training images, and published the best one: **{result.best.strategy}**.",
-        "columns": ["strategy", "lr", "val top-1", "95% interval (Wilson)", "wall time", "images/s", "peak RSS"],
+        "columns": [
+            "strategy", "lr", "val top-1", "95% interval (Wilson)", "vs best (McNemar)", "wall time", "images/s",
+            "peak RSS",
+        ],  # fmt: skip
         "rows": rows,
         "reason": f"{result.best.strategy} has the highest validation top-1 on the {result.eval_images} validation "
-        "images (ties go to the faster strategy). Learning rates: fixed, or the best of a short grid search.",
+        "images (ties go to the faster strategy). Learning rates: fixed, or the best of a short grid search."
+        + (f" {_caveat(result)}." if _caveat(result) else ""),
     }
 
 

@@ -5,9 +5,10 @@ The exported file carries what a deployment needs besides the graph: the label n
 JSON entry plus one readable key each); TorchScript in an extra file ``config.json`` inside the archive.
 ``read_export_metadata`` reads either back.
 
-Nothing is written until the exported file reproduces PyTorch's logits (max abs difference ``<= atol``) at the
-export size and, with ``dynamic=True``, at a second rectangular size with another batch size: the file is
-written next to ``out`` under a temporary name and renamed only after that check.
+The batch axis is free, as in timm's exporter (``dynamic=True`` frees height and width too). Nothing is written
+until the exported file reproduces PyTorch's logits (max abs difference ``<= atol``) at the export size for a batch
+of 1 and one of 3 and, with ``dynamic=True``, at a second rectangular size: the file is written next to ``out``
+under a temporary name and renamed only after that check.
 
     from hubclf.export import export_model, read_export_metadata
     result = export_model("me/flowers-alexnet", "flowers.onnx", img_size=(448, 224), dynamic=True)
@@ -98,8 +99,8 @@ def export_model(
     """Export ``model`` (a module or anything ``hubclf.from_pretrained`` takes) to ``out`` and check it.
 
     ``format`` is ``"onnx"`` or ``"torchscript"`` (default: from ``out``'s suffix, ``.onnx`` or ``.pt``); a folder
-    ``out`` gets ``model.onnx`` / ``model.pt``. ``img_size`` (H, W) overrides the model's saved input size.
-    ``dynamic=True`` makes batch, height and width free (ONNX) and checks a second, rectangular size.
+    ``out`` gets ``model.onnx`` / ``model.pt``. ``img_size`` (H, W) overrides the model's saved input size. The
+    batch size is free; ``dynamic=True`` frees height and width too (ONNX) and checks a second, rectangular size.
     Raises ``ExportCheckError`` (and leaves nothing at ``out``) if the logits differ by more than ``atol``.
 
         export_model("out/flowers/best", "deploy/flowers.onnx", img_size=(448, 224), dynamic=True)
@@ -113,7 +114,8 @@ def export_model(
     height, width = _export_size(model, img_size)
     metadata = export_metadata(model, (height, width), format=format, dynamic=dynamic)
 
-    check_shapes = [(1, model.in_chans, height, width)]
+    # Batches of 1 and 3: a graph with its traced batch size (2) baked in fails both.
+    check_shapes = [(1, model.in_chans, height, width), (3, model.in_chans, height, width)]
     if dynamic:
         check_shapes.append((2, model.in_chans, *_second_check_size(height, width, _min_size(model))))
     generator = torch.Generator().manual_seed(0)
@@ -126,15 +128,15 @@ def export_model(
     tmp = Path(tmp_name)
     was_training = model.training
     model.eval()
-    free_axes = ", dynamic batch/height/width" if dynamic and format == "onnx" else ""
+    free_axes = ", dynamic batch/height/width" if dynamic and format == "onnx" else ", dynamic batch"
     logger.info("exporting %s (%d classes) to %s at %d×%d (H×W)%s", metadata["architecture"], model.num_classes,
                 FORMAT_NAMES[format], height, width, free_axes)  # fmt: skip
     try:
         with torch.inference_mode():
             expected = [model(x).float() for x in inputs]
         if format == "onnx":
-            # Traced at batch 2 when dynamic: torch.export would specialise a batch of 1 into the graph.
-            example = inputs[0].repeat(2, 1, 1, 1) if dynamic else inputs[0]
+            # Traced at batch 2: torch.export would specialise a batch of 1 into the graph.
+            example = inputs[0].repeat(2, 1, 1, 1)
             _write_onnx(model, tmp, example, metadata, dynamic)
             actual = _run_onnx(tmp, inputs, metadata)
         else:
@@ -179,7 +181,8 @@ def export_metadata(model: nn.Module, img_size: tuple[int, int], *, format: str,
         "input_size": list(data_config["input_size"]),
         "trained_input_size": list(cfg.get("input_size", input_size)),
         "min_input_size": list(_min_size(model)),
-        "dynamic": dynamic,  # batch/height/width free (ONNX); False: exactly 1×input_size
+        "dynamic": dynamic,  # height/width free too (ONNX); False: any batch of input_size
+        "dynamic_batch": True,
         "interpolation": data_config["interpolation"],
         "mean": [float(v) for v in data_config["mean"]],
         "std": [float(v) for v in data_config["std"]],
@@ -222,10 +225,11 @@ def _write_onnx(model: nn.Module, path: Path, example: torch.Tensor, metadata: d
     """
     from torch.export import Dim
 
-    dynamic_shapes = None
+    axes = {0: Dim("batch", min=1)}  # free by default, as timm's exporter makes it
     if dynamic:
         min_h, min_w = _min_size(model)
-        dynamic_shapes = ({0: Dim("batch", min=1), 2: Dim("height", min=min_h), 3: Dim("width", min=min_w)},)
+        axes.update({2: Dim("height", min=min_h), 3: Dim("width", min=min_w)})
+    dynamic_shapes = (axes,)
     try:
         with _grid_pool_for_onnx(model), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -22,6 +22,8 @@ from hubclf.atomic import atomic_write_bytes
 __all__ = [
     "CONFUSION_MATRIX_PNG",
     "TRAINING_CURVES_PNG",
+    "confusion_figure",
+    "curves_figure",
     "matplotlib_missing",
     "model_pictures",
     "plot_confusion_matrix",
@@ -48,26 +50,33 @@ def plot_confusion_matrix(
 ) -> bytes:
     """Draw ``matrix`` (rows: true class, columns: predicted class, counts) normalised by row, as a PNG.
 
-    Each cell shows the fraction of the row's images (colour and number); the row's image count is in its label.
-    Rows of classes without images stay empty. Stays readable up to about 30 classes (cells and fonts shrink).
-    Returns the PNG bytes, and also writes them (atomically) to ``path`` when given.
+    Each cell shows the percentage of the row's images (colour and number, on one 0-100 % scale, whatever the number
+    of classes); the row's image count is in its label. Rows of classes without images stay empty. Stays readable up
+    to about 30 classes (cells and fonts shrink). Returns the PNG bytes, and also writes them (atomically) to
+    ``path`` when given.
 
         plot_confusion_matrix(result["confusion_matrix"], result["label_names"], "confusion.png")
     """
+    return _save(confusion_figure(matrix, label_names), path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], label_names: Sequence[str]) -> Any:
+    """The figure ``plot_confusion_matrix`` draws (a matplotlib ``Figure``, for tests and notebooks)."""
     size = len(label_names)
     if size == 0 or len(matrix) != size or any(len(row) != size for row in matrix):
         raise ValueError(f"the confusion matrix must be {size}x{size} for {size} label names")
     totals = [sum(row) for row in matrix]
-    fractions = [
-        [count / total if total else math.nan for count in row] for row, total in zip(matrix, totals, strict=True)
+    percents = [
+        [100 * count / total if total else math.nan for count in row] for row, total in zip(matrix, totals, strict=True)
     ]
 
     side = max(4.5, 0.42 * size + 2.5)
     font = 10 if size <= 10 else 8 if size <= 20 else 6
     figure = _figure(figsize=(side + 1.2, side))
     axes = figure.subplots()
-    image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    image = axes.imshow(percents, cmap="Blues", vmin=0.0, vmax=100.0)
+    bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="% of the true class's images")
+    bar.set_ticks([0, 25, 50, 75, 100], labels=["0%", "25%", "50%", "75%", "100%"])
     names = [_short(name) for name in label_names]
     axes.set_xticks(range(size), names, rotation=45 if size <= 10 else 90, ha="right" if size <= 10 else "center",
                     fontsize=font)  # fmt: skip
@@ -76,18 +85,17 @@ def plot_confusion_matrix(
     )
     axes.set_xlabel("predicted label")
     axes.set_ylabel("true label (images)")
-    percent = ", values in %" if size > 10 else ""
-    axes.set_title(f"Confusion matrix, normalised by row ({sum(totals)} images{percent})")
+    axes.set_title(f"Confusion matrix, % of each true class ({sum(totals)} images)")
     for row in range(size):
         for column in range(size):
-            value = fractions[row][column]
+            value = percents[row][column]
             if math.isnan(value) or (matrix[row][column] == 0 and size > 10):
                 continue  # big matrices: blank zero cells keep the errors visible
-            text = f"{value:.2f}" if size <= 10 else f"{round(100 * value)}"
+            text = f"{value:.0f}%" if size <= 10 else f"{value:.0f}"  # small cells: the colour bar says %
             axes.text(column, row, text, ha="center", va="center", fontsize=font,
-                      color="white" if value > 0.5 else "black")  # fmt: skip
+                      color="white" if value > 50 else "black")  # fmt: skip
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None) -> bytes:
@@ -98,15 +106,23 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
 
         plot_training_curves([json.loads(line) for line in open("out/metrics.jsonl")], "curves.png")
     """
+    return _save(curves_figure(history), path)
+
+
+def curves_figure(history: Sequence[Mapping[str, Any]]) -> Any:
+    """The figure ``plot_training_curves`` draws (a matplotlib ``Figure``, for tests and notebooks)."""
     if not history:
         raise ValueError("no epochs to plot: the training history is empty")
     epochs = [record.get("epoch", i + 1) for i, record in enumerate(history)]
     figure = _figure(figsize=(10, 4))
     loss_axes, top1_axes = figure.subplots(1, 2)
-    for axes, metric, title in ((loss_axes, "loss", "Loss"), (top1_axes, "top1", "Top-1 accuracy")):
+    # Top-1 in %, as the confusion matrix and the card's percentages; a null (diverged) value is not drawn.
+    for axes, metric, title, scale in ((loss_axes, "loss", "Loss", 1), (top1_axes, "top1", "Top-1 accuracy (%)", 100)):
         for split, style in (("train", "o-"), ("val", "s-")):
             points = [
-                (e, r[f"{split}_{metric}"]) for e, r in zip(epochs, history, strict=True) if f"{split}_{metric}" in r
+                (e, scale * r[f"{split}_{metric}"])
+                for e, r in zip(epochs, history, strict=True)
+                if r.get(f"{split}_{metric}") is not None
             ]
             if points:
                 xs, ys = zip(*points, strict=True)
@@ -115,16 +131,20 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.legend()
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    top1_axes.set_ylim(0, 1.02)
+        if len(epochs) <= 20:  # one tick per epoch: one epoch read 0.96 ... 1.04 with matplotlib's own ticks
+            axes.set_xticks(epochs)
+        else:
+            axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    top1_axes.set_ylim(0, 102)
     stages = [record.get("stage") for record in history]
     for i in range(1, len(stages)):
         if stages[i] != stages[i - 1]:  # e.g. --unfreeze-after: mark where the backbone started training
             for axes in (loss_axes, top1_axes):
                 axes.axvline((epochs[i - 1] + epochs[i]) / 2, color="gray", linestyle=":", linewidth=1)
-            top1_axes.text((epochs[i - 1] + epochs[i]) / 2, 0.02, f" {stages[i]}", color="gray", fontsize=8)
+            top1_axes.text((epochs[i - 1] + epochs[i]) / 2, 2, f" {stages[i]}", color="gray", fontsize=8)
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
 
 
 def plot_lr_find(

@@ -55,29 +55,48 @@ def show_name(name: str) -> str:
     return repr(name) if name.isascii() else f"{name!r} ({ascii(name)})"
 
 
-def md_cell(text: Any) -> str:
-    """Text safe inside one Markdown table cell: whitespace runs (line breaks too) become one space, ``|`` escaped.
-
-        md_cell("a|b\\nc")   # 'a\\\\|b c'
-    """
-    return re.sub(r"\s+", " ", str(text)).replace("|", "\\|")
-
-
-# Characters that start Markdown syntax somewhere in a line (CommonMark's ASCII punctuation that can be escaped),
-# and the two that start HTML: text from others must not become a link, an image, a heading or a tag.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+# What Markdown (CommonMark/GFM) or the HTML inside it can read as markup: a backslash before any of them shows the
+# character itself (CommonMark: any ASCII punctuation may be escaped), so "<script>" stays text and "**" stays stars.
+# Links and images need "[", emphasis "*" or an underscore at a word's edge (GFM ignores "a_b"), HTML "<" and "&".
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*\[\]<>#|~&$]|(?<!\w)_|_(?!\w))")
+# A Hub licence id, as the Hub's metadata takes it ("apache-2.0", "bsd-3-clause", "cc-by-nc-4.0", "other").
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
 
 def md_text(text: Any) -> str:
-    r"""Text shown literally inside Markdown (a heading, a sentence): one line, Markdown punctuation backslash-escaped,
-    ``&`` and ``<`` as HTML entities, control characters escaped. A label ``![x](http://evil/t.png)`` then shows as
-    typed instead of loading an image from someone else's server.
+    """Text from others safe inside a line of Markdown: one line (whitespace runs become one space), every character
+    that Markdown or HTML could read as markup backslash-escaped.
 
-        md_text("![x](http://e/t.png) <b>")   # '\!\[x\]\(http://e/t\.png\) &lt;b&gt;'
+        md_text("<b>rose</b>\\n# x")   # '\\\\<b\\\\>rose\\\\</b\\\\> \\\\# x'
     """
-    line = printable(re.sub(r"\s+", " ", str(text)).strip())
-    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", line)
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", printable(re.sub(r"\s+", " ", str(text)).strip()))
+
+
+def md_cell(text: Any) -> str:
+    """Text safe inside one Markdown table cell: :func:`md_text`, whose escaped ``|`` keeps the table whole.
+
+        md_cell("a|b\\nc")   # 'a\\\\|b c'
+    """
+    return md_text(text)
+
+
+def license_id(text: Any) -> str:
+    """A licence for a model card's metadata: ``text`` if it is a Hub licence id, else ``"other"`` (a licence
+    written as prose, with line breaks or markup, must not reach the YAML header).
+
+        license_id("bsd-3-clause")   # 'bsd-3-clause'; license_id("MIT\\n<a>") -> 'other'
+    """
+    text = str(text).strip() if text is not None else ""
+    return text if _LICENSE_ID.fullmatch(text) else "other"
+
+
+def md_code(text: Any) -> str:
+    """Text from others for a Markdown code span (`` `...` ``): one line, and no backtick that would end the span
+    (backslashes do not escape inside code spans, so backticks become quotes).
+
+        md_code("resnet`18")   # "resnet'18"
+    """
+    return printable(re.sub(r"\s+", " ", str(text)).strip()).replace("`", "'")
 
 
 def listing(items: Any, limit: int = 10, show: Any = str) -> str:

@@ -43,3 +43,48 @@ def one_image(folder: Path, name: str = "0.png", value: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / name)
     return folder / name
+
+
+# Real photographs that ship inside scikit-image (no download): one class per photo.
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def make_photo_folder(
+    root: Path, *, per_class: int = 6, aspect: float = 2.0, width: int = 112, classes: int = 2, split: bool = True
+) -> Path:
+    """``root/{train,validation}/<photo>/<n>.png``: crops of scikit-image's photos with height = ``aspect`` x width,
+    each resized to ``width`` wide. Crops of one photo form a class; they differ in position and scale, seeded."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    for name in PHOTOS[:classes]:
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        for i in range(per_class):
+            crop_w = min(photo.width, round(photo.height / aspect)) * rng.uniform(0.6, 1.0)
+            crop_h = crop_w * aspect
+            left = rng.uniform(0, photo.width - crop_w)
+            top = rng.uniform(0, photo.height - crop_h)
+            crop = photo.crop((round(left), round(top), round(left + crop_w), round(top + crop_h)))
+            folder = root / ("validation" if split and i % 3 == 2 else "train" if split else "") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            crop.resize((width, round(width * aspect))).save(folder / f"{i}.png")
+    return root
+
+
+def make_digits_folder(root: Path, per_class: int = 30, side: int = 64) -> Path:
+    """``root/{train,validation}/digit_<d>/<n>.png``: scikit-learn's real handwritten digits (8×8, bundled), the first
+    ``per_class`` of each digit, one in three held out, scaled up to ``side`` pixels for AlexNet's 63-pixel minimum."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    seen: dict[int, int] = {}
+    for pixels, label in zip(digits.images, digits.target, strict=True):
+        n = seen.get(int(label), 0)
+        seen[int(label)] = n + 1
+        if n >= per_class:
+            continue
+        folder = root / ("validation" if n % 3 == 2 else "train") / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray((pixels / 16 * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+        image.convert("RGB").save(folder / f"{n}.png")
+    return root

@@ -262,9 +262,11 @@ def test_the_app_shows_label_names_as_typed_and_refuses_an_image_over_budget(pho
     folder = hubclf.save_pretrained(model, tmp_path / "model", label_names=names)
     app = app_module.build_app(str(folder), device="cpu")
     (markdown,) = [block for block in app.blocks.values() if isinstance(block, gr.Markdown)]
-    assert "\\!\\[x\\]\\(http://127\\.0\\.0\\.1:9/track\\.png\\)" in markdown.value
-    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in markdown.value and "\\# big" in markdown.value
-    assert "<img" not in markdown.value and "](" not in markdown.value
+    assert "!\\[x\\](http://127.0.0.1:9/track.png)" in markdown.value  # no image: the brackets are text
+    assert "\\<img src=x onerror=alert(1)\\>" in markdown.value and "\\# big" in markdown.value
+    # every "<" and "](" that could open a tag or a link is escaped
+    assert markdown.value.count("<img") == markdown.value.count("\\<img")
+    assert markdown.value.count("](") == markdown.value.count("\\](")
 
     strip = tmp_path / "strip.png"
     Image.new("RGB", (100_000, 1)).save(strip)

@@ -106,7 +106,7 @@ def test_fine_tuned_model_saves_a_config_timm_can_build_and_reloads(fine_tuned):
     torch.testing.assert_close(probe_logits(plain), probe_logits(reloaded), rtol=0, atol=0)
     assert timm.data.resolve_data_config(model=plain)["input_size"] == (3, *IMG_SIZE)
     card = (best / "README.md").read_text()
-    assert f"from `{arch}`" in card and "ships\nwith timm" in card
+    assert f"`{arch}` trained from random initialisation" in card and f"`{arch}` ships with timm" in card
 
 
 def test_predict_and_eval_match_training_validation(fine_tuned, image_folder, capsys):

@@ -1,10 +1,14 @@
-"""hubclf.cli: every error is one line on stderr and exit status 2, also one that bad input cannot explain."""
+"""hubclf.cli: every error is one line on stderr and exit status 2, also one that bad input cannot explain; the first
+mistakes get help; the log says what matters, once."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from hubclf.cli import commands as cli
+from hubclf.cli.train_flags import config_from_args
 
 
 def fail_like_a_library(args):
@@ -90,3 +94,162 @@ def test_train_logs_once_per_line_with_libraries_that_print_their_own(monkeypatc
     monkeypatch.setattr(root, "handlers", [handler])
     cli._log_to_stderr()  # logging already set up (by the caller, or pytest): left alone
     assert root.handlers == [handler]
+
+
+# ---- the first mistakes: unknown flags, timm's spellings, flags a command cannot use --------------------------------
+TRAIN = ["--model", "hubclf_alexnet_slim", "--data", "photos", "--output-dir", "out"]
+
+
+def parse_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage block
+    return err.strip()
+
+
+def test_an_unknown_flag_is_the_commands_error_with_a_close_flag_suggested(capsys):
+    # Was "hubclf: error: unrecognized arguments: --val-spit 0.2" after the top-level usage, no suggestion.
+    assert parse_error(["train", *TRAIN, "--val-spit", "0.2"], capsys) == (
+        "hubclf train: error: unrecognized arguments: --val-spit 0.2; did you mean --val-split or --eval-split?"
+    )
+    assert parse_error(["predict", "m", "x.jpg", "--topk", "3"], capsys) == (
+        "hubclf predict: error: unrecognized arguments: --topk 3; did you mean --top-k?"
+    )
+
+
+def test_timm_train_py_spellings_are_aliases(capsys):
+    args = cli.build_parser().parse_args([
+        "train", "--model", "resnet18", "--data-dir", "photos", "--output", "out", "-b", "16", "-j", "2",
+        "--input-size", "3", "448", "224", "--amp", "--amp-dtype", "bfloat16", "--pretrained", "--drop", "0.2",
+        "--drop-path", "0.1", "--scale", "0.5", "1", "--ratio", "0.4", "0.6", "--torchcompile", "--no-aug",
+        "--val-split", "validation", "--checkpoint-hist", "3",
+    ])  # fmt: skip
+    config = config_from_args(args)
+    assert (config.data, config.output_dir, config.batch_size, config.num_workers) == ("photos", "out", 16, 2)
+    assert config.img_size == (448, 224) and config.mixed_precision == "bf16" and config.pretrained
+    assert (config.drop_rate, config.drop_path_rate, config.crop_scale, config.crop_ratio) == (
+        0.2, 0.1, (0.5, 1.0), (0.4, 0.6)
+    )
+    assert config.compile and config.augment == "none" and config.keep_checkpoints == 3
+    assert config.eval_split == "validation" and config.val_split == 0.1  # timm's --val-split names a split
+    assert config_from_args(cli.build_parser().parse_args(["train", *TRAIN, "--val-split", "0.2"])).val_split == 0.2
+    assert config_from_args(cli.build_parser().parse_args(["train", *TRAIN, "--amp"])).mixed_precision == "fp16"
+    assert parse_error(["train", *TRAIN, "--input-size", "1", "64", "64"], capsys) == (
+        "hubclf train: error: --input-size 1 64 64: hubclf trains on RGB images, so C must be 3"
+    )
+    with pytest.raises(ValueError, match="--amp means --mixed-precision fp16, but --mixed-precision bf16"):
+        config_from_args(cli.build_parser().parse_args(["train", *TRAIN, "--amp", "--mixed-precision", "bf16"]))
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["lr-find", *TRAIN, "--epochs", "9"], "hubclf lr-find: error: --epochs does not apply to lr-find: the sweep "
+         "runs --steps batches"),
+        (["lr-find", *TRAIN, "--push-to-hub", "me/x"], "hubclf lr-find: error: --push-to-hub does not apply to "
+         "lr-find: lr-find writes the curve and its plot, no checkpoints or models"),
+        (["lr-find", *TRAIN, "--amp"], "hubclf lr-find: error: --amp does not apply to lr-find: the sweep runs in "
+         "float32 (fp16 without loss scaling would distort it)"),
+        (["compare", *TRAIN, "--resume", "latest"], "hubclf compare: error: --resume does not apply to compare: a "
+         "compare is several runs: start a new one in a new --output-dir"),
+        (["compare", *TRAIN, "--push-to-hub", "me/x"], "hubclf compare: error: --push-to-hub does not apply to "
+         "compare: compare publishes the winner with --push-best REPO_ID"),
+    ],
+)  # fmt: skip
+def test_flags_a_command_cannot_use_are_errors_that_say_why(argv, error, capsys):
+    # lr-find used to take `--epochs 9 --push-to-hub me/x` and ignore both.
+    assert parse_error(argv, capsys) == error
+
+
+def test_one_flag_name_means_one_thing(capsys):
+    # lr-find's --smoothing was the loss curve's moving average; in train it is label smoothing.
+    error = parse_error(["lr-find", *TRAIN, "--smoothing", "0.9"], capsys)
+    assert error.startswith("hubclf lr-find: error: --smoothing does not apply to lr-find: it is label smoothing")
+    assert "--loss-smoothing" in error
+    assert cli.build_parser().parse_args(["lr-find", *TRAIN, "--loss-smoothing", "0.5"]).loss_smoothing == 0.5
+    lr_find_flags = {f for a in cli.build_parser().commands["lr-find"]._actions for f in a.option_strings}
+    assert "--repeat-data" not in lr_find_flags  # it always loops over the data now
+
+
+def test_a_bad_image_error_from_a_dataloader_worker_is_one_short_line():
+    # What torch re-raises from a worker: the worker's whole traceback as the message (~2,000 characters on a line).
+    from hubclf.data.images import BadImageError
+
+    worker = BadImageError(
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "/venv/lib/python3.11/site-packages/PIL/Image.py", line 3715, in open\n    raise '
+        "UnidentifiedImageError(msg)\nPIL.UnidentifiedImageError: cannot identify image file '/data/cat/empty.jpg'\n"
+        "\nThe above exception was the direct cause of the following exception:\n\n" + "  File ...\n" * 40
+        + "hubclf.data.images.BadImageError: cannot read image /data/cat/empty.jpg: cannot identify image file "
+        "'/data/cat/empty.jpg'\n"
+    )
+    assert cli._one_line(worker) == "cannot read image /data/cat/empty.jpg: cannot identify image file"
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    command = [sys.executable, "-m", "hubclf.cli", "train", "--model", "hubclf_alexnet_slim", "--no-pretrained",
+               "--data", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    for delay in (0.2, 1.0, 2.5):  # while Python starts, while torch and timm are imported, while the data is read
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+        if process.returncode == 2:  # it got to the (empty) data's error first: nothing left to interrupt
+            continue
+        assert process.returncode == 130 and err.splitlines()[-1].endswith(": interrupted"), err  # was a traceback
+        assert len(err.splitlines()) == 1, err
+
+
+# ---- quiet, informative output ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("verbose", "world_size"), [(False, "1"), (True, "1"), (False, "2")])
+def test_one_process_logs_plain_lines_and_verbose_or_several_keep_time_and_rank(monkeypatch, verbose, world_size):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    cli._log_to_stderr(verbose=verbose)
+    [handler] = root.handlers
+
+    def line(level: int, message: str) -> str:
+        return handler.format(logging.LogRecord("hubclf.train.loop", level, __file__, 1, message, None, None))
+
+    if verbose or world_size != "1":
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO hubclf.train.loop: \[RANK 0\] 8 classes",
+                        line(logging.INFO, "[RANK 0] 8 classes"))  # fmt: skip
+    else:  # was "2026-01-01 10:00:00,000 INFO hubclf.train.loop: [RANK 0] 8 classes"
+        assert line(logging.INFO, "[RANK 0] 8 classes") == "8 classes"
+        assert line(logging.WARNING, "[RANK 0] skipped unreadable image: a.jpg") == (
+            "warning: skipped unreadable image: a.jpg"
+        )
+
+
+@pytest.mark.slow
+def test_a_run_on_a_local_folder_prints_no_library_chatter_and_one_whole_run_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.image_folders import make_image_folder
+
+    make_image_folder(tmp_path / "photos", 2, per_class=6)
+    command = [sys.executable, "-m", "hubclf.cli", "train", "--model", "hubclf_alexnet_slim", "--no-pretrained",
+               "--data", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out"), "--img-size", "64", "64",
+               "--epochs", "2", "--batch-size", "64", "--num-workers", "0", "--val-split", "0.5"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert "[RANK" not in err and not re.search(r"\d\d:\d\d:\d\d,\d+", err)  # no timestamps on one process
+    assert "Downloading data" not in err and "Generating train split" not in err  # the folder is local
+    assert "note: --batch-size 64 is more than the 6 training images, so each epoch is one optimizer step" in err
+    assert "run: 2 epoch(s) |" in err and "ETA" in err  # the whole run's line, beside the epochs' bars
+    assert "epoch 1/2 [full] train_loss" in run.stdout

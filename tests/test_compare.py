@@ -155,3 +155,33 @@ def test_lr_find_can_pick_the_learning_rates(tmp_path, small_hues):
     assert json.loads(result.json_path.read_text())["settings"]["lr_search"] == "lr-find"
     with pytest.raises(ValueError, match="--lr-search"):
         compare(TrainConfig(model="m", data="d", output_dir=str(tmp_path / "x")), ["head"], lr_search="guess")
+
+
+def test_ties_and_differences_that_may_be_chance_are_marked(tmp_path, monkeypatch):
+    # Two equal scores on 16 images, and a 2-image lead: compare declared a winner without a word.
+    from hubclf import compare as compare_module
+    from hubclf.compare import CompareResult, StrategyRun, format_table, mark_differences
+
+    def run(strategy: str, top1: float, wall: float) -> StrategyRun:
+        return StrategyRun(strategy, 1e-3, "fixed", top1, 1.0, 1, wall, 10.0, 100.0, None, "o", f"{strategy}/best")
+
+    right = {
+        "head/best": [True] * 10 + [False] * 6,
+        "finetune/best": [False] * 2 + [True] * 8 + [True, True] + [False] * 4,  # 10 right too, other images
+        "scratch/best": [True] * 8 + [False] * 8,
+        "staged/best": [True] * 2 + [False] * 14,
+    }
+    scores = lambda config, *dirs: [right[str(d)] for d in dirs]  # noqa: E731
+    monkeypatch.setattr("hubclf.train.strategy._paired_correctness", scores)
+    runs = [run("head", 10 / 16, 5.0), run("finetune", 10 / 16, 9.0), run("scratch", 8 / 16, 9.0),
+            run("staged", 2 / 16, 9.0)]  # fmt: skip
+    mark_differences(TrainConfig(model="m", data="d", output_dir="o"), runs, runs[0])
+    assert [r.vs_best for r in runs] == ["", "tie", "p=0.25, not significant", "p=0.0039"]
+    result = CompareResult(runs, 2, 0, 32, 16, tmp_path / "c.json", tmp_path / "c.png")
+    table = format_table(result)
+    assert "vs best" in table.splitlines()[0] and "tie" in table
+    assert table.splitlines()[-1] == (
+        "finetune tie(s) with head, which won as the faster; head's lead over scratch is not significant on 16 "
+        "validation images (McNemar p >= 0.05): it may be chance"
+    )
+    assert compare_module.card_section(result)["columns"][4] == "vs best (McNemar)"

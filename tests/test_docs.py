@@ -174,3 +174,19 @@ def test_hubclf_command_lines_parse(command, capsys):
         build_parser().parse_args(command.argv)
     except SystemExit as stop:  # argparse's way to say "error" (2), or --help / --version (0)
         assert stop.code == 0, f"{command.where}: `{command.text}` does not parse:\n{capsys.readouterr().err}"
+
+
+# ---- the README's first screen --------------------------------------------------------------------------------------
+def test_the_readme_first_screen_is_install_train_predict_push_on_your_own_folder():
+    # It was the demo; installing into one's own environment had no line.
+    first_screen = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:24]
+    text = "\n".join(first_screen)
+    assert "your own environment" in text and "pip install 'hubclf" in text
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    commands = [line.split("#")[0].strip() for line in block if not line.startswith("#")]
+    assert [c.split()[1] if c.startswith("hubclf") else c.split()[0] for c in commands] == [
+        "pip", "train", "predict", "hf", "push"
+    ]  # fmt: skip
+    assert "--data photos/" in commands[1] and "--img-size" not in commands[1]  # the size comes from the photos
+    assert "scripts/demo.sh" not in text  # the demo comes after
+    assert len((REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 150

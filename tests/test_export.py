@@ -79,7 +79,7 @@ def test_export_matches_pytorch_at_448x224_and_a_second_rectangular_size(name, f
     result = export_model(model, out, format=fmt, dynamic=True)
 
     assert result.path == out and out.is_file() and result.size_bytes == out.stat().st_size
-    assert list(result.diffs) == ["1×3×448×224", "2×3×320×160"]
+    assert list(result.diffs) == ["1×3×448×224", "3×3×448×224", "2×3×320×160"]
     assert 0 <= result.max_abs_diff <= 1e-4
     assert leftovers(tmp_path, {out.name}) == []  # no temporary file next to it
     assert not model.training and isinstance(model.head.global_pool, nn.Module)
@@ -106,7 +106,7 @@ def test_classic_head_with_max_grid_pool_exports_to_dynamic_onnx(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("hubclf_alexnet", num_classes=3, img_size=SMALL, global_pool="max").eval()
     result = export_model(model, tmp_path / "max.onnx", dynamic=True)
-    assert list(result.diffs) == ["1×3×72×64", "2×3×92×82"]  # 9/7 of each side: 5/7 is under the 63 minimum
+    assert list(result.diffs) == ["1×3×72×64", "3×3×72×64", "2×3×92×82"]  # 9/7: 5/7 is under the 63 minimum
     assert result.max_abs_diff <= 1e-4
 
 
@@ -131,8 +131,9 @@ def test_onnx_metadata_reads_back_with_onnxruntime(small_model, tmp_path):
     assert props["interpolation"] == "bicubic" and json.loads(props["crop_pct"]) == 0.95
     assert json.loads(props["hubclf"]) == read_export_metadata(out)
     assert "source" not in props  # None values are only in the JSON entry
-    # Without --dynamic the graph takes exactly one image of the export size.
-    assert session.get_inputs()[0].shape == [1, 3, 72, 64]
+    # Without --dynamic the graph takes any number of images of the export size, as timm's exporter makes it.
+    batch, *size = session.get_inputs()[0].shape
+    assert isinstance(batch, str) and size == [3, 72, 64]  # was 1: onnxruntime refused a batch of 2
     assert session.get_outputs()[0].name == "logits"
 
 
@@ -174,7 +175,7 @@ def test_cli_exports_a_saved_folder_and_reports_size_diff_and_sizes(model_dir, t
 
     stdout, stderr = capsys.readouterr()
     assert stdout.startswith(f"wrote {out} (ONNX, ") and " MB); max abs diff vs PyTorch " in stdout
-    assert "1×3×72×64, 2×3×92×82" in stdout
+    assert "1×3×72×64, 3×3×72×64, 2×3×92×82" in stdout
     assert "exporting hubclf_alexnet_slim (3 classes) to ONNX at 72×64 (H×W), dynamic batch/height/width" in stderr
     assert "1×3×72×64 max abs diff" in stderr and "2×3×92×82 max abs diff" in stderr
     assert read_export_metadata(out)["label_names"] == LABELS
@@ -289,7 +290,21 @@ def test_nan_logits_fail_the_check_whichever_size_they_appear_at(small_model, tm
     from hubclf import export
 
     real_run = export._run_torchscript
-    monkeypatch.setattr(export, "_run_torchscript", lambda *a: [real_run(*a)[0], torch.full((2, 3), float("nan"))])
+    monkeypatch.setattr(export, "_run_torchscript", lambda *a: [*real_run(*a)[:2], torch.full((2, 3), float("nan"))])
     with pytest.raises(ExportCheckError, match=r"nan at 2×3×92×82"):
         export_model(small_model, tmp_path / "m.pt", dynamic=True)
     assert leftovers(tmp_path, set()) == []
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_default_export_takes_any_batch_and_is_checked_at_1_and_3(small_model, tmp_path, fmt):
+    # The default ONNX file had a fixed batch of 1: onnxruntime said "Got: 2 Expected: 1" for two images.
+    out = tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}"
+    result = export_model(small_model, out)
+    assert list(result.diffs) == ["1×3×72×64", "3×3×72×64"]
+    x = torch.randn(5, 3, *SMALL)
+    with torch.inference_mode():
+        expected = small_model(x).numpy()
+    np.testing.assert_allclose(run_file(out, x), expected, rtol=0, atol=1e-4)
+    metadata = read_export_metadata(out)
+    assert metadata["dynamic_batch"] is True and metadata["dynamic"] is False

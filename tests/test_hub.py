@@ -150,7 +150,7 @@ def test_card_without_optional_inputs_says_so(model, tmp_path):
     assert "model-index" not in card.data.to_dict()
     assert "No training hyperparameters were recorded" in card.text
     assert "No evaluation results were recorded" in card.text
-    assert "**Transfer learning:** not recorded" in card.text
+    assert "**Training:** not recorded" in card.text
 
 
 def test_card_snippet_runs_as_pasted_for_a_folder(saved):
@@ -406,7 +406,7 @@ def test_pushed_card_snippet_runs_as_pasted(use_hub, new_repo_id, saved):
     push_to_hub(saved, repo_id, token=use_hub.token)
     card = ModelCard.load(repo_id)
     assert f'hubclf.from_pretrained("{repo_id}")' in card.text and str(saved) not in card.text
-    assert card.data.to_dict()["model-index"][0]["name"] == repo_id.split("/")[1]
+    assert card.data.to_dict()["model-index"][0]["name"] == repo_id  # the model's name, never a folder's
     lines = run_snippet(usage_snippet(card.text)).strip().splitlines()
     assert {line.split(":")[0] for line in lines} == set(LABELS)
 

@@ -27,6 +27,7 @@ FLOORS: dict[str, float] = {
     "hubclf.train.hardware": 5.0,
     "hubclf.train.safety": 5.1, "hubclf.train.checkpoints": 5.1, "hubclf.train.stages": 5.1,
     "hubclf.train.recipes": 5.1, "hubclf.train.features": 5.1, "hubclf.train.preflight": 5.1,
+    "hubclf.train.input_size": 5.1, "hubclf.train.resume_check": 5.1,
     "hubclf.train.setup": 5.2,
     "hubclf.train.outputs": 5.3,
     "hubclf.train.loop": 5.4,

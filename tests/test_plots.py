@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from hubclf.plots import (
+    confusion_figure,
+    curves_figure,
     matplotlib_missing,
     model_pictures,
     plot_confusion_matrix,
@@ -112,3 +114,27 @@ def test_training_without_matplotlib_says_so_in_the_card(tmp_path, monkeypatch):
     assert not list(result.best_model_dir.glob("*.png"))
     card = (result.best_model_dir / "README.md").read_text()
     assert "plots were skipped: matplotlib is not installed" in card and "](confusion_matrix.png)" not in card
+
+
+# ---- right for 1 epoch, one scale for percentages --------------------------------------------------------------------
+def test_one_epoch_has_one_tick_labelled_1():
+    # matplotlib's own ticks read 0.96 ... 1.04 for a single epoch.
+    figure = curves_figure([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_top1": 0.4, "val_top1": 0.5}])
+    for axes in figure.axes:
+        assert list(axes.get_xticks()) == [1]
+        assert axes.get_xlim() == (0.5, 1.5)
+    top1 = figure.axes[1]
+    assert top1.get_ylim() == (0, 102) and top1.lines[1].get_ydata()[0] == pytest.approx(50.0)  # in %
+
+
+def test_confusion_matrix_cells_and_colour_bar_are_percentages_at_any_size():
+    small = confusion_figure([[3, 1], [0, 4]], ["a", "b"])
+    assert sorted(text.get_text() for text in small.axes[0].texts) == ["0%", "100%", "25%", "75%"]
+    n = 24  # the demo's base classes: cells in %, and the colour bar said 0-1
+    big = confusion_figure([[5 if i == j else (1 if j == (i + 1) % n else 0) for j in range(n)] for i in range(n)],
+                           [f"c{i}" for i in range(n)])  # fmt: skip
+    assert {text.get_text() for text in big.axes[0].texts} == {"83", "17"}
+    for figure in (small, big):
+        colour_bar = figure.axes[1]
+        assert colour_bar.get_ylim() == (0.0, 100.0)
+        assert [label.get_text() for label in colour_bar.get_yticklabels()] == ["0%", "25%", "50%", "75%", "100%"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubclf.text import md_cell, printable, short, show_name
+from hubclf.text import license_id, md_cell, md_code, md_text, printable, short, show_name
 
 
 def test_printable_escapes_control_characters_only():
@@ -19,13 +19,15 @@ def test_short_values_and_visible_names():
     assert show_name("cat") == "'cat'" and show_name("café") == "'café' ('caf\\xe9')"
 
 
-def test_markdown_text_from_others_shows_as_typed():
-    from hubclf.text import md_text
+def test_markdown_text_shows_markup_instead_of_running_it():
+    assert md_text("<img src=x> **b** [l](u)\n# h") == "\\<img src=x\\> \\*\\*b\\*\\* \\[l\\](u) \\# h"
+    assert md_text("batch_size") == "batch_size" and md_text("_x_") == "\\_x\\_"  # GFM ignores intraword _
+    assert md_cell("a|b") == "a\\|b" and md_code("a`b\nc") == "a'b c"
 
-    assert md_text("![x](http://evil/t.png)") == "\\!\\[x\\]\\(http://evil/t\\.png\\)"  # no image, no link
-    assert md_text("<img src=x onerror=alert(1)> & co") == "&lt;img src=x onerror=alert\\(1\\)&gt; &amp; co"
-    assert md_text("# big\n* item\x1b[31m") == "\\# big \\* item\\\\x1b\\[31m"  # one line, no heading, no list
-    assert md_text("rose") == "rose"
+
+def test_a_licence_reaches_the_card_header_only_as_an_id():
+    assert license_id("bsd-3-clause") == "bsd-3-clause" and license_id("cc-by-nc-4.0") == "cc-by-nc-4.0"
+    assert license_id("MIT License") == "other" and license_id("mit\n---\nx: y") == "other"
 
 
 def test_long_lists_are_cut_at_ten_with_a_count():

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 
 # ---- convert ---------------------------------------------------------------------------------------------
@@ -98,13 +100,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 _LIBRARIES_THAT_PRINT_THEIR_OWN = ("huggingface_hub", "datasets")
 
 
-def _log_to_stderr() -> None:
-    """INFO and above on stderr with a timestamp, as ``logging.basicConfig``, unless logging is already set up."""
+class _PlainLines(logging.Formatter):
+    """One process, no --verbose: the message alone ("warning: " before warnings), without Accelerate's
+    "[RANK 0] ", which says nothing when there is one rank."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = _RANK_PREFIX.sub("", super().format(record), count=1)
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+_RANK_PREFIX = re.compile(r"^\[RANK \d+\] ")
+
+
+def _several_processes() -> bool:
+    """Started by ``accelerate launch`` / ``torchrun`` with more than one process (read from the environment, so
+    nothing is imported to know it)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def _log_to_stderr(verbose: bool = False) -> None:
+    """INFO and above on stderr, unless logging is already set up: plain lines on one process; with ``--verbose`` or
+    under several processes a timestamp, the level, the logger and Accelerate's rank, as ``logging.basicConfig``."""
     root = logging.getLogger()
     if root.handlers:  # the caller's (or pytest's) configuration wins, as with basicConfig
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if verbose or _several_processes():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_PlainLines("%(message)s"))
     handler.addFilter(lambda record: not record.name.startswith(_LIBRARIES_THAT_PRINT_THEIR_OWN))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -112,11 +136,14 @@ def _log_to_stderr() -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from hubclf.cli.train_flags import config_from_args
+    from hubclf.train.preflight import quick_checks
+
+    config = config_from_args(args)
+    quick_checks(config)  # before torch and timm are imported (seconds): a mistyped path is reported at once
     from hubclf.train import TrainingInterrupted, train
 
-    _log_to_stderr()
+    _log_to_stderr(verbose=getattr(args, "verbose", False))
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint is ours to print
-    config = config_from_args(args)
     try:
         result = train(config)
     except TrainingInterrupted as e:
@@ -130,7 +157,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # ---- lr-find -------------------------------------------------------------------------------------------------
-_LR_FIND_FLAGS = ("start_lr", "end_lr", "steps", "smoothing", "diverge_factor", "repeat_data", "json")
+_LR_FIND_FLAGS = ("start_lr", "end_lr", "steps", "loss_smoothing", "diverge_factor", "json")
 
 
 def _add_lr_find(sub: argparse._SubParsersAction) -> None:
@@ -139,52 +166,62 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lr-find",
         help="LR range test: sweep the learning rate exponentially, plot the loss, suggest an LR for `hubclf train`",
-        description="Takes hubclf train's flags (model, data, --freeze, --opt, --batch-size...) and trains for at most "
-        "--steps batches (never more than one pass over the training images unless --repeat-data) while the LR grows "
-        "from --start-lr to --end-lr; stops early when the smoothed loss passes --diverge-factor x its best. Writes "
+        description="Takes hubclf train's flags (model, data, --freeze, --opt, --batch-size...) and trains for "
+        "--steps batches, looping over the training images as often as needed, while the LR grows from --start-lr "
+        "to --end-lr; stops early when the smoothed loss passes --diverge-factor x its best. Writes "
         "OUTPUT_DIR/lr_find.png and lr_find.json. The suggestion is where the smoothed loss falls fastest (else the "
-        "minimum's LR / 10). Example: hubclf lr-find --model hubclf_alexnet --data photos/ --freeze backbone "
-        "--output-dir out/",
+        "minimum's LR / 10); a flat or noisy curve gives none and says so. Flags that cannot apply to a sweep "
+        "(--epochs, --lr, --push-to-hub...) are errors. Example: hubclf lr-find --model hubclf_alexnet --data photos/ "
+        "--freeze backbone --output-dir out/",
     )
-    add_train_arguments(p, exclude=LR_FIND_EXCLUDES)  # here --smoothing is the loss curve's, not label smoothing
     group = p.add_argument_group("LR range test")
     group.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     group.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
-    group.add_argument("--steps", type=int, default=100, help="training steps of the sweep (default: 100)")
     group.add_argument(
-        "--smoothing", type=float, default=0.9, help="beta of the loss's moving average, in [0, 1) (default: 0.9)"
+        "--steps", type=int, default=100, help="training steps of the sweep, at least 20; the images are looped over "
+        "as often as that takes (default: 100)",
+    )  # fmt: skip
+    group.add_argument(
+        "--loss-smoothing",
+        type=float,
+        default=0.9,
+        help="beta of the loss curve's moving average, in [0, 1) (default: 0.9); not label smoothing",
     )
     group.add_argument(
         "--diverge-factor", type=float, default=4.0, help="stop once the smoothed loss is this x its best (default: 4)"
     )
-    group.add_argument(
-        "--repeat-data", action="store_true", help="allow more steps than one pass over the training images"
-    )
     group.add_argument("--json", action="store_true", help="print the whole result (curve included) as JSON")
+    add_train_arguments(p, exclude=LR_FIND_EXCLUDES)  # each excluded flag is an error that says why
     p.set_defaults(func=_run_lr_find)
 
 
 def _run_lr_find(args: argparse.Namespace) -> int:
     from hubclf.atomic import strict_json_dumps
     from hubclf.cli.train_flags import config_from_args
-    from hubclf.train.lr_find import lr_find
+    from hubclf.train.preflight import quick_checks
 
     train_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _LR_FIND_FLAGS})
     config = config_from_args(train_flags)
+    quick_checks(config)  # before torch and timm are imported
+    from hubclf.train.lr_find import lr_find
+
     with _messages_on_stderr("hubclf.train.lr_find", "hubclf lr-find: %(message)s", level="INFO"):
         result = lr_find(
             config,
             start_lr=args.start_lr,
             end_lr=args.end_lr,
             steps=args.steps,
-            smoothing=args.smoothing,
+            smoothing=args.loss_smoothing,
             diverge_factor=args.diverge_factor,
-            allow_repeat=args.repeat_data,
         )
     if args.json:
         print(strict_json_dumps(result.to_dict(), indent=2))  # a diverged loss (NaN/inf) -> null
         return 0
-    print(f"suggested lr {result.suggested_lr:.3g} ({result.method} of the smoothed loss)")
+    if result.confident:
+        print(f"suggested lr {result.suggested_lr:.3g} ({result.method} of the smoothed loss)")
+    else:
+        print(f"no confident suggestion: the curve is {result.caveat}; keep --lr {result.suggested_lr:.3g}, or "
+              "sweep again with more --steps, a larger --batch-size or a wider --start-lr/--end-lr")  # fmt: skip
     print(
         f"lowest smoothed loss {min(result.smoothed_losses):.4f} at lr {result.min_loss_lr:.3g}; "
         f"{len(result.lrs)} steps, {result.stop_reason}"
@@ -254,10 +291,12 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from hubclf.cli.train_flags import config_from_args
     from hubclf.compare import compare, format_table, parse_lrs, parse_strategies
+    from hubclf.train.preflight import quick_checks
 
     strategies = parse_strategies(args.strategies)
     train_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _COMPARE_FLAGS})
     config = config_from_args(train_flags)
+    quick_checks(config)  # before torch and timm are imported
     with _messages_on_stderr("hubclf.compare", "hubclf compare: %(message)s", level="INFO"):
         result = compare(
             config,
@@ -479,12 +518,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="Export a model to ONNX or TorchScript (labels and preprocessing inside), checked against PyTorch",
+        help="Export a model to ONNX or TorchScript, checked against PyTorch; labels and preprocessing settings "
+        "stored as metadata",
         description="Writes OUT only after the exported file reproduces PyTorch's logits (max abs difference <= "
-        "--atol) with onnxruntime / torch.jit.load. Label names, input size, mean, std, interpolation and crop_pct "
-        "are stored in the file (ONNX metadata_props, TorchScript extra file config.json). ONNX needs "
-        "pip install 'hubclf[export]'. Exit status: 0 written, 2 error (nothing written). "
-        "Example: hubclf export me/flowers-alexnet flowers.onnx --img-size 448 224 --dynamic",
+        "--atol) with onnxruntime / torch.jit.load, for a batch of 1 and one of 3. The batch axis is free. Label "
+        "names, input size, mean, std, interpolation and crop_pct are stored in the file as metadata (ONNX "
+        "metadata_props, TorchScript extra file config.json): the graph takes normalised pixels, your code resizes "
+        "and normalises with them. ONNX needs pip install 'hubclf[export]'. Exit status: 0 written, 2 error (nothing "
+        "written). Example: hubclf export me/flowers-alexnet flowers.onnx --img-size 448 224 --dynamic",
     )
     p.add_argument("model", help="Hub repo id (owner/name), model folder, hf-hub:owner/name or local-dir:PATH")
     p.add_argument("out", help="output file (.onnx or .pt), or a folder (gets model.onnx / model.pt)")
@@ -500,7 +541,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dynamic",
         action="store_true",
-        help="free batch/height/width axes (ONNX); also checks a second rectangular size (5/7 of each side)",
+        help="free height and width too, not only the batch (ONNX); also checks a second rectangular size (5/7 of "
+        "each side)",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default: 1e-4)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
@@ -578,15 +620,41 @@ class _PrintVersions(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with hubclf's errors: one line, named after the command (``hubclf train: error: ...``), a close
+    flag suggested for an unknown one, and no usage block (``--help`` has it: dozens of lines for train)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args: list[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:  # reported by the command that was given them, not by the top-level parser
+            command = getattr(parsed, "command", None)
+            parser = getattr(self, "commands", {}).get(command, self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(parser, unknown)}")
+        return parsed
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """``; did you mean --epochs?`` for the first unknown flag that is close to one of ``parser``'s."""
+    flags = [flag for action in parser._actions if action.help != argparse.SUPPRESS for flag in action.option_strings]
+    for argument in unknown:
+        if argument.startswith("-"):
+            close = difflib.get_close_matches(argument.split("=", 1)[0], flags, n=2, cutoff=0.6)
+            if close:
+                return f"; did you mean {' or '.join(close)}?"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hubclf", description="Turn an image folder into a published, reusable timm classifier."
-    )
+    parser = _Parser(prog="hubclf", description="Turn an image folder into a published, reusable timm classifier.")
     parser.add_argument("--version", action=_PrintVersions, help="print the versions of hubclf and its libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = (_add_convert, _add_push, _add_train, _add_lr_find, _add_compare, _add_predict, _add_eval, _add_app)
     for add in (*adders, _add_export):
         add(sub)
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> the command's own parser
     return parser
 
 
@@ -598,12 +666,18 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.exit(main(["predict", "me/flowers-alexnet", "rose.jpg"]))
     """
-    from hubclf.logs import redacted_logs
-
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        from hubclf.logs import redacted_logs
+
+        args = build_parser().parse_args(argv)
         with redacted_logs():  # no Hub token or signed storage URL in any log line of any command
             return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C at any moment, imports included: one line, the shell's code for SIGINT
+        if os.environ.get("HUBCLF_DEBUG"):
+            raise
+        print(f"{_prog(args)}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         if os.environ.get("HUBCLF_DEBUG"):
             raise
@@ -614,8 +688,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"internal error, {message if message.startswith(name) else f'{name}: {message}'} "
                 "(HUBCLF_DEBUG=1 shows the traceback; please report it)"
             )
-        print(f"hubclf {args.command}: error: {message}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _prog(args: argparse.Namespace | None) -> str:
+    """``hubclf train``, or ``hubclf`` before the command line was read."""
+    return f"hubclf {args.command}" if args is not None else "hubclf"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -637,11 +716,26 @@ def _one_line(error: BaseException, limit: int = 2000) -> str:
     from hubclf.logs import redact
     from hubclf.text import printable
 
-    message = " ".join(redact(str(error)).split()) or type(error).__name__
+    message = _worker_error(str(error))
+    message = " ".join(redact(message).split()) or type(error).__name__
     if not type(error).__module__.startswith(("builtins", "hubclf")):
         message = f"{type(error).__name__}: {message}"
     message = printable(message)
     return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def _worker_error(message: str) -> str:
+    """An exception re-raised by a DataLoader worker carries the worker's whole traceback as its message ("Caught
+    BadImageError in DataLoader worker process 0. Original Traceback ..."): keep its last line, the error itself,
+    without the module path, and say a file's path once.
+
+        _worker_error("Caught X in DataLoader worker process 0.\\n...\\nhubclf.data.images.BadImageError: bad")  # 'bad'
+    """
+    if "Original Traceback" in message:
+        message = next((line for line in reversed(message.splitlines()) if line.strip()), message).strip()
+        message = re.sub(r"^[\w.]+(Error|Exception|Warning): ", "", message)
+    path = re.match(r"cannot read image (.+?): ", message)
+    return message.replace(f" '{path.group(1)}'", "") if path else message  # PIL repeats the path: once will do
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def _load(value: dict[str, Any], where: str, transform: Any) -> Image.Image:
         else:
             source = open_regular_file(value["path"], where)
         with source:
-            image = Image.open(source, formats=_safe_formats())  # reads the header only
+            image = Image.open(source, formats=safe_formats())  # reads the header only
             _check_budget(image, where, transform)
             image.load()  # decode now: truncated files only fail here
         return image
@@ -144,7 +144,7 @@ def _kind(mode: int) -> str:
     return file_kind(mode)
 
 
-def _safe_formats() -> list[str]:
+def safe_formats() -> list[str]:
     global SAFE_FORMATS
     if SAFE_FORMATS is None:
         Image.init()

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import datasets
@@ -78,7 +79,8 @@ def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
     labels only from at least 2 class folders holding every image at the same depth, a single class folder (fine
     to evaluate on) is read again with its label, and images at mixed depths are an error."""
     try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        with _no_progress_bars():  # "Downloading data" for files that are already here says nothing
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except datasets.data_files.EmptyDatasetError:
         raise FileNotFoundError(
             f"--data {data}: no images found; an image folder holds one subfolder of images per class "
@@ -88,7 +90,8 @@ def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
         return loaded
     # Forced labels come from each image's folder: one name means a single class folder; more, mixed depths
     # (photos/cat/1.jpg next to photos/2.jpg would make a class "photos").
-    labelled = datasets.load_dataset("imagefolder", data_dir=str(path), drop_labels=False)
+    with _no_progress_bars():
+        labelled = datasets.load_dataset("imagefolder", data_dir=str(path), drop_labels=False)
     if all(len(split.features["label"].names) == 1 for split in labelled.values()):
         return labelled
     raise ValueError(
@@ -140,6 +143,19 @@ def _inside(path: str | None, roots: list[str]) -> bool:
         return False
     real = os.path.realpath(path)
     return any(real.startswith(root + os.sep) for root in roots)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """🤗 datasets' progress bars off while it indexes a local folder ("Downloading data", "Generating train split"
+    for files already on disk), as they were afterwards."""
+    were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            datasets.enable_progress_bars()
 
 
 def find_empty_class_folders(data: str) -> list[str]:

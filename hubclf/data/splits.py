@@ -109,7 +109,7 @@ def load_image_dataset(
                 raise ValueError(f"the {eval_split!r} split has no {column!r} column like the train split")
         evaluation = normalize_labels(evaluation, label_column)
         evaluation = as_class_label(evaluation, label_column, num_classes, names=label_names)
-        logger.info("evaluating on the dataset's %r split", eval_split)
+        logger.debug("evaluating on the dataset's %r split", eval_split)  # the run's data line says it
     else:
         train, evaluation = _stratified_split(train, label_column, val_split, seed)
         eval_split = f"{val_split:g} of {train_split} (stratified, seed {seed})"
@@ -182,7 +182,7 @@ def _stratified_split(
             f"cannot hold out a stratified {fraction:g} of {len(train)} images for validation ({e}); "
             "add images, raise --val-split, or provide a validation split"
         ) from e
-    logger.info("no eval split: holding out a stratified %g of the train split (seed %d)", fraction, seed)
+    logger.debug("no eval split: holding out a stratified %g of the train split (seed %d)", fraction, seed)
     return parts["train"], parts["test"]
 
 def _check_split(split: datasets.Dataset, name: str, label_column: str, num_classes: int) -> None:

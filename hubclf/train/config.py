@@ -115,6 +115,7 @@ class TrainConfig:
     vflip: float | None = None
     color_jitter: float | None = None
     crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] | None = None  # width / height of the random crops; None: centred on the input's
     aa: str | None = None
     reprob: float | None = None
     smoothing: float | None = None
@@ -122,6 +123,8 @@ class TrainConfig:
     cutmix: float = 0.0
     class_weights: str = "auto"
     balanced_sampler: bool = False
+    drop_rate: float | None = None  # dropout of the classifier head (None: the architecture's default)
+    drop_path_rate: float | None = None  # stochastic depth, for architectures that have it
     patience: int | None = None
     model_ema: bool = False
     model_ema_decay: float = 0.9998
@@ -274,6 +277,14 @@ class TrainConfig:
                 raise ValueError(
                     f"crop_scale is MIN MAX image fractions with 0 < MIN <= MAX <= 1, got {self.crop_scale}"
                 )
+        if self.crop_ratio is not None:
+            self.crop_ratio = tuple(float(v) for v in self.crop_ratio)
+            if len(self.crop_ratio) != 2 or not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+                raise ValueError(f"crop_ratio is MIN MAX width/height ratios, 0 < MIN <= MAX; got {self.crop_ratio}")
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} is a probability, in [0, 1); got {value}")
         if self.smoothing is not None and not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         for name in ("mixup", "cutmix"):

@@ -46,6 +46,7 @@ from hubclf.train.checkpoints import (
 )
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
+from hubclf.train.input_size import choose_input_size
 from hubclf.train.outputs import (
     BEST_DIR,
     FINAL_DIR,
@@ -58,6 +59,7 @@ from hubclf.train.outputs import (
     write_metrics,
 )
 from hubclf.train.recipes import Recipe, choose_recipe, dataset_labels, ema_model, should_stop_early
+from hubclf.train.resume_check import check_resume_data, write_settings
 from hubclf.train.safety import (
     RunLock,
     StopOnSignal,
@@ -93,6 +95,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
         result = run(TrainConfig(model="hubclf_vgg11", data="user/flowers", output_dir="out", epochs=3))
     """
     output_dir = Path(config.output_dir)
+    given = config  # before anything "auto" is resolved: what a --resume is compared with (settings.json)
     # The checkpoint to resume, found first: its manifest records the choices that change the numbers (precision,
     # channels-last, threads), which the resumed run reuses so that it continues bit-identically.
     checkpoint = find_checkpoint(config.resume, output_dir) if config.resume else None
@@ -108,8 +111,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
         if config.mixed_precision is None:  # auto left it to Accelerate (accelerators, accelerate launch)
             config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
             speed_choices.append(f"mixed precision: {config.mixed_precision}, Accelerate's setting")
-        for choice in speed_choices:
-            logger.info(choice)
+        logger.info("; ".join(speed_choices))  # one line: workers, precision, memory format, each with its why
         lock = RunLock(output_dir)
         try:
             with main_process_work(accelerator, "locking the output folder") as is_main:
@@ -121,7 +123,7 @@ def run(config: TrainConfig, *, keep_process_group: bool = False) -> TrainResult
             fault_point("train.locked")
             record = {"config": config.to_dict(), "numerics": numerics_record(config, config.mixed_precision,
                                                                               speed_choices)}  # fmt: skip
-            return _Run(config, accelerator, stop, output_dir, keep_process_group, checkpoint, record).train()
+            return _Run(config, accelerator, stop, output_dir, keep_process_group, given, checkpoint, record).train()
         finally:
             lock.release()
 
@@ -184,11 +186,13 @@ class _Run:
         stop: StopOnSignal,
         output_dir: Path,
         keep_group: bool,
+        given: TrainConfig | None = None,
         checkpoint: Path | None = None,
         record: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.accelerator, self.stop, self.output_dir = config, accelerator, stop, output_dir
         self.keep_process_group = keep_group
+        self.given = given or config  # the settings as typed, compared by a later --resume
         self.checkpoint, self.record = checkpoint, record  # the one to resume; what every checkpoint records
 
     def train(self) -> TrainResult:
@@ -199,6 +203,7 @@ class _Run:
         state, checkpoint = self._resume_point(parts, state)
         stage, scheduler = self._prepare(parts, state, checkpoint)
         config = self.config
+        self.run_progress = _run_progress(self.accelerator, config, state, len(stage.train_loader))
         for epoch in range(state.epoch, config.epochs):
             if should_stop_early(state.history, state.best_epoch, config.patience):
                 logger.info(f"early stopping: no better val top-1 for {config.patience} epochs (best: epoch "
@@ -213,6 +218,7 @@ class _Run:
             totals, bad_rows, lr = self._train_epoch(parts, stage, scheduler, state, epoch)
             record, evaluated = self._evaluate_epoch(parts, stage, state, epoch, totals, bad_rows, lr, started)
             self._save_epoch(parts, state, record, evaluated)
+        self.run_progress.close()
         hub_url = self._finish(parts, state)
         fault_point("train.done")
         return TrainResult.from_state(self.output_dir, state, hub_url)
@@ -229,12 +235,24 @@ class _Run:
         )
         fault_point("train.data_loaded")
         self._stop_if_requested("data loading")
-        recipe = choose_recipe(self.config, data)  # every "auto" setting resolved from the data, one line each
+        size = choose_input_size(self.config, data)  # without --img-size: the data's shape
+        if size.warning:
+            logger.warning(size.warning)
+        recipe = choose_recipe(size.config, data)  # every "auto" setting resolved from the data, one line each
+        recipe.decisions.insert(0, size.decision)  # logged, saved in recipe.json and the card, like the others
         self.config = recipe.config
         if self.record is not None:
             self.record["config"] = self.config.to_dict()  # what every checkpoint's manifest records
         for decision in recipe.decisions:
             logger.info(f"recipe: {decision}")
+        processes = self.accelerator.num_processes
+        if self.config.batch_size * processes > len(data.train):
+            per_process = " per process" if processes > 1 else ""
+            logger.info(
+                f"note: --batch-size {self.config.batch_size}{per_process} is more than the {len(data.train)} "
+                "training images, so each epoch is one optimizer step on all of them; a --batch-size of about "
+                f"{max(1, len(data.train) // (4 * processes))} gives 4 steps per epoch"
+            )
         return data, recipe
 
     # ---- model, datasets, loaders, optimizer ----------------------------------------------------------------------
@@ -281,6 +299,8 @@ class _Run:
         config, checkpoint = self.config, self.checkpoint
         if checkpoint is None:
             return state, None
+        # Other classes would reach load_state as "size mismatch for head.fc.weight": say what changed instead.
+        check_resume_data(self.output_dir, parts.data.label_names, _image_counts(parts.data))
         saved = TrainerState.load(checkpoint)
         if saved.stage == HEAD and saved.backbone_fingerprint != parts.frozen_fingerprint:
             raise ValueError(
@@ -323,6 +343,7 @@ class _Run:
                 parts.recipe.save(self.output_dir)
                 if carried is not None:
                     update_card(self.output_dir / BEST_DIR, from_dir=carried)  # hard links, one atomic swap
+                write_settings(self.output_dir, self.given, parts.data.label_names, _image_counts(parts.data))
         if config.log_with:
             accelerator.init_trackers("hubclf", config=tracker_config(config))
         return stage, scheduler
@@ -371,6 +392,8 @@ class _Run:
             initial=state.batches_done,
             total=len(stage.train_loader),
             disable=not accelerator.is_local_main_process,
+            position=1,  # under the whole run's line (_run_progress)
+            leave=False,  # the epoch's result line replaces it
         )
         for batch in progress:
             with accelerator.accumulate(stage.trainable):
@@ -400,6 +423,7 @@ class _Run:
             totals.nan_to_num_(0.0)
             bad_rows += batch["index"][~batch["valid"].bool()].tolist()
             state.batches_done += 1
+            self.run_progress.update()
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
@@ -486,7 +510,8 @@ class _Run:
         is_best = state.best_top1 is None or metrics["top1"] > state.best_top1
         if is_best:
             state.best_top1, state.best_epoch = metrics["top1"], epoch + 1
-        accelerator.print(
+        _print_above_bars(
+            accelerator,
             f"epoch {epoch + 1}/{self.config.epochs} [{stage.name}] train_loss {train_loss:.4f} "
             f"{format_metrics(metrics, prefix='val_')}"
             + (f" bad_images {len(state.bad_images)}" if state.bad_images else "")
@@ -594,6 +619,31 @@ class _Run:
             f"(the last at step {state.global_step}, epoch {epoch + 1}); they were skipped, not applied. {best}. "
             "Lower --lr, add --clip-grad, or raise --max-nonfinite-steps"
         )
+
+
+def _run_progress(accelerator: Accelerator, config: TrainConfig, state: TrainerState, steps_per_epoch: int) -> tqdm:
+    """One line for the whole run, above each epoch's bar: its ETA counts training, evaluation and saving alike
+    (``smoothing=0``: the average pace since the start, not the last batch's)."""
+    remaining = (config.epochs - state.epoch) * steps_per_epoch - state.batches_done
+    return tqdm(
+        total=max(remaining, 0),
+        desc=f"run: {config.epochs - state.epoch} epoch(s)",
+        unit="step",
+        smoothing=0,
+        position=0,
+        disable=not accelerator.is_local_main_process,
+        bar_format="{desc} |{bar:20}| {percentage:3.0f}% [{elapsed} so far, ETA {remaining}]",
+    )
+
+
+def _print_above_bars(accelerator: Accelerator, line: str) -> None:
+    """A result line on the main process that does not tear the progress bars (``tqdm.write``)."""
+    if accelerator.is_main_process:
+        tqdm.write(line)
+
+
+def _image_counts(data: ImageClassificationData) -> dict[str, int]:
+    return {"train": len(data.train), "eval": len(data.eval)}
 
 
 # ---- step arithmetic ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """An LR range test (Leslie Smith; fastai's ``lr_find``): ``hubclf lr-find`` and ``lr_find()``.
 
-The learning rate grows exponentially from ``start_lr`` to ``end_lr`` over at most ``steps`` training steps (by
-default never more than one pass over the training images); the loss of every step is recorded and smoothed, and
-the sweep stops early once the smoothed loss exceeds ``diverge_factor`` times the best one. The model, data,
+The learning rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` training steps, looping over the
+training images as often as that takes (as fastai's does); the loss of every step is recorded and smoothed, and the
+sweep stops early once the smoothed loss exceeds ``diverge_factor`` times the best one. Fewer than ``MIN_STEPS``
+steps, or fewer than two batches of training images, give no curve worth reading: refused. The model, data,
 transforms, freezing and optimizer are built exactly as ``hubclf train`` builds them from the same ``TrainConfig``;
 the weights and optimizer state are restored afterwards.
 
@@ -12,9 +13,13 @@ the weights and optimizer state are restored afterwards.
     result.suggested_lr, result.method   # e.g. 0.0031, "steepest descent"
 
 The suggestion is the learning rate where the smoothed loss falls fastest (steepest descent against log(lr)),
-looked for between the start of the curve and its minimum: there training makes the most progress per step while
-still well below the rate where it blows up. When the curve has no falling stretch (too few steps, or the loss
-only rises), it is the LR of the minimum divided by 10 instead; ``method`` says which.
+looked for where the curve really falls: from the last point still within a tenth of the fall from its start, to
+its minimum. There training makes the most progress per step while still well below the rate where it blows up;
+before it, at tiny learning rates, the loss only jitters. When the curve has no falling stretch (the loss only
+rises), it is the LR of the minimum divided by 10 instead; ``method`` says which. A curve that is flat (the smoothed
+loss falls by less than 5% of where it started) or noisy (its fall is within the step-to-step noise) gives no
+confident suggestion: ``confident`` is False, ``caveat`` says why, and ``suggested_lr`` is ``config.lr``
+(``hubclf train``'s default unless set).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from hubclf.atomic import atomic_write_json
 from hubclf.hardware import resolve_device, resolve_num_workers
 from hubclf.plots import matplotlib_missing, plot_lr_find
 from hubclf.train.config import TrainConfig
+from hubclf.train.input_size import choose_input_size
 from hubclf.train.preflight import preflight_checks
 from hubclf.train.recipes import choose_recipe
 from hubclf.train.setup import create_model, image_dataset, load_training_data, transforms_for
@@ -49,7 +55,10 @@ __all__ = ["LRFindResult", "lr_find", "suggest_lr"]
 logger = logging.getLogger(__name__)
 
 PLOT_FILE, CURVE_FILE = "lr_find.png", "lr_find.json"
-STEEPEST, MINIMUM_OVER_10 = "steepest descent", "minimum / 10"
+STEEPEST, MINIMUM_OVER_10, NOT_CONFIDENT = "steepest descent", "minimum / 10", "no confident suggestion"
+MIN_STEPS = 20  # fewer points than this make no curve: a falling stretch needs several points to be told from noise
+FLAT_DROP = 0.05  # the smoothed loss must fall by 5% of its starting value before its minimum ...
+NOISE_RATIO = 2.0  # ... and by more than twice the steps' scatter around it
 
 
 @dataclass
@@ -63,11 +72,13 @@ class LRFindResult:
     losses: list[float]
     smoothed_losses: list[float]
     suggested_lr: float
-    method: str  # STEEPEST or MINIMUM_OVER_10
+    method: str  # STEEPEST, MINIMUM_OVER_10 or NOT_CONFIDENT
     steepest_lr: float | None
     min_loss_lr: float
     stopped_early: bool
     stop_reason: str
+    confident: bool = True
+    caveat: str | None = None  # why there is no confident suggestion (a flat or noisy curve)
     settings: dict[str, Any] = field(default_factory=dict)
     plot_path: Path | None = None
     curve_path: Path | None = None
@@ -91,7 +102,6 @@ def lr_find(
     steps: int = 100,
     smoothing: float = 0.9,
     diverge_factor: float = 4.0,
-    allow_repeat: bool = False,
     model: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     device: str | torch.device | None = None,
@@ -100,21 +110,21 @@ def lr_find(
 ) -> LRFindResult:
     """Run the LR range test for ``config`` (its model, data, freezing, optimizer, batch size and seed).
 
-    ``steps`` is capped at one pass over the training split unless ``allow_repeat``. ``smoothing`` is the β of the
-    bias-corrected exponential moving average of the loss. Pass ``model`` (and ``optimizer``) to sweep an existing
-    model instead of ``create_model(config, ...)``; both are restored bit for bit afterwards (weights, buffers,
-    ``requires_grad``, train/eval mode, device, optimizer state), and the global RNG is left untouched. ``save``
-    writes ``lr_find.json`` and (with matplotlib) ``lr_find.png`` into ``config.output_dir``. The sweep runs in one
-    process, in float32 (``mixed_precision`` is not used: fp16 without loss scaling would distort it), one optimizer
-    step per batch (``grad_accum_steps`` is ignored).
+    ``steps`` (at least ``MIN_STEPS``) loop over the training split as often as needed. ``smoothing`` is the β of
+    the bias-corrected exponential moving average of the loss (``--loss-smoothing``). Pass ``model`` (and
+    ``optimizer``) to sweep an existing model instead of ``create_model(config, ...)``; both are restored bit for
+    bit afterwards (weights, buffers, ``requires_grad``, train/eval mode, device, optimizer state), and the global
+    RNG is left untouched. ``save`` writes ``lr_find.json`` and (with matplotlib) ``lr_find.png`` into
+    ``config.output_dir``. The sweep runs in one process, in float32 (``mixed_precision`` is not used: fp16 without
+    loss scaling would distort it), one optimizer step per batch (``grad_accum_steps`` is ignored).
 
         result = lr_find(config, steps=50)
         print(f"use --lr {result.suggested_lr:.2g}")
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
-    if steps < 2:
-        raise ValueError(f"steps must be at least 2, got {steps}")
+    if steps < MIN_STEPS:
+        raise ValueError(f"lr-find needs at least {MIN_STEPS} steps to draw a curve worth reading, got {steps}")
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing is the moving average's beta, in [0, 1); got {smoothing}")
     if diverge_factor <= 1:
@@ -129,7 +139,14 @@ def lr_find(
 
     data = load_training_data(config)
     if model is None:
-        model = create_model(config, data.label_names)  # as train() creates it: the same input size and crop
+        size = choose_input_size(config, data)  # as train() chooses it: the data's shape without --img-size
+        logger.info(size.decision)
+        if size.warning:
+            logger.warning(size.warning)
+        config = size.config
+        with torch.random.fork_rng(devices=[]):  # the initial weights train() would draw, the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            model = create_model(config, data.label_names)  # as train() creates it: the same input size and crop
     elif model.num_classes != data.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the data {data.num_classes}")
     recipe = choose_recipe(config, data)  # the augmentation `hubclf train` would choose for this data
@@ -141,14 +158,14 @@ def lr_find(
         images, batch_size=config.batch_size, shuffle=True, num_workers=resolve_num_workers(config.num_workers),
         generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda",
     )  # fmt: skip
-    if steps > len(loader) and not allow_repeat:
-        logger.info(f"{steps} steps asked, one pass is {len(loader)} batches: sweeping {len(loader)} steps")
-        steps = len(loader)
-    if steps < 2:
+    if len(loader) < 2:  # one batch seen over and over measures how fast the net memorises it, nothing more
         raise ValueError(
-            f"one pass over {len(images)} training images is {len(loader)} batch(es): too few for a sweep; "
-            "use a smaller --batch-size or allow repeating the data (--repeat-data)"
+            f"lr-find needs at least 2 batches of training images: {len(images)} images at --batch-size "
+            f"{config.batch_size} are {len(loader)}; use --batch-size {max(1, len(images) // 2)} or less"
         )
+    if steps > len(loader):
+        logger.info(f"{steps} steps over {len(loader)} batches: each training image is seen about "
+                    f"{steps / len(loader):.1f} times")  # fmt: skip
 
     stage = stage_for_epoch(config, 0)
     saved = _Snapshot(model, optimizer)
@@ -173,6 +190,9 @@ def lr_find(
     if len(lrs) < 2:
         raise RuntimeError(f"the sweep stopped after {len(lrs)} step(s) ({reason}): lower --start-lr")
     suggested, method, steepest, minimum = suggest_lr(lrs, smoothed)
+    caveat = curve_caveat(losses, smoothed)
+    if caveat is not None:
+        suggested, method = config.lr, NOT_CONFIDENT
     settings = {
         "model": config.model, "data": config.data, "freeze": config.freeze, "opt": config.opt,
         "batch_size": config.batch_size, "weight_decay": config.weight_decay,
@@ -182,6 +202,7 @@ def lr_find(
     result = LRFindResult(
         lrs=lrs, losses=losses, smoothed_losses=smoothed, suggested_lr=suggested, method=method,
         steepest_lr=steepest, min_loss_lr=minimum, stopped_early=stopped_early, stop_reason=reason, settings=settings,
+        confident=caveat is None, caveat=caveat,
     )  # fmt: skip
     if save:
         _save(result, Path(config.output_dir))
@@ -199,16 +220,54 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> tuple[float, str, flo
         raise ValueError("the loss was never finite: no learning rate to suggest")
     lowest = int(np.nanargmin(np.where(finite, values, np.nan)))
     min_loss_lr = float(lrs[lowest])
+    begin = _fall_begins(values, lowest)
     steepest = None
-    if lowest >= 2:  # need a falling stretch of at least 3 points
+    if lowest - begin >= 2:  # need a falling stretch of at least 3 points
         log_lrs = np.log(np.asarray(lrs[: lowest + 1], dtype=float))
         slopes = np.gradient(values[: lowest + 1], log_lrs)
-        index = int(np.argmin(slopes))
+        index = begin + 1 + int(np.argmin(slopes[begin + 1 :]))  # past the last point of the flat start
         if slopes[index] < 0:
             steepest = float(lrs[index])
     if steepest is not None:
         return steepest, STEEPEST, steepest, min_loss_lr
     return min_loss_lr / 10, MINIMUM_OVER_10, None, min_loss_lr
+
+
+def _fall_begins(values: np.ndarray, lowest: int) -> int:
+    """Where the fall to the minimum begins: the last point before it still within a tenth of the fall from the
+    start. Before it, at tiny learning rates, the loss only jitters, and its steepest wobble there is noise (it was
+    the suggestion once: lr 2.5e-7 on 200 digits, where training needs about 1e-3)."""
+    start = values[0]
+    above = np.flatnonzero(values[:lowest] >= start - 0.1 * (start - values[lowest]))
+    return int(above[-1]) if above.size else 0
+
+
+def curve_caveat(losses: list[float], smoothed: list[float]) -> str | None:
+    """Why a sweep's curve supports no suggestion, or None: flat (the smoothed loss falls by less than 5% of its
+    start before its minimum) or noisy (the fall is within twice the steps' scatter around the smoothed curve).
+
+        curve_caveat([2.1] * 30, [2.1] * 30)   # "flat: the smoothed loss went from 2.1 to 2.1 (-0.0%) ..."
+    """
+    values = np.asarray(smoothed, dtype=float)
+    finite = np.isfinite(values)
+    if finite.sum() < 3:
+        return None
+    lowest = int(np.nanargmin(np.where(finite, values, np.nan)))
+    start = float(np.median(np.asarray(losses[: max(3, len(losses) // 10)], dtype=float)))
+    fall = start - float(values[lowest])
+    if not math.isfinite(start) or start <= 0 or fall < FLAT_DROP * start:
+        return (
+            f"flat: the smoothed loss went from {start:.3g} to {values[lowest]:.3g} ({-fall / max(start, 1e-12):+.1%}) "
+            "over the whole sweep, so no learning rate stands out"
+        )
+    raw = np.asarray(losses[: lowest + 1], dtype=float)
+    scatter = float(np.nanstd(raw - values[: lowest + 1]))
+    if fall < NOISE_RATIO * scatter:
+        return (
+            f"noisy: the smoothed loss fell by {fall:.3g}, within twice the steps' scatter ({scatter:.3g}), so "
+            "where it falls fastest is chance"
+        )
+    return None
 
 
 def _sweep(
@@ -300,7 +359,7 @@ def _save(result: LRFindResult, output_dir: Path) -> None:
     result.plot_skipped = matplotlib_missing()
     if result.plot_skipped is None:
         result.plot_path = output_dir / PLOT_FILE
-        note = " (steepest descent)" if result.method == STEEPEST else " (minimum / 10)"
+        note = f" ({result.method})" if result.confident else f" (default: {result.caveat.partition(':')[0]} curve)"
         plot_lr_find(result.lrs, result.losses, result.smoothed_losses, result.suggested_lr, result.plot_path,
                      note=note)  # fmt: skip
     atomic_write_json(result.curve_path, result.to_dict())  # strict: a diverged (NaN) loss is stored as null

@@ -8,6 +8,7 @@ card fields that describe the run. ``TrainResult`` is what ``train()`` returns a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch.nn as nn
 
 from hubclf.atomic import atomic_write_text, strict_json_dumps
+from hubclf.card import INIT_FILE, INIT_PRETRAINED, INIT_RANDOM, INIT_SAVED
 from hubclf.data.splits import ImageClassificationData
 from hubclf.hub import save_pretrained, update_card
 from hubclf.plots import model_pictures
@@ -103,13 +105,13 @@ def save_model(
     """
     history = state.history
     best = history[state.best_epoch - 1] if state.best_epoch else history[-1]
-    eval_results = {"accuracy": best["val_top1"], "loss": best["val_loss"]}
-    if "val_top5" in best:
-        eval_results["top5_accuracy"] = best["val_top5"]
-    if "val_macro_f1" in best:
-        eval_results["macro_f1"] = best["val_macro_f1"]
-    # The confusion matrix of the epoch whose weights these are: the best one, or the last one for final/.
+    # The epoch whose weights these are: the best one, or the last one for final/. Its metrics, its confusion matrix.
     shown = history[-1] if directory.name == FINAL_DIR else best
+    eval_results = {"accuracy": shown["val_top1"], "loss": shown["val_loss"]}
+    if "val_top5" in shown:
+        eval_results["top5_accuracy"] = shown["val_top5"]
+    if "val_macro_f1" in shown:
+        eval_results["macro_f1"] = shown["val_macro_f1"]
     if pictures:
         images, images_skipped = model_pictures(shown.get("val_confusion_matrix"), data.label_names, history)
     else:
@@ -126,7 +128,41 @@ def save_model(
         epoch_metrics=card_rows(history),
         images=images,
         images_skipped=images_skipped,
+        extra_config={"provenance": provenance(config, model, data, state, shown)},
     )
+
+
+def provenance(
+    config: TrainConfig, model: nn.Module, data: ImageClassificationData, state: TrainerState, record: dict[str, Any]
+) -> dict[str, Any]:
+    """What the card says about where the model came from, from what happened: the starting weights (random, timm's
+    pretrained weights, a weights file or a saved model) with the tag, origin and licence of weights that were
+    loaded only; how many images were trained on, validated on and scored (``record``: the epoch whose metrics the
+    card shows), and how many were unreadable and skipped.
+
+        provenance(config, model, data, state, state.history[-1])["init"]   # "random" with --no-pretrained
+    """
+    ref, cfg = ModelRef.parse(config.model), model.pretrained_cfg
+    if ref.is_saved:
+        init, weights = INIT_SAVED, ref.display_name
+    elif not config.pretrained:
+        init, weights = INIT_RANDOM, None
+    elif config.weights:
+        init, weights = INIT_FILE, Path(config.weights).name  # a local file: its name, never its path
+    else:
+        init, weights = INIT_PRETRAINED, base_model(config, model)
+    loaded = init != INIT_RANDOM
+    return {
+        "init": init,
+        "weights": weights,
+        "tag": cfg.get("tag") if loaded else None,
+        "origin_url": cfg.get("origin_url") if loaded else None,
+        "license": cfg.get("license") if loaded else None,
+        "train_images": len(data.train),
+        "eval_images": len(data.eval),
+        "images_scored": record.get("val_num_samples"),
+        "unreadable_images": len(state.bad_images),
+    }
 
 
 def refresh_best_card(directory: Path, data: ImageClassificationData, state: TrainerState) -> None:
@@ -135,7 +171,12 @@ def refresh_best_card(directory: Path, data: ImageClassificationData, state: Tra
     Its weights stay on disk (loading them would hold a second copy of the model in memory)."""
     best = state.history[state.best_epoch - 1]
     images, images_skipped = model_pictures(best.get("val_confusion_matrix"), data.label_names, state.history)
-    update_card(directory, epoch_metrics=card_rows(state.history), images=images, images_skipped=images_skipped)
+    saved = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("provenance") or {}
+    counted = {"provenance": {**saved, "unreadable_images": len(state.bad_images)}}  # also those found after best
+    update_card(
+        directory, epoch_metrics=card_rows(state.history), images=images, images_skipped=images_skipped,
+        extra_config=counted if saved else None,
+    )  # fmt: skip
 
 
 def dataset_name(config: TrainConfig) -> str:
@@ -163,6 +204,7 @@ def hyperparameters(config: TrainConfig, num_processes: int, recipe: Recipe | No
         "epochs", "batch_size", "grad_accum_steps", "lr", "backbone_lr_scale", "opt", "weight_decay", "sched",
         "warmup_epochs", "min_lr", "clip_grad", "seed", "augment", "crop_pct", "freeze", "unfreeze_after",
         "mixed_precision", "hflip", "color_jitter", "aa", "reprob", "smoothing", "class_weights", "patience",
+        "drop_rate", "drop_path_rate", "crop_scale", "crop_ratio",
     )  # fmt: skip
     values = {key: getattr(config, key) for key in keys}
     values.update(

@@ -60,8 +60,8 @@ PROFILE_IMAGES = 512  # at most this many train images are decoded to profile th
 PROFILE_SIDE = 24  # ... at this size, in grey
 RECIPE_FILE = "recipe.json"  # in the output directory, next to metrics.jsonl
 RECIPE_SETTINGS = (
-    "augment", "hflip", "vflip", "color_jitter", "crop_scale", "aa", "reprob", "smoothing", "mixup", "cutmix",
-    "class_weights", "balanced_sampler", "patience", "model_ema", "model_ema_decay",
+    "augment", "hflip", "vflip", "color_jitter", "crop_scale", "crop_ratio", "aa", "reprob", "smoothing", "mixup",
+    "cutmix", "class_weights", "balanced_sampler", "patience", "model_ema", "model_ema_decay",
 )  # fmt: skip
 
 
@@ -296,7 +296,7 @@ def choose_recipe(config: TrainConfig, data: ImageClassificationData, profile: D
             decisions.append("color jitter off: the images are greyscale")
         given = {
             "hflip": hflip, "vflip": config.vflip, "color_jitter": color_jitter, "scale": config.crop_scale,
-            "auto_augment": config.aa, "re_prob": config.reprob,
+            "ratio": config.crop_ratio, "auto_augment": config.aa, "re_prob": config.reprob,
         }  # fmt: skip
         options.update({key: value for key, value in given.items() if value is not None})
         if not options.get("color_jitter"):
@@ -356,7 +356,8 @@ def choose_recipe(config: TrainConfig, data: ImageClassificationData, profile: D
 def _given_augmentations(config: TrainConfig) -> dict[str, Any]:
     flags = {
         "--hflip": config.hflip, "--vflip": config.vflip, "--color-jitter": config.color_jitter,
-        "--crop-scale": config.crop_scale, "--aa": config.aa, "--reprob": config.reprob,
+        "--crop-scale": config.crop_scale, "--crop-ratio": config.crop_ratio, "--aa": config.aa,
+        "--reprob": config.reprob,
     }  # fmt: skip
     return {flag: value for flag, value in flags.items() if value is not None}
 

@@ -61,6 +61,8 @@ from hubclf.train.safety import ignore_interrupts_in_worker
 from hubclf.train.stages import apply_stage, param_groups
 
 logger = get_logger(__name__)  # Accelerate's logger: one line per message, from the main process
+# pretrained_cfg fields that describe timm's default weights rather than the architecture.
+WEIGHTS_DESCRIPTION = ("tag", "license", "origin_url", "notes")
 
 
 # ---- machine ----------------------------------------------------------------------------------------------------
@@ -176,13 +178,19 @@ def create_model(config: TrainConfig, label_names: list[str]) -> nn.Module:
             raise ValueError(
                 f"--no-pretrained/--weights apply to architecture names, not to the saved model {ref.text}"
             )
-        model = _create_at_size(partial(from_pretrained, ref.text, num_classes=num_classes), config.img_size)
+        create = partial(from_pretrained, ref.text, num_classes=num_classes, **_regularisation(config))
+        model = _with_regularisation(config, lambda: _create_at_size(create, config.img_size))
         saved_names = getattr(model, "label_names", None)
         if saved_names and list(saved_names) != list(label_names):
             logger.info(f"{ref.text} was trained on classes {saved_names}; starting a new classifier for these ones")
             model.reset_classifier(num_classes)
     else:
         model = _create_architecture(config, num_classes)
+        if not config.pretrained or config.weights:
+            # timm attaches its default weights' config whether or not it loads them: their tag, licence and origin
+            # would describe weights this model never had (in config.json and on the card).
+            cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in WEIGHTS_DESCRIPTION}
+            model.pretrained_cfg = model.default_cfg = cfg
     if config.freeze == FREEZE_BACKBONE:
         check_frozen_head(model)  # the head-only stage and cached features rely on timm's classifier contract
     if config.crop_pct is not None:
@@ -200,13 +208,14 @@ def _create_architecture(config: TrainConfig, num_classes: int) -> nn.Module:
         sources = {**(known.to_dict() if known else {}), **(overlay or {})}
         if not any(sources.get(key) for key in ("url", "file", "hf_hub_id", "state_dict")):
             raise ValueError(f"timm knows no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
-    else:
+    elif config.resume is None:  # a resumed run's weights come from its checkpoint, which the loop names
         logger.warning(f"--no-pretrained: {name} starts from random weights")
     create = partial(
-        timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
-    )
+        timm.create_model, name, pretrained=config.pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay,
+        **_regularisation(config),
+    )  # fmt: skip
     with _missing_pretrained_tensors() as missing:
-        model = _create_at_size(create, config.img_size)
+        model = _with_regularisation(config, lambda: _create_at_size(create, config.img_size))
     classifier = model.pretrained_cfg.get("classifier") or ()
     prefixes = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
     missing = [k for k in missing if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
@@ -217,6 +226,22 @@ def _create_architecture(config: TrainConfig, num_classes: int) -> nn.Module:
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}"
         )
     return model
+
+
+def _regularisation(config: TrainConfig) -> dict[str, float]:
+    """--dropout / --drop-path, as timm's model arguments (only those given: every timm model takes drop_rate)."""
+    given = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _with_regularisation(config: TrainConfig, create: Callable[[], nn.Module]) -> nn.Module:
+    """``create()``, with an architecture that has no stochastic depth named as such instead of a TypeError."""
+    try:
+        return create()
+    except TypeError as e:
+        if "drop_path_rate" not in str(e):
+            raise
+        raise ValueError(f"--drop-path: {config.model} has no stochastic depth (drop path); leave the flag out") from e
 
 
 @contextmanager
