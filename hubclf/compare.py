@@ -331,7 +331,7 @@ def _run_isolated(config: TrainConfig) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hubclf-compare-") as scratch, open(log_path, "w") as log:
         config_path, result_path = Path(scratch) / "config.json", Path(scratch) / "result.json"
-        config_path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+        atomic_write_json(config_path, config.to_dict())
         command = [sys.executable, "-m", "hubclf.compare", str(config_path), str(result_path)]
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
         if returncode != 0 or not result_path.is_file():
@@ -494,7 +494,7 @@ def _worker(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     config = TrainConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")), source=str(config_path))
     figures = _run_here(config)
-    result_path.write_text(json.dumps(figures), encoding="utf-8")
+    atomic_write_json(result_path, figures)  # strict JSON, whole or absent: a killed worker leaves no half file
     return 0
 
 
