@@ -538,6 +538,8 @@ def from_pretrained(
         with torch.device("meta"):  # shapes and sizes only: no memory, no initialisation
             skeleton = build()
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:  # every timm family builds there
+        if isinstance(e, TypeError) and any(f"'{key}'" in str(e) for key in overrides):
+            raise  # an argument of the caller's own (train's img_size for a ResNet), not the config: theirs to handle
         raise ConfigError(
             f"{source}/{CONFIG_NAME}: {config['architecture']} cannot be built on the meta device to check its size "
             f"before memory is allocated ({type(e).__name__}: {e})"

@@ -952,7 +952,8 @@ FLOOR_ROWS = (
 SIDES = ("hubclf", "plain", "timm")
 # When watch() reads these lines, it notes the time and the process's RSS (imports -> data -> model -> first step).
 HUBCLF_MARKS = (
-    ("imports", r" INFO hubclf\."),  # the run's first log line: imports done, Accelerate set up
+    # the run's first line (its hardware decisions, else the data's): imports done, Accelerate set up
+    ("imports", r"memory format|^--mixed-precision|\d+ train / \d+ eval images"),
     ("data", r"\d+ train / \d+ eval images"),
     ("model", r"^(train features|epoch 1/\d+):"),  # the first progress bar: model, datasets, loaders built
     ("step starts", r"^epoch 1/\d+:.*\|\s*0/\d+"),

@@ -9,5 +9,7 @@ bash scripts/install-browser.sh   # headless Chromium + chromedriver (apt) for t
 # The documentation site, into site/: any warning (a broken link or anchor, a page left out of the nav, a docstring
 # mkdocstrings cannot render) fails. The two variables silence banners that plugins print about MkDocs' future.
 NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true .venv/bin/python -m mkdocs build --strict --quiet
-# Everything is offline: Hub traffic only ever goes to servers the tests start on 127.0.0.1.
-exec env HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest "$@"
+# Everything is offline: Hub traffic only ever goes to servers the tests start on 127.0.0.1. One pytest worker per
+# CPU (pytest-xdist): most tests wait on a subprocess's imports or on I/O. The bench's end-to-end smoke runs
+# (`-m bench`, about 13 CPU-minutes) check scripts/bench.py, not hubclf: run them with `bash scripts/test.sh -m bench`.
+exec env HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python -m pytest -n auto -m "not bench" "$@"

@@ -255,17 +255,22 @@ def test_train_a_new_head_on_a_pushed_resnet(use_hub, new_repo_id, tmp_path, sta
 
 
 # ---- clear errors ---------------------------------------------------------------------------------------------
-def test_unknown_model_name_is_one_line_and_exit_2_before_any_data_is_read(tmp_path, capsys, use_hub):
+def test_unknown_model_name_is_one_line_and_exit_2_before_any_data_is_read(tmp_path, capsys, use_hub, image_folder):
+    code = main(["train", "--model", "resnet81", "--data", str(image_folder), "--output-dir", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no such architecture" in err and "resnet18" in err and "images" not in captured.out
+    # A missing folder needs no timm to be found out: it is reported first, at once.
     code = main(["train", "--model", "resnet81", "--data", str(tmp_path / "no-such-data"),
                  "--output-dir", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "no such architecture" in err and "resnet18" in err and "no-such-data" not in err
+    assert code == 2 and len(err.splitlines()) == 1 and "no-such-data: no such directory" in err
     with pytest.raises(ValueError, match="no such model folder.*hf-hub:me/typo/"):
-        train(make_config(tmp_path / "out2", tmp_path / "no-such-data", "me/typo/"))
-    (tmp_path / "data").mkdir()  # a bare owner/name is a Hub repo, as for predict: looked up there
+        train(make_config(tmp_path / "out2", image_folder, "me/typo/"))
+    # a bare owner/name is a Hub repo, as for predict: looked up there
     with pytest.raises(FileNotFoundError, match="no Hub repo me/typo"):
-        train(make_config(tmp_path / "out2", tmp_path / "data", "me/typo"))
+        train(make_config(tmp_path / "out2", image_folder, "me/typo"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 

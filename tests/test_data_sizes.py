@@ -68,7 +68,7 @@ def test_sample_sizes_reads_a_bounded_evenly_spaced_sample():
         (2.0, {}, (448, 224)),  # the seed case: 448 high, 224 wide
         (0.5, {}, (224, 448)),
         (0.75, {}, (224, 288)),  # 4:3 landscape: 298.7 rounds to 288
-        (1.5, {}, (336, 224)),  # 336 is a multiple of 32 and a half: up
+        (1.5, {}, (352, 224)),  # 336 is a multiple of 32 and a half: up to 352
         (1.1, {}, (224, 224)),  # within 15% of square: the default
         (10.0, {}, (672, 224)),  # capped at 3:1
         (2.0, {"fixed": True}, (224, 224)),  # a ViT keeps its size

@@ -159,7 +159,7 @@ def test_a_resumed_run_reuses_the_recorded_choices(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_same_command_gives_the_same_weights_on_a_quiet_and_a_busy_machine(tmp_path):
+def test_the_same_command_gives_the_same_weights_on_a_quiet_and_a_busy_machine(tmp_path, monkeypatch):
     """With ``--mixed-precision auto`` a busy machine chose fp32 where a quiet one chose bf16 (a timing probe), and the
     same command and seed gave different weights (max |Δw| 8e-3 after 3 epochs). Now: bit-identical, and the
     choices are recorded in every checkpoint's manifest."""
@@ -200,6 +200,7 @@ def test_the_same_command_gives_the_same_weights_on_a_quiet_and_a_busy_machine(t
     assert all(torch.equal(quiet[key], busy[key]) for key in quiet)
     manifests = [json.loads((p / "manifest.json").read_text()) for p in sorted((tmp_path / "busy").glob("check*/*"))]
     numerics = manifests[-1]["numerics"]
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # as in the runs: auto decides, for real
     assert numerics["mixed_precision"] == choose_mixed_precision("cpu")[0]
     assert numerics["num_threads"] == torch.get_num_threads() and numerics["channels_last"] is True
     assert any("/proc/cpuinfo" in line or "CPU flags" in line for line in numerics["why"])

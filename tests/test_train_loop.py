@@ -314,12 +314,12 @@ def prepare_and_remember(accelerator, model, *args, **kwargs):
     seen["model"] = model
     return prepare(accelerator, model, *args, **kwargs)
 
-def save_after_checking_sync(accelerator, output_dir, state, keep):
+def save_after_checking_sync(accelerator, output_dir, state, keep, **saved_with):
     weights = torch.cat([p.detach().flatten() for p in seen["model"].parameters()])[None]
     everyone = accelerator.gather(weights)
     assert torch.equal(everyone[0], everyone[1]), f"processes diverged at step {state.global_step}"
     accelerator.print(f"in sync: stage {state.stage} step {state.global_step}")
-    return save(accelerator, output_dir, state, keep)
+    return save(accelerator, output_dir, state, keep, **saved_with)
 
 loop.prepare_stage, loop.save_checkpoint = prepare_and_remember, save_after_checking_sync
 from hubclf.cli import main

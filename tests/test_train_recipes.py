@@ -377,5 +377,5 @@ def test_two_processes_with_every_recipe_on_stay_in_sync(tmp_path, image_folder,
     assert len(read_jsonl(tmp_path / "two" / "metrics.jsonl")) == 2
     card = json.loads((tmp_path / "two" / "final" / "config.json").read_text())["hubclf"]["hyperparameters"]
     assert card["processes"] == 2 and card["balanced_sampler"] is True and "weights" in card
-    ema_files = list((tmp_path / "two" / "checkpoints").glob("step_*/custom_checkpoint_0.*"))
+    ema_files = list((tmp_path / "two" / "checkpoints").glob("step_*/ema.safetensors"))
     assert ema_files, "the EMA weights are not in the checkpoints"

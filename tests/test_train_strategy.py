@@ -229,8 +229,8 @@ def test_auto_resumes_in_the_middle_of_the_probe_exactly(tmp_path, hues, colour_
 
     original = loop.save_checkpoint
 
-    def interrupt_in_the_probe(accelerator, output_dir, state, keep):
-        path = original(accelerator, output_dir, state, keep)
+    def interrupt_in_the_probe(accelerator, output_dir, state, keep, **saved_with):
+        path = original(accelerator, output_dir, state, keep, **saved_with)
         if Path(output_dir).name == "finetune_probe" and state.batches_done == 4:  # mid-epoch (15 batches)
             signal.raise_signal(signal.SIGINT)
         return path

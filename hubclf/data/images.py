@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageMode, ImageOps
+from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import Normalize
 from torchvision.transforms.functional import pil_to_tensor
@@ -95,6 +95,8 @@ def decode_image(value: dict[str, Any] | Image.Image | str, transform: Any = Non
     except _DECODE_ERRORS as e:
         if isinstance(e, BadImageError):
             raise
+        if isinstance(e, UnidentifiedImageError):  # PIL names the open file object ("<_io.BufferedReader name=4>")
+            raise BadImageError(f"cannot read image {where}: cannot identify image file") from e
         raise BadImageError(f"cannot read image {where}: {e}") from e
 
 

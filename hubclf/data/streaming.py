@@ -741,6 +741,9 @@ class RowRanges(torch.utils.data.IterableDataset):
     def __init__(self, stream: ImageStream, ranges: list[tuple[int, int]]) -> None:
         self.stream, self.ranges = stream, ranges
 
+    def __len__(self) -> int:  # rows: the DataLoader's length, so extraction's progress bar has a total and an ETA
+        return sum(last - first for first, last in self.ranges)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)

@@ -204,6 +204,20 @@ class _Run:
         stage, scheduler = self._prepare(parts, state, checkpoint)
         config = self.config
         self.run_progress = _run_progress(self.accelerator, config, state, len(stage.train_loader))
+        try:
+            self._epochs(parts, stage, scheduler, state)
+        except BaseException:
+            self.run_progress.leave = False  # an error or Ctrl-C is the last line printed, not the bar's last state
+            raise
+        finally:
+            self.run_progress.close()
+        hub_url = self._finish(parts, state)
+        fault_point("train.done")
+        return TrainResult.from_state(self.output_dir, state, hub_url)
+
+    def _epochs(self, parts: _Parts, stage: _Stage, scheduler: Any, state: TrainerState) -> None:
+        """Train, evaluate and save epoch after epoch, entering the next stage where the plan says so."""
+        config = self.config
         for epoch in range(state.epoch, config.epochs):
             if should_stop_early(state.history, state.best_epoch, config.patience):
                 logger.info(f"early stopping: no better val top-1 for {config.patience} epochs (best: epoch "
@@ -218,10 +232,6 @@ class _Run:
             totals, bad_rows, lr = self._train_epoch(parts, stage, scheduler, state, epoch)
             record, evaluated = self._evaluate_epoch(parts, stage, state, epoch, totals, bad_rows, lr, started)
             self._save_epoch(parts, state, record, evaluated)
-        self.run_progress.close()
-        hub_url = self._finish(parts, state)
-        fault_point("train.done")
-        return TrainResult.from_state(self.output_dir, state, hub_url)
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def _load_data(self) -> tuple[ImageClassificationData, Recipe]:
