@@ -612,24 +612,33 @@ def check_model_cost(
     if tensor_shapes is None:
         return
     expected = {key: tuple(tensor.shape) for key, tensor in state.items()}
-    missing = sorted(set(expected) - set(tensor_shapes))
-    unexpected = sorted(set(tensor_shapes) - set(expected))
-    mis_shaped = [
-        f"{key}: file {tuple(tensor_shapes[key])} vs model {expected[key]}"
-        for key in sorted(set(expected) & set(tensor_shapes))
-        if tuple(tensor_shapes[key]) != expected[key]
-    ]
-    if missing or unexpected or mis_shaped:
+    parts = shape_differences(expected, tensor_shapes)
+    if parts:
         found = sum(math.prod(shape) for shape in tensor_shapes.values())
-        parts = [
-            f"{len(items)} {what}: {listing(items, MAX_LISTED, show=printable)}"
-            for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
-            if items
-        ]
         raise ConfigError(
             f"{source}/model.safetensors does not match {name} as config.json builds it ({found:,} of its "
             f"{count:,} values; nothing was built): " + "; ".join(parts)
         )
+
+
+def shape_differences(expected: dict[str, tuple[int, ...]], found: dict[str, Any]) -> list[str]:
+    """How the tensors of a file (``found``: name -> shape) differ from those of a model (``expected``), one part
+    each for the missing, unexpected and mis-shaped names, each list cut at ``MAX_LISTED``; empty when they match.
+
+        shape_differences({"w": (2, 3)}, {"w": (3, 3)})   # ['1 mis-shaped: w: file (3, 3) vs model (2, 3)']
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mis_shaped = [
+        f"{key}: file {tuple(found[key])} vs model {tuple(expected[key])}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key]) != tuple(expected[key])
+    ]
+    return [
+        f"{len(items)} {what}: {listing(items, MAX_LISTED, show=printable)}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+        if items
+    ]
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------------

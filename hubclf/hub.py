@@ -60,6 +60,7 @@ from hubclf.config_check import (
     check_model_files,
     label_name_problems,
     safetensors_header_shapes,
+    shape_differences,
 )
 from hubclf.logs import redact, redacted_logs
 from hubclf.models import param_counts
@@ -709,20 +710,9 @@ def _check_architecture(architecture: str, source: str) -> None:
 
 def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with one error listing every missing, unexpected and mis-shaped tensor."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mis_shaped = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state_dict))
-        if state_dict[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mis_shaped:
-        parts = [
-            f"{len(items)} {what}: {items[:20]}{' ...' if len(items) > 20 else ''}"
-            for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
-            if items
-        ]
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    parts = shape_differences(expected, {name: tuple(tensor.shape) for name, tensor in state_dict.items()})
+    if parts:
         raise RuntimeError(
             f"{WEIGHTS_NAME} from {source} does not fit {type(model).__name__} as configured in {CONFIG_NAME} "
             f"(nothing was loaded): " + "; ".join(parts)
