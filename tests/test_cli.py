@@ -252,4 +252,8 @@ def test_a_run_on_a_local_folder_prints_no_library_chatter_and_one_whole_run_lin
     assert "Downloading data" not in err and "Generating train split" not in err  # the folder is local
     assert "note: --batch-size 64 is more than the 6 training images, so each epoch is one optimizer step" in err
     assert "run: 2 epoch(s) |" in err and "ETA" in err  # the whole run's line, beside the epochs' bars
+    # log lines are written above the bars (tqdm.write), never onto a bar's line: was "... ETA 00:00]saved ..."
+    lines = re.split(r"[\r\n]", err)
+    assert any(line.startswith("saved hubclf_alexnet_slim") for line in lines)
+    assert not any("ETA" in line and "saved" in line for line in lines)
     assert "epoch 1/2 [full] train_loss" in run.stdout

@@ -112,6 +112,19 @@ class _PlainLines(logging.Formatter):
 _RANK_PREFIX = re.compile(r"^\[RANK \d+\] ")
 
 
+class _AboveProgressBars(logging.StreamHandler):
+    """A log handler that writes through ``tqdm.write``: an open progress bar is cleared, the line printed and the
+    bar drawn again below it, instead of the line landing on the bar's own line ("... ETA 00:00]saved ...")."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm  # imported by then: only a run with progress bars logs much
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def _several_processes() -> bool:
     """Started by ``accelerate launch`` / ``torchrun`` with more than one process (read from the environment, so
     nothing is imported to know it)."""
@@ -124,7 +137,7 @@ def _log_to_stderr(verbose: bool = False) -> None:
     root = logging.getLogger()
     if root.handlers:  # the caller's (or pytest's) configuration wins, as with basicConfig
         return
-    handler = logging.StreamHandler()
+    handler = _AboveProgressBars()
     if verbose or _several_processes():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
