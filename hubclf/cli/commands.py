@@ -664,8 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hubclf", description="Turn an image folder into a published, reusable timm classifier.")
     parser.add_argument("--version", action=_PrintVersions, help="print the versions of hubclf and its libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    adders = (_add_convert, _add_push, _add_train, _add_lr_find, _add_compare, _add_predict, _add_eval, _add_app)
-    for add in (*adders, _add_export):
+    # In the order a user meets them: train (and its helpers), check and use the model, publish it, the rest.
+    adders = (_add_train, _add_lr_find, _add_compare, _add_predict, _add_eval, _add_push, _add_app, _add_export,
+              _add_convert)  # fmt: skip
+    for add in adders:
         add(sub)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> the command's own parser
     return parser
