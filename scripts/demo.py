@@ -121,8 +121,8 @@ STRATEGY_TEXT = {
 # - `hubclf compare --in-process`: its three runs share one Python process instead of importing torch three more
 #   times (~10 s); its peak-RSS column is then the process's peak so far, not each run's own.
 # - mixed precision: "no" for the base model (bf16 transferred worse, above); `hubclf train`'s own default "auto"
-#   for the transfer runs, which is bf16 only on CPUs that have it and measure it faster (here, head / finetune /
-#   scratch: 78.6% / 90.1% / 12.5% in bf16, and the same in fp32, in 40 s against 57 s). The
+#   for the transfer runs, which is bf16 only on CPUs with bf16 instructions (avx512_bf16 / amx_bf16; on one,
+#   head / finetune / scratch: 78.6% / 90.1% / 12.5% in bf16, and the same in fp32, in 40 s against 57 s). The
 #   accuracies may then differ a little from machine to machine, and the reload check in step 5 (fp32) allows for it.
 COMMON_TRAIN_FLAGS = ("--crop-pct", "1", "--no-augment", "--num-workers", "0", "--seed", "0")
 BASE_PRECISION = "no"
