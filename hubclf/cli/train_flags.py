@@ -290,8 +290,9 @@ def add_train_arguments(
     add(
         "--mixed-precision",
         choices=MIXED_PRECISIONS,
-        help="auto: bf16 on a CPU only where it measures faster than fp32 (AVX-512 BF16/AMX), else fp32; on GPUs "
-        "Accelerate's setting. A value given here always wins",
+        help="auto: bf16 where the hardware has it natively (CPU flags avx512_bf16/amx_bf16, CUDA capability 8.0+), "
+        "else fp32; under accelerate launch, its setting. Decided from the hardware, never a timing; a value given "
+        "here always wins",
     )
     add("--amp", key="--mixed-precision", action="store_true", help="timm's spelling: mixed precision, --amp-dtype's")
     add(
