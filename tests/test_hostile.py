@@ -243,13 +243,19 @@ def csv_listing(make: Callable[[Path], object], name: str = "weird.png") -> Call
     return build
 
 
+def hostile_copy(model: Path, sandbox: Path, change: Callable[[Path], object]) -> Path:
+    """A copy of the good model folder in the sandbox, made hostile by ``change``."""
+    folder = sandbox / "model"
+    shutil.copytree(model, folder)
+    change(folder)
+    return folder
+
+
 def model_folder(change: Callable[[Path], object]) -> Callable[[Path, Path], list[str]]:
     """``predict`` with a copy of the good model folder that ``change`` made hostile."""
 
     def build(sandbox: Path, model: Path) -> list[str]:
-        folder = sandbox / "model"
-        shutil.copytree(model, folder)
-        change(folder)
+        folder = hostile_copy(model, sandbox, change)
         Image.new("RGB", (64, 64)).save(sandbox / "x.png")
         return ["predict", str(folder), str(sandbox / "x.png")]
 
@@ -291,10 +297,7 @@ def replace_file(name: str, make: Callable[[Path], object]) -> Callable[[Path], 
 
 def pushed(change: Callable[[Path], object]) -> Callable[[Path, Path], list[str]]:
     def build(sandbox: Path, model: Path) -> list[str]:
-        folder = sandbox / "model"
-        shutil.copytree(model, folder)
-        change(folder)
-        return ["push", str(folder), "me/anything", "--no-verify"]
+        return ["push", str(hostile_copy(model, sandbox, change)), "me/anything", "--no-verify"]
 
     return build
 
