@@ -1458,7 +1458,8 @@ def scale_command(data: str, size: tuple[int, int], mode: str, args: argparse.Na
     freeze = {
         "full": ["--freeze", "none"],
         "frozen": ["--freeze", "backbone", "--cache-features", "off"],
-        "cached": ["--freeze", "backbone", "--cache-features", "memory"],
+        # the default: shards on disk, read in place, so that memory does not grow with the images (issue 21)
+        "cached": ["--freeze", "backbone", "--cache-features", "disk"],
     }[mode]
     return [
         sys.executable, "-m", "hubclf.cli", "train", "--model", ARCHITECTURES[args.model], "--no-pretrained",
