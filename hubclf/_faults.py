@@ -4,8 +4,10 @@
 
 ``HUBCLF_FAULT_POINT=NAME:N`` sends SIGKILL to the own process the N-th time (1-based) NAME is reached;
 ``NAME:N:raise`` raises ``InjectedFault`` there instead (a clean failure, e.g. on one process of a multi-process
-run). ``HUBCLF_FAULT_RANK=R`` limits it to the process whose ``RANK`` environment variable is R.
-``HUBCLF_FAULT_LOG=FILE`` appends every point reached to FILE (``NAME pid``), which is how a test lists them.
+run); ``NAME:N:hold`` stops that thread there for good, so that a test can kill the process while the other thread
+goes on (a background write held open while the next epoch trains). ``HUBCLF_FAULT_RANK=R`` limits it to the process
+whose ``RANK`` environment variable is R. ``HUBCLF_FAULT_LOG=FILE`` appends every point reached to FILE
+(``NAME pid thread``), which is how a test lists them.
 
 Never set these outside tests. Unset, a fault point is one dictionary lookup.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 _counts: dict[str, int] = {}
 
@@ -34,7 +38,7 @@ def fault_point(name: str) -> None:
     _counts[name] = _counts.get(name, 0) + 1
     if log:
         with open(log, "a", encoding="utf-8") as f:
-            f.write(f"{name} {os.getpid()}\n")
+            f.write(f"{name} {os.getpid()} {threading.current_thread().name}\n")
     if not spec:
         return
     target, _, rest = spec.partition(":")
@@ -43,4 +47,7 @@ def fault_point(name: str) -> None:
         return
     if action == "raise":
         raise InjectedFault(f"injected fault at {name} (hit {_counts[name]})")
+    if action == "hold":
+        while True:  # until the test kills the process
+            time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)

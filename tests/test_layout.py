@@ -25,7 +25,8 @@ FLOORS: dict[str, float] = {
     # thin re-exports of old paths, kept for one release
     "hubclf.train.data": 5.0, "hubclf.train.csv_labels": 5.0, "hubclf.train.metrics": 5.0,
     "hubclf.train.hardware": 5.0,
-    "hubclf.train.safety": 5.1, "hubclf.train.checkpoints": 5.1, "hubclf.train.stages": 5.1,
+    "hubclf.train.safety": 5.1, "hubclf.train.background": 5.1, "hubclf.train.checkpoints": 5.1,
+    "hubclf.train.stages": 5.1,
     "hubclf.train.recipes": 5.1, "hubclf.train.features": 5.1, "hubclf.train.preflight": 5.1,
     "hubclf.train.input_size": 5.1, "hubclf.train.resume_check": 5.1,
     "hubclf.train.setup": 5.2,

@@ -184,6 +184,74 @@ def test_the_whole_training_state_round_trips_without_pickle(tmp_path, monkeypat
     assert expected["rng"] == actual["rng"]
 
 
+def test_a_background_save_writes_the_state_of_its_instant_while_training_goes_on(tmp_path):
+    import threading
+
+    from hubclf.train.background import BackgroundWrites
+    from hubclf.train.checkpoints import load_training_state
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    expected = snapshot(model, optimizer, average)
+    writes, gate, order = BackgroundWrites(), threading.Event(), []
+
+    def held_first() -> None:  # a best/ write that takes a while
+        gate.wait(timeout=60)
+        order.append("first")
+
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, ema=average, writes=writes,
+                           first=held_first)  # fmt: skip
+    assert not path.exists() and writes.busy  # returned at once; the write is held
+    for _ in range(2):  # training goes on, changing every tensor in place
+        accelerator.backward(model(torch.randn(2, 3, 6, 6)).sum())
+        optimizer.step()
+        average.update(model)
+    gate.set()
+    writes.wait()
+    assert order == ["first"] and list_checkpoints(tmp_path) == [path]
+    load_training_state(accelerator, path, ema=average)
+    actual = snapshot(model, optimizer, average)
+    for part in ("model", "ema"):
+        assert all(torch.equal(expected[part][k], actual[part][k]) for k in expected[part]), part
+    assert all(torch.equal(value, actual["optimizer"][key][0]) for key, (value, _) in expected["optimizer"].items())
+
+
+def test_a_failed_background_save_is_raised_by_the_next_save_and_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    from hubclf.train import checkpoints
+    from hubclf.train.background import BackgroundWrites
+
+    accelerator, *_ = trained_accelerator(ema=False)
+    writes = BackgroundWrites()
+    first = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, writes=writes)
+    writes.wait()
+
+    def disk_full(directory, record=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "write_manifest", disk_full)
+    save_checkpoint(accelerator, tmp_path, TrainerState(global_step=4), keep=2, writes=writes)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(accelerator, tmp_path, TrainerState(global_step=6), keep=2, writes=writes)
+    assert list_checkpoints(tmp_path) == [first]
+    assert [path.name for path, _ in incomplete_checkpoints(tmp_path)] == [".tmp-step_00000004"]
+
+
+def test_cpu_copies_keep_shared_modules_shared_and_requires_grad_as_it_was():
+    from hubclf.train.checkpoints import cpu_copies
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)  # a frozen backbone
+    memo = {}
+    whole, head = cpu_copies([model, model[1]], memo)
+    assert head is whole[1]  # the classifier inside the model: copied once
+    (again,) = cpu_copies([model[1]], memo)
+    assert again is head  # and across calls that share the memo
+    assert [p.requires_grad for p in whole.parameters()] == [False, False, True, True]
+    before = model[1].weight.detach().clone()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    assert torch.equal(head.weight, before) and head.weight.data_ptr() != model[1].weight.data_ptr()
+
+
 EVIL = '''
 import os, sys, torch
 class Payload:

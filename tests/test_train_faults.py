@@ -1,5 +1,6 @@
 """Crash tests for ``hubclf train``: SIGKILL at many points of a small run (inside checkpoint and model-folder
-writes included), then ``--resume latest``; the resumed run must end bit-identical to an uninterrupted one.
+writes included, which run in the background writer thread while the next steps train), then ``--resume latest``;
+the resumed run must end bit-identical to an uninterrupted one.
 
 The kill points are the test-only ``fault_point(...)`` hooks of ``hubclf._faults``: an uninterrupted run lists
 every point it reaches (``HUBCLF_FAULT_LOG``), and each chosen ``NAME:N`` then kills a fresh run there
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 from hubclf.cli import build_parser
 from hubclf.cli.train_flags import config_from_args
 from hubclf.train import train
+from hubclf.train.background import WRITER_THREAD
 from tests.image_folders import make_image_folder
 from tests.launch import cpu_launch_command
 
@@ -40,6 +43,7 @@ MUST_KILL_AT = {
     "replace_dir.before_rename", "replace_dir.after_rename", "atomic.before_rename",
     "save_pretrained.after_weights", "save_pretrained.after_config", "save_pretrained.after_card",
     "epoch.metrics_written", "epoch.best_saved", "final.saved", "eval.batch", "train.step", "train.data_loaded",
+    "checkpoint.after_rng",
 }  # fmt: skip
 LAST_HIT_TOO = ("train.step", "checkpoint.after_state", "replace_dir.before_rename", "save_pretrained.after_card")
 
@@ -111,12 +115,19 @@ def resume_in_process(output_dir: Path, data: Path) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_data) -> tuple[dict[str, torch.Tensor], Path]:
+    """An uninterrupted run: its final weights, and the log of every fault point it reached."""
+    root = tmp_path_factory.mktemp("reference")
+    log = root / "points.log"
+    run = hubclf_train(root / "out", tiny_data, env={"HUBCLF_FAULT_LOG": str(log)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return final_weights(root / "out"), log
+
+
 @pytest.mark.slow
-def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, tiny_data, caplog):
-    log = tmp_path / "points.log"
-    reference = hubclf_train(tmp_path / "reference", tiny_data, env={"HUBCLF_FAULT_LOG": str(log)})
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    expected = final_weights(tmp_path / "reference")
+def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, tiny_data, reference, caplog):
+    expected, log = reference
     hits = reached_points(log)
     kill_points = choose_kill_points(hits)
     assert MUST_KILL_AT <= {name for name, _ in kill_points}
@@ -135,6 +146,56 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, tiny_data, capl
         assert_bit_identical(expected, final_weights(output_dir), f"killed at {name}:{n}")
         assert (output_dir / "metrics.jsonl").read_text().count("\n") == 2
         assert not list(output_dir.glob(".*.tmp-*")) and not list((output_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_checkpoints_and_best_are_written_off_the_training_thread(reference):
+    threads = {}
+    for line in reference[1].read_text().splitlines():
+        name, _, thread = line.split(maxsplit=2)
+        threads.setdefault(name, set()).add(thread)
+    for point in ("checkpoint.after_save_state", "checkpoint.after_state", "checkpoint.after_rename",
+                  "epoch.best_saved"):  # fmt: skip
+        assert threads[point] == {WRITER_THREAD}, point
+    assert threads["save_pretrained.after_weights"] == {WRITER_THREAD, "MainThread"}  # best/ in the writer; final/
+    # Each process's RNG state, the metrics and final/ stay in the training thread.
+    for point in ("checkpoint.after_rng", "train.step", "epoch.metrics_written", "final.saved"):
+        assert WRITER_THREAD not in threads[point], point
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("held_at", "step"), [("checkpoint.after_save_state:1", 2), ("save_pretrained.after_weights:1", 5)]
+)
+def test_a_kill_during_a_background_write_while_training_goes_on_then_resume_is_bit_identical(
+    tmp_path, tiny_data, reference, held_at, step
+):
+    # The write of the first checkpoint (step 2, mid-epoch 1) or of the first best/ (epoch 1) is held open in the
+    # writer thread; the training thread trains on until it must wait for it, and the process is killed then.
+    output_dir, log = tmp_path / "held", tmp_path / "points.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBCLF_FAULT_POINT": f"{held_at}:hold", "HUBCLF_FAULT_LOG": str(log)}
+    command = [sys.executable, "-m", "hubclf.cli", *TRAIN_ARGS, "--data", str(tiny_data), "--output-dir",
+               str(output_dir)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    point = held_at.split(":")[0]
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            lines = log.read_text().splitlines() if log.exists() else []
+            held = next((i for i, line in enumerate(lines) if line.startswith(point + " ")), None)
+            if held is not None and any(line.startswith("train.step ") for line in lines[held + 1 :]):
+                break  # a training step ran while the write was held
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no training step after the held write: {process.stderr.read().decode()[-2000:]}")
+        time.sleep(1)  # the training thread goes on to its next save and waits there for the held write
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    # The held write's checkpoint (step 2's, or epoch 1's at step 5, whose best/ was held) never got its name.
+    assert [p.name for p in (output_dir / "checkpoints").glob(".tmp-*")] == [f".tmp-step_{step:08d}"]
+    resume_in_process(output_dir, tiny_data)
+    assert_bit_identical(reference[0], final_weights(output_dir), f"killed while {point} was held")
 
 
 @pytest.mark.slow

@@ -51,7 +51,8 @@ def test_a_stream_killed_mid_epoch_resumes_where_it_stopped_bit_identical(tmp_pa
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = load_file(tmp_path / "reference" / "final" / "model.safetensors")
 
-    killed = hubclf_train(tmp_path / "killed", wds, env={"HUBCLF_FAULT_POINT": "train.step:3"})
+    # Killed as soon as step 2's checkpoint is in place (it is written in the background while step 3 trains).
+    killed = hubclf_train(tmp_path / "killed", wds, env={"HUBCLF_FAULT_POINT": "checkpoint.after_rename:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     checkpoint = tmp_path / "killed" / "checkpoints" / "step_00000002"
     position = json.loads((checkpoint / "trainer_state.json").read_text())["stream_position"]

@@ -16,15 +16,20 @@ config, including the choices that change its numbers (``numerics``), which ``--
 
 A checkpoint is written into ``checkpoints/.tmp-step_<N>``, fsynced, and renamed into place only once every file
 of every process is on disk, so a kill at any instant leaves the previous checkpoints intact and at most a
-temporary folder that ``latest`` skips (and names). Checkpoints are ordered by ``sequence``, the order in which
+temporary folder that ``latest`` skips (and names). With ``writes`` (``hubclf.train.background``), the main process
+writes its files from a copy of the state (``snapshot_training_state``) in a background thread while training goes
+on; each process's RNG state is written at once. Checkpoints are ordered by ``sequence``, the order in which
 they were created, not by step number: after resuming from an older checkpoint, the new timeline is the latest,
 and pruning keeps the newest ``keep`` checkpoints of the timeline being trained (``lineage``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -33,6 +38,7 @@ import random
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,7 @@ from hubclf._faults import fault_point
 from hubclf._version import __version__
 from hubclf.atomic import atomic_write_json, file_kind, replace_dir
 from hubclf.text import listing
+from hubclf.train.background import BackgroundWrites
 from hubclf.train.safety import raise_on_every_process
 
 STATE_FILE = "trainer_state.json"
@@ -92,6 +99,15 @@ class TrainerState:
 
     def save(self, directory: Path) -> None:
         atomic_write_json(Path(directory) / STATE_FILE, dataclasses.asdict(self))
+
+    def copy(self) -> TrainerState:
+        """This instant's state, for a write in the background: its lists and dicts are new, the epoch records in
+        them shared (a record is never changed once appended), so that a long history is not copied deeply."""
+        return dataclasses.replace(
+            self, history=list(self.history), bad_images=list(self.bad_images), lineage=list(self.lineage),
+            partial_epoch=dict(self.partial_epoch),
+            stream_position=copy.deepcopy(self.stream_position),
+        )  # fmt: skip
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainerState:
@@ -221,11 +237,20 @@ def save_checkpoint(
     *,
     ema: torch.nn.Module | None = None,
     record: dict[str, Any] | None = None,
+    writes: BackgroundWrites | None = None,
+    first: Callable[[], None] | None = None,
+    memo: dict[int, Any] | None = None,
 ) -> Path:
     """Save on all processes (each writes its own RNG state) into a temporary folder, rename it into place once
     complete, then keep only the newest ``keep`` checkpoints of this timeline. Updates ``state.sequence`` and
     ``state.lineage``. ``ema``: the EMA weights (--model-ema); ``record``: what the manifest says of the run
     (``{"config": ..., "numerics": ...}``).
+
+    With ``writes``, the main process copies the state (``snapshot_training_state``) and ``writes`` writes it in the
+    background: this returns once the copy is taken, and the checkpoint is complete after ``writes.wait()``. The
+    previous background write is waited for first, and its error raised on every process. ``first``: a write of the
+    same moment that must be on disk before the checkpoint marks it done (the epoch's ``best/``), run in the same
+    job; ``memo``: the ``cpu_copies`` memo ``first``'s copies were taken with, so that weights are copied once.
 
         save_checkpoint(accelerator, "out", state, keep=2, ema=ema, record={"config": config.to_dict()})
     """
@@ -234,32 +259,56 @@ def save_checkpoint(
     error = None
     if accelerator.is_main_process:
         try:
+            if writes is not None:
+                writes.wait()  # the previous checkpoint is on disk before this one starts (and the sequence counts it)
             for stale in final.parent.glob(TMP_PREFIX + "*"):  # left by a killed save; one run per folder (lock)
                 shutil.rmtree(stale)
             tmp.mkdir(parents=True)
         except Exception as e:  # reported on every process below, not left for the others to wait on
             error = e
-    raise_on_every_process(accelerator, error, "preparing the checkpoint folder")
-    save_training_state(accelerator, tmp, ema=ema)
-    fault_point("checkpoint.after_save_state")
+    raise_on_every_process(accelerator, error, "saving the previous checkpoint or preparing this one")
+    _save_rng_state(accelerator, tmp)
+    fault_point("checkpoint.after_rng")
     accelerator.wait_for_everyone()
-    error = None
+    error, job = None, None
     if accelerator.is_main_process:
         try:
+            snapshot = snapshot_training_state(accelerator, ema=ema, memo=memo)
             complete = list_checkpoints(output_dir)
             state.sequence = 1 + max((TrainerState.load(p).sequence for p in complete), default=0)
             state.lineage = [name for name in state.lineage if name != final.name] + [final.name]
-            state.save(tmp)  # the "complete" marker, inside the folder before it gets its real name
-            write_manifest(tmp, record)
-            fault_point("checkpoint.after_state")
-            replace_dir(tmp, final)
-            fault_point("checkpoint.after_rename")
-            _prune(output_dir, state.lineage, keep)
-            logger.info("saved checkpoint %s", final)
+            job = functools.partial(_write_checkpoint, snapshot, state.copy(), copy.deepcopy(record), tmp, keep, first)
+            if writes is None:
+                job()
         except Exception as e:
             error = e
     raise_on_every_process(accelerator, error, "saving the checkpoint")
+    if writes is not None and job is not None:
+        writes.submit(job, f"checkpoint {final.name}")
     return final
+
+
+def _write_checkpoint(
+    snapshot: TrainingSnapshot,
+    state: TrainerState,
+    record: dict[str, Any] | None,
+    tmp: Path,
+    keep: int,
+    first: Callable[[], None] | None,
+) -> None:
+    """The main process's part of a checkpoint, from a copy of the state; in the background with ``writes``."""
+    final = tmp.with_name(tmp.name.removeprefix(TMP_PREFIX))
+    if first is not None:
+        first()
+    snapshot.write(tmp)
+    fault_point("checkpoint.after_save_state")
+    state.save(tmp)  # the "complete" marker, inside the folder before it gets its real name
+    write_manifest(tmp, record)
+    fault_point("checkpoint.after_state")
+    replace_dir(tmp, final)
+    fault_point("checkpoint.after_rename")
+    _prune(final.parent.parent, state.lineage, keep)
+    logger.info("saved checkpoint %s", final)
 
 
 # ---- the training state, without pickle ------------------------------------------------------------------------
@@ -270,17 +319,83 @@ def save_training_state(accelerator: Any, directory: str | Path, *, ema: torch.n
 
         save_training_state(accelerator, "out/checkpoints/.tmp-step_00000010", ema=ema)
     """
-    directory = Path(directory)
-    models = [accelerator.unwrap_model(model) for model in accelerator._models]
     if accelerator.is_main_process:
-        for index, model in enumerate(models):
+        snapshot_training_state(accelerator, ema=ema).write(Path(directory))
+    _save_rng_state(accelerator, Path(directory))
+
+
+@dataclass
+class TrainingSnapshot:
+    """A copy of the main process's training state at one instant, on the CPU: the run can go on training while
+    ``write`` puts it in a checkpoint folder. ``optimizers`` and ``scaler`` are already in ``_save_packed``'s form."""
+
+    models: list[torch.nn.Module]
+    optimizers: list[tuple[Any, dict[str, torch.Tensor]]]
+    scaler: tuple[Any, dict[str, torch.Tensor]] | None
+    ema: torch.nn.Module | None
+
+    def write(self, directory: Path) -> None:
+        for index, model in enumerate(self.models):
             safetensors.torch.save_model(model, str(directory / _numbered(MODEL_FILE, index)), {"format": "pt"})
-        for index, optimizer in enumerate(accelerator._optimizers):
-            _save_packed(directory / _numbered(OPTIMIZER_FILE, index), optimizer.state_dict())
-        if accelerator.scaler is not None:
-            _save_packed(directory / SCALER_FILE, accelerator.scaler.state_dict())
-        if ema is not None:
-            safetensors.torch.save_model(ema, str(directory / EMA_FILE), {"format": "pt"})
+        for index, packed in enumerate(self.optimizers):
+            _write_packed(directory / _numbered(OPTIMIZER_FILE, index), *packed)
+        if self.scaler is not None:
+            _write_packed(directory / SCALER_FILE, *self.scaler)
+        if self.ema is not None:
+            safetensors.torch.save_model(self.ema, str(directory / EMA_FILE), {"format": "pt"})
+
+
+def snapshot_training_state(
+    accelerator: Any, *, ema: torch.nn.Module | None = None, memo: dict[int, Any] | None = None
+) -> TrainingSnapshot:
+    """Copy what ``save_training_state`` saves from the main process (the RNG states excepted: every process writes
+    its own at once) to CPU memory: ``snapshot_bytes`` of it.
+
+        snapshot_training_state(accelerator, ema=ema).write(Path("out/checkpoints/.tmp-step_00000010"))
+    """
+    models = [accelerator.unwrap_model(model) for model in accelerator._models]
+    *models, ema_copy = cpu_copies([*models, ema], memo)
+    optimizers = [_packed(optimizer.state_dict()) for optimizer in accelerator._optimizers]
+    scaler = _packed(accelerator.scaler.state_dict()) if accelerator.scaler is not None else None
+    return TrainingSnapshot(models=models, optimizers=optimizers, scaler=scaler, ema=ema_copy)
+
+
+def snapshot_bytes(accelerator: Any, *, ema: torch.nn.Module | None = None, also: tuple = ()) -> int:
+    """The memory a ``snapshot_training_state`` (and ``cpu_copies`` of ``also``) takes, known before it is taken:
+    the parameters and buffers of the models, each tensor once, and the optimizers' state tensors."""
+    modules = [accelerator.unwrap_model(model) for model in accelerator._models] + [ema, *also]
+    tensors = {id(t): t for m in modules if m is not None for t in itertools.chain(m.parameters(), m.buffers())}
+    for optimizer in accelerator._optimizers:
+        for entries in getattr(optimizer, "optimizer", optimizer).state.values():
+            tensors.update({id(v): v for v in entries.values() if isinstance(v, torch.Tensor)})
+    return sum(t.nelement() * t.element_size() for t in tensors.values())
+
+
+def cpu_copies(modules: list[torch.nn.Module | None], memo: dict[int, Any] | None = None) -> list[Any]:
+    """Copies of ``modules`` (``None`` stays ``None``) whose parameters and buffers are new CPU tensors, so that the
+    originals can go on training while the copies are written. One deepcopy for all of them, with ``memo``: a module
+    or tensor shared between them (the head stage's classifier is part of the model; tied weights) is copied once,
+    also across calls that pass the same ``memo``.
+
+        best, = cpu_copies([model])    # best.state_dict() keeps this instant's weights
+    """
+    memo = {} if memo is None else memo
+    for module in modules:
+        for tensor in itertools.chain(module.parameters(), module.buffers()) if module is not None else ():
+            if id(tensor) not in memo:
+                # The copy is taken in the tensor's memory format, and keeps the parameter's requires_grad: what
+                # save_pretrained reports as trainable is this instant's, even if the next epoch unfreezes more.
+                copied = tensor.detach().to("cpu", copy=True)
+                memo[id(tensor)] = (
+                    torch.nn.Parameter(copied, requires_grad=tensor.requires_grad)
+                    if isinstance(tensor, torch.nn.Parameter)
+                    else copied
+                )
+    return copy.deepcopy(list(modules), memo)
+
+
+def _save_rng_state(accelerator: Any, directory: Path) -> None:
+    """This process's random generators, in its own file (every process calls it)."""
     rng = {
         "step": accelerator.step,
         "python": random.getstate(),
@@ -364,8 +479,18 @@ _STATE_KEY = "hubclf.state"
 
 
 def _save_packed(path: Path, value: Any) -> None:
+    _write_packed(path, *_packed(value))
+
+
+def _packed(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``value`` as JSON with its tensors set aside, copied to the CPU: a snapshot that later changes to ``value``'s
+    tensors (an optimizer's next step) do not reach."""
     tensors: dict[str, torch.Tensor] = {}
-    text = json.dumps(_pack(value, tensors), allow_nan=False, separators=(",", ":"))
+    return _pack(value, tensors), tensors
+
+
+def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> None:
+    text = json.dumps(packed, allow_nan=False, separators=(",", ":"))
     metadata = {"format": "pt", _STATE_KEY: text}
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -36,13 +37,16 @@ from hubclf.data.streaming import ImageStream
 from hubclf.hub import CONFIG_NAME, check_saveable, push_to_hub, update_card
 from hubclf.metrics import evaluate, format_metrics
 from hubclf.text import listing, printable
+from hubclf.train.background import BackgroundWrites, fits_in_memory
 from hubclf.train.checkpoints import (
     TrainerState,
+    cpu_copies,
     find_checkpoint,
     list_checkpoints,
     load_training_state,
     read_manifest,
     save_checkpoint,
+    snapshot_bytes,
 )
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
@@ -66,6 +70,7 @@ from hubclf.train.safety import (
     TrainingDiverged,
     TrainingInterrupted,
     main_process_work,
+    raise_on_every_process,
 )
 from hubclf.train.setup import (
     build_loaders,
@@ -194,6 +199,9 @@ class _Run:
         self.keep_process_group = keep_group
         self.given = given or config  # the settings as typed, compared by a later --resume
         self.checkpoint, self.record = checkpoint, record  # the one to resume; what every checkpoint records
+        # Checkpoints and best/ are written while the next epoch trains (hubclf.train.background), unless a copy of
+        # the state would not fit in memory (then in the foreground, said once).
+        self.writes: BackgroundWrites | None = BackgroundWrites()
 
     def train(self) -> TrainResult:
         # The same seed on every process: identical initial weights and identical shuffling decisions.
@@ -208,6 +216,7 @@ class _Run:
             self._epochs(parts, stage, scheduler, state)
         except BaseException:
             self.run_progress.leave = False  # an error or Ctrl-C is the last line printed, not the bar's last state
+            self._let_writes_finish()
             raise
         finally:
             self.run_progress.close()
@@ -455,10 +464,9 @@ class _Run:
                 state.partial_epoch = _add_totals(state.partial_epoch, accelerator.reduce(totals, "sum"))
                 totals.zero_()
                 _record_stream_position(parts, state, epoch)
-                path = save_checkpoint(
-                    accelerator, self.output_dir, state, config.keep_checkpoints, ema=parts.ema, record=self.record
-                )
+                path = self._save_checkpoint(parts, state)
                 if interrupted:
+                    self._wait_for_writes()
                     self._end_training()
                     raise TrainingInterrupted(path)
         progress.close()
@@ -532,33 +540,82 @@ class _Run:
 
     # ---- save -----------------------------------------------------------------------------------------------------
     def _save_epoch(self, parts: _Parts, state: TrainerState, record: dict[str, Any], evaluated: nn.Module) -> None:
-        accelerator, output_dir = self.accelerator, self.output_dir
+        """metrics.jsonl now; the epoch's best/ (when it is the best) and its checkpoint in the background, best/
+        first: the checkpoint marks the epoch done, and a kill before it replays the epoch, which rewrites both."""
+        accelerator, output_dir, config = self.accelerator, self.output_dir, self.config
         is_best = state.best_epoch == record["epoch"]
-        # The checkpoint below marks this epoch done: a kill before it replays the epoch, which rewrites these.
+        memo: dict[int, Any] = {}  # the copies best/ and the checkpoint share (the weights, copied once)
+        write_best = None
         with main_process_work(accelerator, "writing the metrics and the best model") as is_main:
             if is_main:
+                if self.writes is not None:
+                    self.writes.wait()  # the previous epoch's files first: metrics.jsonl never runs ahead of them
                 write_metrics(output_dir / METRICS_FILE, state.history)
                 fault_point("epoch.metrics_written")
                 if is_best:
-                    save_model(
-                        evaluated, output_dir / BEST_DIR, self.config, parts.data, state,
-                        accelerator.num_processes, parts.recipe, pictures=False,
+                    writes = self._writes_for(parts, also=(evaluated,))
+                    best = cpu_copies([evaluated], memo)[0] if writes is not None else evaluated
+                    write_best = functools.partial(
+                        _save_best, best, output_dir / BEST_DIR, config, parts.data, state.copy(),
+                        accelerator.num_processes, parts.recipe,
                     )  # fmt: skip
-                    fault_point("epoch.best_saved")
-        if self.config.log_with:
+        if config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["epoch"])
         _record_stream_position(parts, state, state.epoch)
-        path = save_checkpoint(
-            accelerator, output_dir, state, self.config.keep_checkpoints, ema=parts.ema, record=self.record
-        )
+        path = self._save_checkpoint(parts, state, first=write_best, memo=memo, also=(evaluated,))
         fault_point("epoch.checkpointed")
         if self.stop.requested_on_any_process(accelerator):
+            self._wait_for_writes()
             self._end_training()
             raise TrainingInterrupted(path)
+
+    def _save_checkpoint(
+        self, parts: _Parts, state: TrainerState, first: Any = None, memo: dict | None = None, also: tuple = ()
+    ) -> Path:
+        """``save_checkpoint`` in the background; ``first``, ``memo``: best/'s write and copies, ``also``: its model."""
+        writes = self._writes_for(parts, also=also)
+        return save_checkpoint(
+            self.accelerator, self.output_dir, state, self.config.keep_checkpoints, ema=parts.ema, record=self.record,
+            writes=writes, first=first, memo=memo,
+        )  # fmt: skip
+
+    def _writes_for(self, parts: _Parts, also: tuple = ()) -> BackgroundWrites | None:
+        """``self.writes``, or None (write in the foreground) from the first save whose copy would not fit in memory
+        (``fits_in_memory``): the copy's size is known before anything is copied."""
+        if self.writes is None or not self.accelerator.is_main_process:
+            return self.writes
+        needed = snapshot_bytes(self.accelerator, ema=parts.ema, also=also)
+        if not fits_in_memory(needed):
+            self.writes.wait()
+            self.writes = None
+            logger.info(f"checkpoints are written in the foreground from here on: a copy of the training state "
+                        f"({needed / 2**30:.1f} GiB) does not fit in half the memory available")  # fmt: skip
+        return self.writes
+
+    def _wait_for_writes(self) -> None:
+        """Every process: return once the background writes are on disk; a failed one fails every process."""
+        error = None
+        if self.writes is not None and self.accelerator.is_main_process:
+            try:
+                self.writes.wait()
+            except Exception as e:
+                error = e
+        raise_on_every_process(self.accelerator, error, "writing the checkpoint and best/ in the background")
+
+    def _let_writes_finish(self) -> None:
+        """The run is failing or interrupted: still let the write in progress finish (it is a complete state), and
+        log, not raise, its own error, which would hide the one being raised."""
+        if self.writes is None:
+            return
+        try:
+            self.writes.wait()
+        except Exception as e:
+            logger.error(f"writing {self.writes.what} failed too: {type(e).__name__}: {e}")
 
     # ---- final model, push (main process only; a failure there fails every process) ----------------------------
     def _finish(self, parts: _Parts, state: TrainerState) -> str | None:
         accelerator, output_dir, config = self.accelerator, self.output_dir, self.config
+        self._wait_for_writes()  # the last checkpoint and best/ are complete before final/ and best/'s card
         final_is_best = state.best_epoch is None  # resumed at the very end, without the original run's best/
         if final_is_best:
             state.best_epoch, state.best_top1 = len(state.history), state.history[-1]["val_top1"]
@@ -602,6 +659,7 @@ class _Run:
     def _stop_if_requested(self, phase: str) -> None:
         """At a safe point outside the step loop: end the run if a signal arrived (on any process)."""
         if self.stop.requested_on_any_process(self.accelerator):
+            self._wait_for_writes()
             self._end_training()
             complete = list_checkpoints(self.output_dir)
             raise TrainingInterrupted(complete[-1] if complete else None, phase)
@@ -650,6 +708,12 @@ def _print_above_bars(accelerator: Accelerator, line: str) -> None:
     """A result line on the main process that does not tear the progress bars (``tqdm.write``)."""
     if accelerator.is_main_process:
         tqdm.write(line)
+
+
+def _save_best(model: nn.Module, directory: Path, *args: Any) -> None:
+    """An epoch's ``best/``, without pictures (drawn once when the run ends, ``refresh_best_card``)."""
+    save_model(model, directory, *args, pictures=False)
+    fault_point("epoch.best_saved")
 
 
 def _image_counts(data: ImageClassificationData) -> dict[str, int]:
