@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "resolve_device", "cpu_flags", "cpu_has_bf16_instructions", "cpu_prefers_channels_last", "usable_cores",
-    "processes_on_this_machine", "default_num_workers", "resolve_num_workers", "shared_memory_budget",
-    "available_memory", "choose_mixed_precision", "fused_optimizer_kwargs", "MAX_AUTO_WORKERS", "BF16_CPU_FLAGS",
-    "BF16_CUDA_CAPABILITY",
+    "resolve_device", "cpu_flags", "cpu_has_bf16_instructions", "usable_cores", "processes_on_this_machine",
+    "default_num_workers", "resolve_num_workers", "shared_memory_budget", "choose_mixed_precision",
+    "fused_optimizer_kwargs", "MAX_AUTO_WORKERS", "BF16_CPU_FLAGS", "BF16_CUDA_CAPABILITY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,18 +91,6 @@ def cpu_has_bf16_instructions(flags: set[str] | None = None) -> bool:
     return bool(set(BF16_CPU_FLAGS) & flags) and "AVX512" in capability
 
 
-def cpu_prefers_channels_last() -> bool:
-    """True when torch runs this CPU's convolutions with AVX-512 kernels, where oneDNN's channels-last (NHWC)
-    kernels are the fast ones: an AlexNet training step was 13% faster channels-last in bf16 on an AVX-512 BF16
-    EPYC. With AVX2 only, the default layout (NCHW) is the faster one (``scripts/bench.py floor``, which times both;
-    see docs/performance.md). The layout changes a run's numbers in the low bits, so it follows the CPU's features,
-    never a timing.
-
-        cpu_prefers_channels_last()   # False on an AVX2-only CPU
-    """
-    return "AVX512" in torch.backends.cpu.get_cpu_capability().upper()
-
-
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. under taskset or a container's cpuset)."""
     try:
@@ -156,23 +143,6 @@ def shared_memory_budget(processes_per_machine: int = 1) -> int:
         stat = os.statvfs("/dev/shm")
         budget = min(budget, stat.f_bavail * stat.f_frsize // 2)
     return budget // max(processes_per_machine, 1)
-
-
-def available_memory() -> int:
-    """Bytes of memory this machine can still give without swapping: ``MemAvailable`` of ``/proc/meminfo``, or the
-    physical memory where there is no such file (0 where even that is unknown).
-
-        available_memory() // 2**30   # GiB
-    """
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text(errors="replace").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 def choose_mixed_precision(

@@ -46,7 +46,6 @@ from hubclf.data.splits import ImageClassificationData, load_image_dataset
 from hubclf.data.streaming import ImageStream, StreamLoader
 from hubclf.hardware import (
     choose_mixed_precision,
-    cpu_prefers_channels_last,
     default_num_workers,
     fused_optimizer_kwargs,
     processes_on_this_machine,
@@ -110,12 +109,9 @@ def resolve_hardware_defaults(
         changes["channels_last"] = bool(recorded["channels_last"])
         choices.append(f"channels-last memory format {'on' if changes['channels_last'] else 'off'}, as recorded")
     elif config.channels_last is None:
-        changes["channels_last"] = state.device.type == "cpu" and cpu_prefers_channels_last()
+        changes["channels_last"] = state.device.type == "cpu"
         layout = "on" if changes["channels_last"] else "off"
-        why = f"device: {state.device.type}"
-        if state.device.type == "cpu":
-            why = "AVX-512 CPU" if changes["channels_last"] else "CPU without AVX-512, where NCHW is faster"
-        choices.append(f"channels-last memory format {layout} ({why})")
+        choices.append(f"channels-last memory format {layout} (device: {state.device.type})")
     threads = recorded.get("num_threads")
     if isinstance(threads, int) and threads > 0 and threads != torch.get_num_threads():
         # A CPU convolution's backward sums in an order that depends on the thread count.
