@@ -26,8 +26,8 @@ import torch
 
 __all__ = [
     "resolve_device", "cpu_flags", "cpu_has_bf16_instructions", "usable_cores", "processes_on_this_machine",
-    "default_num_workers", "resolve_num_workers", "shared_memory_budget", "choose_mixed_precision",
-    "fused_optimizer_kwargs", "MAX_AUTO_WORKERS", "BF16_CPU_FLAGS", "BF16_CUDA_CAPABILITY",
+    "default_num_workers", "resolve_num_workers", "shared_memory_budget", "available_memory",
+    "choose_mixed_precision", "fused_optimizer_kwargs", "MAX_AUTO_WORKERS", "BF16_CPU_FLAGS", "BF16_CUDA_CAPABILITY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,23 @@ def shared_memory_budget(processes_per_machine: int = 1) -> int:
         stat = os.statvfs("/dev/shm")
         budget = min(budget, stat.f_bavail * stat.f_frsize // 2)
     return budget // max(processes_per_machine, 1)
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give without swapping: ``MemAvailable`` of ``/proc/meminfo``, or the
+    physical memory where there is no such file (0 where even that is unknown).
+
+        available_memory() // 2**30   # GiB
+    """
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text(errors="replace").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def choose_mixed_precision(

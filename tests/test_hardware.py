@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from hubclf import hardware
 from hubclf.hardware import (
+    available_memory,
     choose_mixed_precision,
     cpu_has_bf16_instructions,
     default_num_workers,
@@ -65,6 +68,12 @@ def test_the_precision_decision_never_times_anything(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
     assert choose_mixed_precision("cpu") == ("bf16", "CPU flags amx_bf16/avx512_bf16: native bf16 arithmetic")
     assert not hasattr(hardware, "bf16_speedup_on_cpu")
+
+
+def test_available_memory_is_what_meminfo_says_is_left():
+    free = available_memory()
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < free <= physical
 
 
 def test_cuda_precision_follows_the_compute_capability_and_accelerate_launch_wins(monkeypatch):
