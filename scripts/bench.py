@@ -1239,7 +1239,8 @@ def format_floor(summary: dict[str, Any]) -> list[str]:
         "vs plain, vs timm: their s/ep / hubclf's (above 1: hubclf is faster); plain = torchvision model, ImageFolder, "
         "fp32, NCHW; timm = its train.py with hubclf's settings, precision and layout",
     ]  # fmt: skip
-    lines += ["", "where hubclf's epoch goes (medians):"]
+    lines += ["", "where hubclf's epoch goes (medians; checkpoints and best/ are written in the background while the "
+              "next epoch trains, so their time shows inside the epoch, and 'around it' can be below 0):"]
     for r in rows:
         hub = r["sides"]["hubclf"]
         if not hub:
