@@ -15,15 +15,12 @@ optimizer state it holds: ``fits_in_memory`` says whether it may be made, before
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 
 from hubclf.hardware import available_memory
 
 WRITER_THREAD = "hubclf-writer"  # the thread's name, which fault logs and stack dumps show
-WRITER_NICENESS = 19  # the lowest CPU priority: the write waits for cores the training leaves idle
 
 
 class BackgroundWrites:
@@ -46,7 +43,6 @@ class BackgroundWrites:
         pending = [write]  # popped when it runs: the copy it writes is freed as soon as it is written, not at wait()
 
         def run() -> None:
-            _yield_cpu_to_training()
             try:
                 pending.pop()()
             except BaseException as error:  # noqa: BLE001 (handed to the training thread by wait())
@@ -69,14 +65,6 @@ class BackgroundWrites:
         error, self._error = self._error, None
         if error is not None:
             raise error
-
-
-def _yield_cpu_to_training() -> None:
-    """Lower this thread's CPU priority (Linux: ``setpriority`` on the thread's own id): on a machine whose cores
-    the training threads keep busy, the write's hashing and copying then take the idle moments instead of slowing
-    the steps down. It changes when the write finishes, never what it writes."""
-    with contextlib.suppress(AttributeError, OSError, PermissionError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
 
 
 def fits_in_memory(copy_bytes: int) -> bool:
