@@ -235,6 +235,20 @@ def test_a_failed_background_save_is_raised_by_the_next_save_and_leaves_the_last
     assert [path.name for path, _ in incomplete_checkpoints(tmp_path)] == [".tmp-step_00000004"]
 
 
+def test_a_foreground_save_copies_no_module(tmp_path, monkeypatch):
+    """Without ``writes`` (the fallback when a copy would not fit in memory), the models are written as they are."""
+    from hubclf.train import checkpoints
+
+    accelerator, *_ = trained_accelerator()
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("a foreground save copied the models")
+
+    monkeypatch.setattr(checkpoints, "cpu_copies", no_copies)
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2)
+    assert list_checkpoints(tmp_path) == [path]
+
+
 def test_cpu_copies_keep_shared_modules_shared_and_requires_grad_as_it_was():
     from hubclf.train.checkpoints import cpu_copies
 

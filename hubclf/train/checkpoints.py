@@ -273,7 +273,9 @@ def save_checkpoint(
     error, job = None, None
     if accelerator.is_main_process:
         try:
-            snapshot = snapshot_training_state(accelerator, ema=ema, memo=memo)
+            # In the foreground (no ``writes``) nothing changes the state while it is written: no copy is needed, and
+            # the foreground is where a copy would not fit in memory.
+            snapshot = snapshot_training_state(accelerator, ema=ema, memo=memo, copies=writes is not None)
             complete = list_checkpoints(output_dir)
             state.sequence = 1 + max((TrainerState.load(p).sequence for p in complete), default=0)
             state.lineage = [name for name in state.lineage if name != final.name] + [final.name]
@@ -320,7 +322,7 @@ def save_training_state(accelerator: Any, directory: str | Path, *, ema: torch.n
         save_training_state(accelerator, "out/checkpoints/.tmp-step_00000010", ema=ema)
     """
     if accelerator.is_main_process:
-        snapshot_training_state(accelerator, ema=ema).write(Path(directory))
+        snapshot_training_state(accelerator, ema=ema, copies=False).write(Path(directory))
     _save_rng_state(accelerator, Path(directory))
 
 
@@ -346,15 +348,20 @@ class TrainingSnapshot:
 
 
 def snapshot_training_state(
-    accelerator: Any, *, ema: torch.nn.Module | None = None, memo: dict[int, Any] | None = None
+    accelerator: Any,
+    *,
+    ema: torch.nn.Module | None = None,
+    memo: dict[int, Any] | None = None,
+    copies: bool = True,
 ) -> TrainingSnapshot:
     """Copy what ``save_training_state`` saves from the main process (the RNG states excepted: every process writes
-    its own at once) to CPU memory: ``snapshot_bytes`` of it.
+    its own at once) to CPU memory: ``snapshot_bytes`` of it. ``copies=False``: the live models instead, for a
+    write in the foreground, which must not allocate a second copy of them.
 
         snapshot_training_state(accelerator, ema=ema).write(Path("out/checkpoints/.tmp-step_00000010"))
     """
     models = [accelerator.unwrap_model(model) for model in accelerator._models]
-    *models, ema_copy = cpu_copies([*models, ema], memo)
+    *models, ema_copy = cpu_copies([*models, ema], memo) if copies else [*models, ema]
     optimizers = [_packed(optimizer.state_dict()) for optimizer in accelerator._optimizers]
     scaler = _packed(accelerator.scaler.state_dict()) if accelerator.scaler is not None else None
     return TrainingSnapshot(models=models, optimizers=optimizers, scaler=scaler, ema=ema_copy)
