@@ -14,10 +14,10 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import save_file
 
 from hubclf.atomic import atomic_write_file
 from hubclf.models import alexnet, vgg
+from hubclf.tensor_file import write_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -79,7 +79,5 @@ def convert_torchvision_checkpoint(src: str | Path, dst: str | Path, model_name:
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         dst = dst / WEIGHTS_NAME
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     # Atomic: an interrupted conversion never leaves a truncated model.safetensors behind.
-    return atomic_write_file(dst, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-
+    return atomic_write_file(dst, lambda tmp: write_safetensors(tmp, model.state_dict(), {"format": "pt"}))

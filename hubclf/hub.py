@@ -68,6 +68,7 @@ from hubclf.models._base import ConvClassifier
 from hubclf.publish import PublishError, commit_to_hub
 from hubclf.refs import ModelRef, check_repo_id, is_hub_id
 from hubclf.remote_code import REMOTE_CODE_FILES, auto_map_entries, remote_code_files
+from hubclf.tensor_file import write_safetensors
 
 __all__ = [
     "save_pretrained", "push_to_hub", "from_pretrained", "update_card", "verify_push", "fetch_config",
@@ -90,7 +91,6 @@ RESERVED_CONFIG_KEYS = {
 PRETRAINED_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 # Where weights come from, not what they are: meaningless (and machine-specific) once published.
 SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
-
 
 
 # ---- save -----------------------------------------------------------------------------------------------------
@@ -163,11 +163,11 @@ def save_pretrained(
     # Remote code (hubclf.remote_code): config.json's auto_map points transformers at modeling_hubclf.py.
     extra_config.update(auto_map_entries(model.pretrained_cfg.get("architecture", "")))
 
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state_dict = model.state_dict()  # write_safetensors copies one tensor at a time to the CPU, as it writes
     # The files go into a temporary sibling folder that replaces save_dir whole, once all are on disk.
     with staged_dir(save_dir) as tmp:
         # transformers refuses safetensors files without format metadata.
-        safetensors.torch.save_file(state_dict, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        write_safetensors(tmp / WEIGHTS_NAME, state_dict, {"format": "pt"})
         fault_point("save_pretrained.after_weights")
         for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
@@ -771,5 +771,3 @@ def _check_json(what: str, value: Any) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must be JSON-serialisable plain numbers/strings/lists/dicts: {e}") from e
-
-

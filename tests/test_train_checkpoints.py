@@ -224,7 +224,7 @@ def test_a_failed_background_save_is_raised_by_the_next_save_and_leaves_the_last
     first = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, writes=writes)
     writes.wait()
 
-    def disk_full(directory, record=None):
+    def disk_full(directory, record=None, digests=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoints, "write_manifest", disk_full)
@@ -299,7 +299,7 @@ def test_a_tampered_checkpoint_runs_no_code_whatever_its_manifest_says(tmp_path)
     "damage,message",
     [
         (lambda d: (d / "optimizer.safetensors").write_bytes((d / "optimizer.safetensors").read_bytes()[:-1] + b"\x01"),
-         r"optimizer.safetensors does not match its manifest \(sha256 differs\)"),
+         r"optimizer.safetensors does not match its manifest \(xxh3_128 differs\)"),
         (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-8]),
          r"model.safetensors has 1,\d{3} bytes, its manifest says 1,\d{3}:"),
         (lambda d: (d / "random_states_0.safetensors").unlink(),
@@ -322,6 +322,29 @@ def test_resume_refuses_a_folder_that_does_not_match_its_manifest(tmp_path, dama
     with pytest.raises(CheckpointError, match=message) as error:
         load_training_state(accelerator, path, ema=average)
     assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_of_the_earlier_manifest_format_sha256_is_still_checked(tmp_path):
+    """Checkpoints written before xxh3_128 list sha256s (``hubclf-checkpoint/1``): they resume, and are checked."""
+    import hashlib
+    import json
+
+    from hubclf.train.checkpoints import MANIFEST_FILE, load_training_state
+
+    accelerator, model, optimizer, average = trained_accelerator()
+    path = save_checkpoint(accelerator, tmp_path, TrainerState(global_step=2), keep=2, ema=average)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    assert manifest["format"] == "hubclf-checkpoint/2" and all("xxh3_128" in e for e in manifest["files"].values())
+    manifest["format"] = "hubclf-checkpoint/1"
+    for name, entry in manifest["files"].items():
+        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        manifest["files"][name] = {"bytes": entry["bytes"], "sha256": digest}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    load_training_state(accelerator, path, ema=average)
+    optimizer_file = path / "optimizer.safetensors"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors does not match its manifest \(sha256 differs\)"):
+        load_training_state(accelerator, path, ema=average)
 
 
 def _replace_packed(path, value):
@@ -449,6 +472,6 @@ def test_resuming_a_tampered_checkpoint_is_one_line_and_exit_2(tmp_path, tiny_da
     assert main([*argv, "--resume", "latest"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == (
-        f"hubclf train: error: {optimizer} does not match its manifest (sha256 differs): the checkpoint was changed "
+        f"hubclf train: error: {optimizer} does not match its manifest (xxh3_128 differs): the checkpoint was changed "
         "or damaged after it was written"
     )

@@ -118,7 +118,7 @@ def test_disk_cache_is_written_in_shards_once_then_reused(tmp_path, model, monke
     folder = tmp_path / "cache" / "k"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(manifest["shards"]) == -(-len(images) // 2) and manifest["rows"] == len(images)
-    assert all(len(entry["sha256"]) == 64 for entry in manifest["shards"])
+    assert all(len(entry["xxh3_128"]) == 32 for entry in manifest["shards"])
     bad = {images.describe(int(r)) for r in first.shards.bad_rows}
     assert bad and all(Path(p).name in {"empty.jpg", "notes.jpg", "truncated.png"} for p in bad)
     batch = first.__getitems__(list(range(len(images))))
@@ -227,7 +227,7 @@ def test_reading_a_feature_cache_keeps_memory_flat(tmp_path):
         save_file({"features": features, "labels": torch.zeros(1024, dtype=torch.int64),
                    "valid": torch.ones(1024, dtype=torch.uint8)}, path)  # fmt: skip
         entries.append({"file": path.name, "start": start, "stop": start + 1024, "dim": dim, "dtype": "float16",
-                        "bytes": path.stat().st_size, "sha256": features_module.file_sha256(path)})  # fmt: skip
+                        "bytes": path.stat().st_size, "xxh3_128": features_module.file_checksum(path)})  # fmt: skip
         del features
     manifest = {"format": features_module.FEATURE_CACHE_FORMAT, "rows": rows, "dim": dim, "shard_rows": 1024,
                 "shards": entries}  # fmt: skip

@@ -11,7 +11,7 @@ optimizer, the RNG states and registered objects (the EMA weights) with ``torch.
 reads the registered objects back with ``torch.load(weights_only=False)``, which runs whatever code a tampered file
 holds; so hubclf writes and reads those states itself: tensors in safetensors files, everything else (optimizer
 hyperparameters, Python's and NumPy's RNG states) as JSON in their metadata. A folder is resumed only when every
-file matches the manifest written with it (names, sizes, sha256), and it names the hubclf version and the run's
+file matches the manifest written with it (names, sizes, checksums), and it names the hubclf version and the run's
 config, including the choices that change its numbers (``numerics``), which ``--resume`` reuses.
 
 A checkpoint is written into ``checkpoints/.tmp-step_<N>``, fsynced, and renamed into place only once every file
@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import logging
@@ -51,13 +50,16 @@ import torch
 from hubclf._faults import fault_point
 from hubclf._version import __version__
 from hubclf.atomic import atomic_write_json, file_kind, replace_dir
+from hubclf.tensor_file import CHECKSUM, file_checksum, write_model, write_safetensors
 from hubclf.text import listing
 from hubclf.train.background import BackgroundWrites
 from hubclf.train.safety import raise_on_every_process
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "hubclf-checkpoint/1"
+MANIFEST_FORMAT = "hubclf-checkpoint/2"
+# What each manifest format checksums its files with: /1 (hubclf before the direct writer) used sha256.
+MANIFEST_CHECKSUMS = {"hubclf-checkpoint/1": "sha256", MANIFEST_FORMAT: CHECKSUM}
 MODEL_FILE = "model.safetensors"  # the trainable module: the whole model, or the classifier in the head stage
 OPTIMIZER_FILE = "optimizer.safetensors"
 SCALER_FILE = "scaler.safetensors"  # the fp16 gradient scaler
@@ -302,10 +304,10 @@ def _write_checkpoint(
     final = tmp.with_name(tmp.name.removeprefix(TMP_PREFIX))
     if first is not None:
         first()
-    snapshot.write(tmp)
+    digests = snapshot.write(tmp)
     fault_point("checkpoint.after_save_state")
     state.save(tmp)  # the "complete" marker, inside the folder before it gets its real name
-    write_manifest(tmp, record)
+    write_manifest(tmp, record, digests)
     fault_point("checkpoint.after_state")
     replace_dir(tmp, final)
     fault_point("checkpoint.after_rename")
@@ -336,15 +338,20 @@ class TrainingSnapshot:
     scaler: tuple[Any, dict[str, torch.Tensor]] | None
     ema: torch.nn.Module | None
 
-    def write(self, directory: Path) -> None:
+    def write(self, directory: Path) -> dict[str, str]:
+        """Write the files into ``directory``; return their checksums by name (taken as written, for the manifest)."""
+        digests = {}
         for index, model in enumerate(self.models):
-            safetensors.torch.save_model(model, str(directory / _numbered(MODEL_FILE, index)), {"format": "pt"})
+            name = _numbered(MODEL_FILE, index)
+            digests[name] = write_model(directory / name, model, {"format": "pt"}, checksum=True)
         for index, packed in enumerate(self.optimizers):
-            _write_packed(directory / _numbered(OPTIMIZER_FILE, index), *packed)
+            name = _numbered(OPTIMIZER_FILE, index)
+            digests[name] = _write_packed(directory / name, *packed)
         if self.scaler is not None:
-            _write_packed(directory / SCALER_FILE, *self.scaler)
+            digests[SCALER_FILE] = _write_packed(directory / SCALER_FILE, *self.scaler)
         if self.ema is not None:
-            safetensors.torch.save_model(self.ema, str(directory / EMA_FILE), {"format": "pt"})
+            digests[EMA_FILE] = write_model(directory / EMA_FILE, self.ema, {"format": "pt"}, checksum=True)
+        return digests
 
 
 def snapshot_training_state(
@@ -496,10 +503,10 @@ def _packed(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     return _pack(value, tensors), tensors
 
 
-def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> None:
+def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> str:
     text = json.dumps(packed, allow_nan=False, separators=(",", ":"))
     metadata = {"format": "pt", _STATE_KEY: text}
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    return write_safetensors(path, tensors, metadata, checksum=True)
 
 
 def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -582,9 +589,12 @@ def _restore_tuples(saved: Any, current: Any) -> None:
 
 
 # ---- manifest ----------------------------------------------------------------------------------------------------
-def write_manifest(directory: str | Path, record: dict[str, Any] | None = None) -> Path:
-    """``manifest.json``: every file of the checkpoint folder with its size and sha256, the hubclf version, and
-    ``record`` (the run's config and numerics). Written last, once all files are in the folder.
+def write_manifest(
+    directory: str | Path, record: dict[str, Any] | None = None, digests: dict[str, str] | None = None
+) -> Path:
+    """``manifest.json``: every file of the checkpoint folder with its size and ``CHECKSUM``, the hubclf version, and
+    ``record`` (the run's config and numerics). Written last, once all files are in the folder. ``digests``: the
+    checksums of files this process has just written (taken as they were written); the others are read for theirs.
 
         write_manifest("out/checkpoints/.tmp-step_00000010", {"config": config.to_dict()})
     """
@@ -592,7 +602,8 @@ def write_manifest(directory: str | Path, record: dict[str, Any] | None = None) 
     files = {}
     for path in sorted(directory.iterdir()):
         if path.name != MANIFEST_FILE:
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            digest = (digests or {}).get(path.name) or file_checksum(path)
+            files[path.name] = {"bytes": path.stat().st_size, CHECKSUM: digest}
     manifest = {"format": MANIFEST_FORMAT, "hubclf_version": __version__, "files": files, **(record or {})}
     return atomic_write_json(directory / MANIFEST_FILE, manifest)
 
@@ -618,27 +629,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         why = " ".join(str(e).split())[:200]
         raise CheckpointError(f"{path} is unreadable ({why}); the checkpoint is damaged") from e
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+    algorithm = MANIFEST_CHECKSUMS.get(manifest.get("format")) if isinstance(manifest, dict) else None
+    if algorithm is None or not isinstance(files, dict):
         raise CheckpointError(f"{path} is not a {MANIFEST_FORMAT} manifest")
     for name, entry in files.items():
         if (
             not isinstance(entry, dict) or Path(name).name != name or name in ("", ".", "..", MANIFEST_FILE)
-            or not isinstance(entry.get("bytes"), int) or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("bytes"), int) or not isinstance(entry.get(algorithm), str)
         ):  # fmt: skip
-            raise CheckpointError(f"{path}: the entry for {name!r:.80} is not a file name with bytes and sha256")
+            raise CheckpointError(f"{path}: the entry for {name!r:.80} is not a file name with bytes and {algorithm}")
     return manifest
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Check every file of a checkpoint folder against its manifest before anything is read from it: exactly the
-    listed files, each a regular file (never followed through a link) of the listed size and sha256. Returns the
+    listed files, each a regular file (never followed through a link) of the listed size and checksum. Returns the
     manifest; the first file that does not match is a one-line ``CheckpointError`` naming it.
 
         verify_checkpoint("out/checkpoints/step_00000010")["hubclf_version"]
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    listed = manifest["files"]
+    listed, algorithm = manifest["files"], MANIFEST_CHECKSUMS[manifest["format"]]
     present = {path.name for path in directory.iterdir()} - {MANIFEST_FILE}
     extra = sorted(present - set(listed))
     if extra:
@@ -659,20 +671,12 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
                 f"{path} has {info.st_size:,} bytes, its manifest says {entry['bytes']:,}: the checkpoint was changed "
                 "or damaged after it was written"
             )
-        if _sha256(path) != entry["sha256"]:
+        if file_checksum(path, algorithm) != entry[algorithm]:
             raise CheckpointError(
-                f"{path} does not match its manifest (sha256 differs): the checkpoint was changed or damaged after "
-                "it was written"
+                f"{path} does not match its manifest ({algorithm} differs): the checkpoint was changed or damaged "
+                "after it was written"
             )
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _refuse_constant(name: str) -> None:

@@ -5,12 +5,12 @@ changes, so it is computed once and the classifier trains on the stored features
     train_set[0]["features"]   # float32, read from its shard file
 
 The cache of a split is a folder of shard files (``shard-00000.safetensors``: ``SHARD_ROWS`` rows of features,
-labels and a valid flag, each with a ``.json`` sidecar holding its sha256) and a ``manifest.json``. Every process
+labels and a valid flag, each with a ``.json`` sidecar holding its checksum) and a ``manifest.json``. Every process
 extracts its own shards (shard ``i`` on process ``i % processes``), each written atomically, so a killed extraction
-resumes with the shards still missing. Reading verifies every file against its sha256 first, then reads the rows of
-each batch from the files (``os.preadv``) as it is drawn: a run's memory holds one batch of features, whatever the
-number of images. (Not ``mmap``: the pages of a mapped file that a pass touches count as the process's resident
-memory, so a mapped cache's RSS grows to its size.)
+resumes with the shards still missing. Reading verifies every file against its checksum (xxh3_128) first, then
+reads the rows of each batch from the files (``os.preadv``) as it is drawn: a run's memory holds one batch of
+features, whatever the number of images. (Not ``mmap``: the pages of a mapped file that a pass touches count as the
+process's resident memory, so a mapped cache's RSS grows to its size.)
 
 Training on these features is the uncached path with the backbone call memoised: the same pre-logits
 (``model.forward_head(model.forward_features(x), pre_logits=True)`` in eval mode) feed the same classifier.
@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from hubclf._faults import fault_point
 from hubclf._version import __version__
 from hubclf.atomic import atomic_write_file, atomic_write_json
 from hubclf.models.transfer import classifier_modules
+from hubclf.tensor_file import CHECKSUM, file_checksum, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-
-
 # Bump when what a cache holds, or how features are computed, changes: old caches then stop matching.
-FEATURE_CACHE_FORMAT = 3
+FEATURE_CACHE_FORMAT = 4  # 4: shards checksummed with xxh3_128 (3: sha256)
 SHARD_ROWS = 1024  # rows per shard file: AlexNet's 4,096 pre-logits make 8 MB in float16, 16 MB while being filled
 MANIFEST = "manifest.json"
 FP16_MAX = 65504.0
@@ -184,15 +182,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks (the file is never in memory whole)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _safetensors_layout(path: Path) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(offset of the data, tensor entries, metadata) from a safetensors header, read as bytes (no unpickling)."""
     with open(path, "rb") as f:
@@ -240,7 +229,7 @@ class FeatureShards:
 
     @classmethod
     def open(cls, directory: str | Path, verify: list[int] | None = None) -> FeatureShards:
-        """Read ``manifest.json`` and check the shard files it lists: every size, and the sha256 of the shards
+        """Read ``manifest.json`` and check the shard files it lists: every size, and the checksum of the shards
         ``verify`` names (all by default). A missing, short or altered file raises ``ValueError`` naming it."""
         directory = Path(directory)
         try:
@@ -309,8 +298,8 @@ def check_shard(directory: Path, entry: dict[str, Any]) -> None:
         raise ValueError(f"{path}: missing")
     if path.stat().st_size != entry["bytes"]:
         raise ValueError(f"{path}: {path.stat().st_size} bytes, its manifest says {entry['bytes']} (truncated?)")
-    if file_sha256(path) != entry["sha256"]:
-        raise ValueError(f"{path} does not match its sha256: the file was altered or damaged")
+    if file_checksum(path) != entry[CHECKSUM]:
+        raise ValueError(f"{path} does not match its {CHECKSUM} checksum: the file was altered or damaged")
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -463,10 +452,15 @@ def _write_shard(
     dtype = storage_dtype(features[entry["valid"].bool()], storage, autocast)
     tensors = {"features": features.to(dtype).contiguous(), "labels": entry["labels"], "valid": entry["valid"]}
     path = directory / shard_name(shard)
-    atomic_write_file(path, lambda tmp: save_file(tensors, tmp, metadata={"start": str(start), "stop": str(stop)}))
+    digests = []  # checksummed as written: the shard is not read back
+
+    def write(tmp: Path) -> None:
+        digests.append(write_safetensors(tmp, tensors, {"start": str(start), "stop": str(stop)}, checksum=True))
+
+    atomic_write_file(path, write)
     fault_point("features.shard_written")
     sidecar = {"file": path.name, "start": start, "stop": stop, "dim": int(features.shape[1]),
-               "dtype": str(dtype).removeprefix("torch."), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+               "dtype": str(dtype).removeprefix("torch."), "bytes": path.stat().st_size, CHECKSUM: digests[0]}
     atomic_write_json(_sidecar(path), sidecar)  # the shard counts as done from here on  # fmt: skip
 
 
@@ -484,7 +478,7 @@ def load_or_extract_features(
     desc: str = "features",
 ) -> FeatureDataset:
     """The features of ``images`` from ``cache_dir/<key>/``: reused when the manifest is there and every file
-    matches its sha256 (each process checks its share), else extracted (resuming a killed extraction). A damaged
+    matches its checksum (each process checks its share), else extracted (resuming a killed extraction). A damaged
     shard is reported, deleted and extracted again.
 
         train_set = load_or_extract_features(accelerator, model, images, key=key, cache_dir="c", batch_size=32)
