@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hubclf.data.dataset import ImageClassificationDataset, PixelCache
+from hubclf.data.dataset import FinishingLoader, ImageClassificationDataset, PixelCache, PixelRows
 from hubclf.data.images import build_transforms
 from hubclf.data.splits import load_image_dataset
 from tests.image_folders import HEIGHT, WIDTH, add_bad_images, make_image_folder
@@ -73,6 +73,42 @@ def test_cached_pixels_are_the_decoded_ones_shared_by_workers_and_decoded_once(t
         assert want["valid"] == got_first["valid"] == got["valid"]
         assert torch.equal(want["pixel_values"], got_first["pixel_values"])
         assert torch.equal(want["pixel_values"], got["pixel_values"])
+
+
+@pytest.mark.parametrize("cache_pixels", [False, True], ids=["decoded", "pixel_cache"])
+def test_uint8_batches_normalised_by_the_training_process_are_the_same_bits(tmp_path, cache_pixels):
+    """PixelRows: the workers hand out uint8 pixels (a quarter of the bytes), FinishingLoader normalises them; the
+    batches equal, bit for bit, the float batches the dataset gives itself, bad images (zeros, invalid) included."""
+    make_image_folder(tmp_path, num_classes=2, per_class=4)
+    add_bad_images(tmp_path / "class_0")
+    data = load_image_dataset(str(tmp_path), val_split=0.25)
+    _, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=False)
+    plain = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH))
+    images = ImageClassificationDataset(data.train, "image", "label", eval_tf, input_size=(3, HEIGHT, WIDTH),
+                                        cache_pixels=cache_pixels)  # fmt: skip
+    expected = list(torch.utils.data.DataLoader(plain, batch_size=4))
+    rows = PixelRows(images)
+    raw = next(iter(torch.utils.data.DataLoader(rows, batch_size=4, num_workers=1)))
+    assert raw["pixel_values"].dtype == torch.uint8
+    for _ in range(2 if cache_pixels else 1):  # with the cache: the pass that fills it, then the one that reads it
+        got = list(FinishingLoader(torch.utils.data.DataLoader(rows, batch_size=4, num_workers=1)))
+        assert len(got) == len(expected)
+        for want, batch in zip(expected, got, strict=True):
+            assert batch["pixel_values"].dtype == torch.float32
+            assert torch.equal(batch["pixel_values"], want["pixel_values"])  # bit for bit, zeros of bad rows too
+            assert torch.equal(batch["valid"], want["valid"]) and torch.equal(batch["labels"], want["labels"])
+    assert not all(bool(v) for batch in expected for v in batch["valid"]), "some rows should be bad images"
+
+
+def test_only_a_fixed_transform_hands_out_uint8_pixels(tmp_path):
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    train_tf, _ = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=True)
+    augmented = ImageClassificationDataset(data.train, "image", "label", train_tf, input_size=(3, HEIGHT, WIDTH))
+    with pytest.raises(ValueError, match="fixed transform"):
+        PixelRows(augmented)
+    with pytest.raises(ValueError, match="fixed transform"):
+        augmented.samples([0], normalized=False)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS from /proc")

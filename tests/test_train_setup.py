@@ -38,3 +38,24 @@ def test_random_weights_carry_no_pretrained_tag_licence_or_origin():
     cfg = create_model(config(), LABELS).pretrained_cfg
     assert not {"tag", "license", "origin_url"} & {k for k, v in cfg.items() if v}
     assert cfg["input_size"] and cfg["mean"] and cfg["classifier"] == "head.fc"  # the architecture's facts stay
+
+
+def test_loaders_of_fixed_inputs_read_uint8_pixels_and_augmented_ones_floats(tmp_path):
+    """setup.loader_rows: fixed inputs (eval, --no-augment) go through PixelRows; augmented images as they are."""
+    import torch
+
+    from hubclf.data.dataset import ImageClassificationDataset, PixelRows
+    from hubclf.data.images import build_transforms
+    from hubclf.data.splits import load_image_dataset
+    from hubclf.train.setup import build_loaders
+    from tests.image_folders import HEIGHT, WIDTH, make_image_folder
+
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    data = load_image_dataset(str(tmp_path), val_split=0.5)
+    train_tf, eval_tf = build_transforms({"input_size": (3, HEIGHT, WIDTH)}, augment=True)
+    augmented, fixed = (ImageClassificationDataset(data.train, "image", "label", tf, input_size=(3, HEIGHT, WIDTH))
+                        for tf in (train_tf, eval_tf))  # fmt: skip
+    train_loader, eval_loader = build_loaders(config(num_workers=0, batch_size=2), augmented, fixed, None,
+                                              torch.device("cpu"))  # fmt: skip
+    assert train_loader.dataset is augmented and isinstance(eval_loader.dataset, PixelRows)
+    assert next(iter(eval_loader))["pixel_values"].dtype == torch.uint8

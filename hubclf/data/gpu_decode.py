@@ -24,7 +24,7 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,26 +125,6 @@ class DevicePreprocess:
             return out
 
 
-class DeviceDecodeLoader:
-    """A loader of raw-bytes batches (a ``RawImages`` dataset) whose ``raw`` becomes ``pixel_values`` on the device.
-
-        loader = DeviceDecodeLoader(accelerator.prepare(DataLoader(RawImages(images, pre), collate_fn=collate_raw)))
-    """
-
-    def __init__(self, loader: Any) -> None:
-        self.loader, self.preprocess = loader, loader.dataset.preprocess
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.loader:
-            pixels, decoded = self.preprocess(batch.pop("raw"))
-            batch["pixel_values"] = pixels
-            batch["valid"] = batch["valid"] & decoded.to(batch["valid"].device)
-            yield batch
-
-
 class RawImages(torch.utils.data.Dataset):
     """An ``ImageClassificationDataset``'s rows with the image's bytes instead of pixels (nothing decoded)."""
 
@@ -175,6 +155,13 @@ class RawImages(torch.utils.data.Dataset):
 
     def describe(self, index: int) -> str:
         return self.images.describe(index)
+
+    def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's ``raw`` bytes become ``pixel_values`` on the device (``FinishingLoader`` calls it)."""
+        pixels, decoded = self.preprocess(batch.pop("raw"))
+        batch["pixel_values"] = pixels
+        batch["valid"] = batch["valid"] & decoded.to(batch["valid"].device)
+        return batch
 
 
 def collate_raw(rows: list[dict[str, Any]]) -> dict[str, Any]:

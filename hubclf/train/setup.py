@@ -31,9 +31,8 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 from hubclf._faults import fault_point
-from hubclf.data.dataset import ImageClassificationDataset, PixelCache
+from hubclf.data.dataset import FinishingLoader, ImageClassificationDataset, PixelCache, PixelRows
 from hubclf.data.gpu_decode import (
-    DeviceDecodeLoader,
     DevicePreprocess,
     RawImages,
     choose_decode_device,
@@ -497,8 +496,8 @@ def build_loaders(
     )
     if isinstance(train_set, ImageStream):  # split across processes by the stream itself, not by Accelerate
         return StreamLoader(train_set, device, **loader_args), StreamLoader(eval_set, device, **loader_args)
-    # --decode-device cuda: the workers read bytes, the GPU decodes (stages.prepare_stage wraps the loaders).
-    train_set, eval_set = device_decoded(train_set, config, device), device_decoded(eval_set, config, device)
+    # Batches finished in the training process (stages.prepare_stage wraps the loaders in a FinishingLoader).
+    train_set, eval_set = loader_rows(train_set, config, device), loader_rows(eval_set, config, device)
     raw = {"collate_fn": collate_raw} if isinstance(train_set, RawImages) else {}
     raw_eval = {"collate_fn": collate_raw} if isinstance(eval_set, RawImages) else {}
     return (
@@ -542,13 +541,15 @@ def decode_device_plan(
     return dataclasses.replace(config, decode_device=choice), line
 
 
-def device_decoded(images: Any, config: TrainConfig, device: torch.device) -> Any:
-    """``images`` as raw bytes for the GPU path when ``config.decode_device`` is ``cuda`` and its inputs are fixed."""
-    if config.decode_device != "cuda" or not isinstance(images, ImageClassificationDataset):
+def loader_rows(images: Any, config: TrainConfig, device: torch.device) -> Any:
+    """What a loader reads of ``images`` when its inputs are fixed (``TensorEvalTransform``): the raw bytes when
+    ``config.decode_device`` is ``cuda`` (decoded on the GPU), else the uint8 pixels (``PixelRows``: normalised by
+    the training process, on the device). Augmented images, streams and cached features are read as they are."""
+    if not isinstance(images, ImageClassificationDataset) or not isinstance(images.transform, TensorEvalTransform):
         return images
-    if not isinstance(images.transform, TensorEvalTransform):
-        return images
-    return RawImages(images, DevicePreprocess(images.transform, device))
+    if config.decode_device == "cuda":
+        return RawImages(images, DevicePreprocess(images.transform, device))
+    return PixelRows(images)
 
 
 def skip_batches(accelerator: Any, loader: Any, sampler: Any, epoch: int, batches: int) -> Any:
@@ -558,6 +559,6 @@ def skip_batches(accelerator: Any, loader: Any, sampler: Any, epoch: int, batche
     if isinstance(sampler, ImageStream):
         sampler.start_epoch(epoch, skip_batches=batches)
         return loader
-    if isinstance(loader, DeviceDecodeLoader):
-        return DeviceDecodeLoader(accelerator.skip_first_batches(loader.loader, batches)) if batches else loader
+    if isinstance(loader, FinishingLoader):
+        return FinishingLoader(accelerator.skip_first_batches(loader.loader, batches)) if batches else loader
     return accelerator.skip_first_batches(loader, batches) if batches else loader

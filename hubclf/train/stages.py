@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from hubclf.data.gpu_decode import DeviceDecodeLoader, RawImages
+from hubclf.data.dataset import FinishingLoader
 from hubclf.models import freeze, unfreeze
 from hubclf.models.transfer import classifier_parameter_ids, keep_frozen_batchnorm_in_eval
 from hubclf.train.config import FREEZE_BACKBONE, FREEZE_NONE, TrainConfig
@@ -116,9 +116,10 @@ def prepare_stage(
     optimizer = getattr(optimizer, "optimizer", optimizer)  # the raw torch optimizer under a previous wrapper
     prepared = accelerator.prepare(trainable, optimizer, train_loader, eval_loader)
     trainable, optimizer, train_loader, eval_loader = prepared
-    # --decode-device cuda: batches of raw bytes are decoded on the device once Accelerate has sharded them.
+    # uint8 pixels are normalised, raw bytes decoded (--decode-device cuda), on the device once Accelerate has sharded
+    # the batches and put them there (setup.loader_rows).
     train_loader, eval_loader = (
-        DeviceDecodeLoader(loader) if isinstance(getattr(loader, "dataset", None), RawImages) else loader
+        FinishingLoader(loader) if hasattr(getattr(loader, "dataset", None), "finish_batch") else loader
         for loader in (train_loader, eval_loader)
     )
     return trainable, optimizer, train_loader, eval_loader
