@@ -83,6 +83,14 @@ CARD_NAME = "README.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Weight formats that unpickle on load, i.e. can run arbitrary code: never written, never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A second name for ``source`` (a hard link), or a copy on a file system without hard links; never loaded."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 # Keys of config.json that hubclf or timm own; `extra_config` may not overwrite them.
 RESERVED_CONFIG_KEYS = {
     "architecture", "num_classes", "num_features", "global_pool", "label_names", "label_descriptions",
@@ -108,13 +116,16 @@ def save_pretrained(
     extra_config: dict | None = None,
     images: dict[str, bytes] | None = None,
     images_skipped: str | None = None,
+    weights_from: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card into ``save_dir``.
 
     ``eval_results`` holds validation metrics such as ``{"accuracy": 0.91}``; ``freeze`` is ``"none"``,
     ``"backbone"`` or the last frozen module (e.g. ``"features.5"``). ``images`` are PNG pictures by file name
     (``hubclf.plots.model_pictures``), written next to the weights, listed in config.json, shown in the card and
-    pushed with the model; ``images_skipped`` says in the card why there are none. Returns ``save_dir`` as a ``Path``.
+    pushed with the model; ``images_skipped`` says in the card why there are none. ``weights_from``: a safetensors
+    file already written from exactly ``model``'s state dict (a checkpoint's ``model.safetensors``, by the same
+    writer): hard-linked instead of written again. Returns ``save_dir`` as a ``Path``.
 
         save_pretrained(model, "out/flowers", label_names=["daisy", "rose"], freeze="backbone",
                         eval_results={"accuracy": 0.91})
@@ -167,7 +178,10 @@ def save_pretrained(
     # The files go into a temporary sibling folder that replaces save_dir whole, once all are on disk.
     with staged_dir(save_dir) as tmp:
         # transformers refuses safetensors files without format metadata.
-        write_safetensors(tmp / WEIGHTS_NAME, state_dict, {"format": "pt"})
+        if weights_from is not None:
+            _link_or_copy(Path(weights_from), tmp / WEIGHTS_NAME)
+        else:
+            write_safetensors(tmp / WEIGHTS_NAME, state_dict, {"format": "pt"})
         fault_point("save_pretrained.after_weights")
         for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
@@ -224,10 +238,7 @@ def update_card(
     with staged_dir(save_dir) as tmp:
         # Second names for the same files: the old folder keeps its own until the swap, so a kill loses nothing.
         for name in (WEIGHTS_NAME, *kept_images):
-            try:
-                os.link(source / name, tmp / name)
-            except OSError:  # a file system without hard links: copy it, still without loading it
-                shutil.copyfile(source / name, tmp / name)
+            _link_or_copy(source / name, tmp / name)
         for name, png in (images or {}).items():
             (tmp / name).write_bytes(png)
         for name, text in remote_code_files(config).items():  # remote code: written anew, never copied

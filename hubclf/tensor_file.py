@@ -39,6 +39,7 @@ __all__ = [
     "SAFETENSORS_DTYPES",
     "direct_writes_possible",
     "file_checksum",
+    "has_shared_tensors",
     "write_model",
     "write_safetensors",
 ]
@@ -117,9 +118,7 @@ def write_model(
         write_model(tmp / "model.safetensors", model, {"format": "pt"}, checksum=True)
     """
     state = model.state_dict()
-    try:
-        _refuse_shared(state)
-    except RuntimeError:
+    if has_shared_tensors(state):
         import safetensors.torch  # only for this rare case
 
         safetensors.torch.save_model(model, str(path), dict(metadata or {}), force_contiguous=True)
@@ -168,6 +167,18 @@ def _header(
     text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text, ordered
+
+
+def has_shared_tensors(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether two of ``tensors`` share memory (tied weights), which ``write_safetensors`` refuses.
+
+        has_shared_tensors(model.state_dict())   # False for AlexNet, VGG and most vision models
+    """
+    try:
+        _refuse_shared(tensors)
+    except RuntimeError:
+        return True
+    return False
 
 
 def _refuse_shared(tensors: Mapping[str, torch.Tensor]) -> None:

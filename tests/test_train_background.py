@@ -21,27 +21,61 @@ def test_writes_run_in_their_own_thread_one_at_a_time_in_order():
         done.append(number)
 
     writes.submit(lambda: write(0), "first")
-    assert writes.busy and done == []  # submit returned while the write goes on
+    writes.submit(lambda: write(1), "second")  # queued: submit returns while the first is still writing
+    assert writes.busy and done == []
     release.set()
-    writes.submit(lambda: write(1), "second")  # ...and the second starts only once it is done
     writes.wait()
     assert done == [0, 1] and threads == {WRITER_THREAD} and not writes.busy
 
 
-def test_a_failed_write_is_raised_once_by_the_next_wait_or_submit():
+def test_a_write_of_a_copy_first_waits_for_the_writes_before_it():
+    """copy=True: one copy of the training state in memory at a time."""
+    writes, done = BackgroundWrites(), []
+    release = threading.Event()
+    writes.submit(lambda: (release.wait(timeout=30), done.append(0)), "slow")
+    threading.Timer(0.2, release.set).start()
+    writes.submit(lambda: done.append(1), "a copy", copy=True)  # returns only once "slow" is written
+    assert done[:1] == [0]
+    writes.wait()
+    assert done == [0, 1]
+
+
+def test_wait_for_live_waits_for_the_writes_that_read_live_tensors_only():
+    writes, done = BackgroundWrites(), []
+    live_release, other_release = threading.Event(), threading.Event()
+    writes.submit(lambda: (live_release.wait(timeout=30), done.append("tensors")), "tensor files", live=True)
+    writes.submit(lambda: (other_release.wait(timeout=30), done.append("rest")), "state and manifest")
+    threading.Timer(0.2, live_release.set).start()
+    writes.wait_for_live()  # returns once the tensor files are written, while the rest still waits
+    assert done == ["tensors"] and writes.busy
+    other_release.set()
+    writes.wait()
+    assert done == ["tensors", "rest"]
+
+
+def test_a_failed_write_drops_the_writes_queued_behind_it_and_is_raised_once():
     writes, ran = BackgroundWrites(), []
+    release = threading.Event()
 
     def fail() -> None:
+        release.wait(timeout=30)
         raise OSError(28, "No space left on device")
 
-    writes.submit(fail, "the checkpoint of step 4")
+    writes.submit(fail, "the tensors of checkpoint step_4", live=True)
+    writes.submit(lambda: ran.append("rename"), "checkpoint step_4")  # would complete a checkpoint with no tensors
+    release.set()
     with pytest.raises(OSError, match="No space left"):
-        writes.submit(lambda: ran.append(True), "the next one")
-    assert ran == []  # nothing is written after a failure the run has not seen
-    assert writes.what == "the checkpoint of step 4"
+        writes.wait_for_live()
+    assert ran == []  # dropped: nothing completes what failed
+    assert writes.what == "the tensors of checkpoint step_4"
     writes.wait()  # raised once: the writer is usable again
     writes.submit(lambda: ran.append(True), "after")
     writes.wait()
+    assert ran == [True]
+    writes.submit(fail, "again")
+    release.set()
+    with pytest.raises(OSError, match="No space left"):
+        writes.submit(lambda: ran.append(False), "a copy", copy=True)  # a copy waits, so it sees the error
     assert ran == [True]
 
 

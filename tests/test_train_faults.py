@@ -164,13 +164,20 @@ def test_checkpoints_and_best_are_written_off_the_training_thread(reference):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("held_at", "step"), [("checkpoint.after_save_state:1", 2), ("save_pretrained.after_weights:1", 5)]
+    ("held_at", "step", "goes_on"),
+    [
+        ("checkpoint.after_save_state:1", 2, "train.step"),  # a mid-epoch checkpoint, from a copy: training goes on
+        ("checkpoint.after_save_state:3", 5, "eval.batch"),  # an epoch's, from the live tensors: evaluation goes on
+        ("save_pretrained.after_weights:1", 5, "train.step"),  # the first best/ (linked weights): training goes on
+    ],
+    ids=["mid_epoch_copy", "epoch_end_live_tensors", "best"],
 )
 def test_a_kill_during_a_background_write_while_training_goes_on_then_resume_is_bit_identical(
-    tmp_path, tiny_data, reference, held_at, step
+    tmp_path, tiny_data, reference, held_at, step, goes_on
 ):
-    # The write of the first checkpoint (step 2, mid-epoch 1) or of the first best/ (epoch 1) is held open in the
-    # writer thread; the training thread trains on until it must wait for it, and the process is killed then.
+    # A write is held open in the writer thread: the first checkpoint (step 2, mid-epoch 1), the tensor files of
+    # epoch 1's checkpoint (step 5, written while the epoch is evaluated) or the first best/ (epoch 1). The training
+    # thread goes on (trains, or evaluates) until it must wait for it, and the process is killed then.
     output_dir, log = tmp_path / "held", tmp_path / "points.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBCLF_FAULT_POINT": f"{held_at}:hold", "HUBCLF_FAULT_LOG": str(log)}
     command = [sys.executable, "-m", "hubclf.cli", *TRAIN_ARGS, "--data", str(tiny_data), "--output-dir",
@@ -182,11 +189,11 @@ def test_a_kill_during_a_background_write_while_training_goes_on_then_resume_is_
         while time.monotonic() < deadline and process.poll() is None:
             lines = log.read_text().splitlines() if log.exists() else []
             held = next((i for i, line in enumerate(lines) if line.startswith(point + " ")), None)
-            if held is not None and any(line.startswith("train.step ") for line in lines[held + 1 :]):
-                break  # a training step ran while the write was held
+            if held is not None and any(line.startswith(goes_on + " ") for line in lines[held + 1 :]):
+                break  # training (or evaluation) went on while the write was held
             time.sleep(0.2)
         else:
-            pytest.fail(f"no training step after the held write: {process.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"no {goes_on} after the held write: {process.stderr.read().decode()[-2000:]}")
         time.sleep(1)  # the training thread goes on to its next save and waits there for the held write
     finally:
         process.kill()

@@ -168,19 +168,44 @@ def test_partial_freeze_and_staged_unfreezing(tmp_path, image_folder, backbone_w
     assert staged.best_metrics["top1"] >= 0.6
 
 
+@pytest.mark.parametrize("model_ema", [False, True], ids=["model", "ema"])
+def test_best_links_the_checkpoints_weights_file_when_it_holds_the_same_weights(
+    tmp_path, image_folder, backbone_weights, monkeypatch, model_ema
+):
+    """An epoch's checkpoint is written from the live tensors while the epoch is evaluated (no copy of the state);
+    its best/ hard-links the checkpoint's model.safetensors when that holds best/'s weights, and writes the EMA's."""
+    from hubclf.train import checkpoints
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("an epoch's checkpoint copied the state")
+
+    monkeypatch.setattr(checkpoints, "cpu_copies", no_copies)
+    config = make_config(tmp_path, image_folder, backbone_weights, f"link_{model_ema}", epochs=1, model_ema=model_ema)
+    result = train(config)
+    (checkpoint,) = list_checkpoints(result.output_dir)
+    best, saved = result.best_model_dir / "model.safetensors", checkpoint / "model.safetensors"
+    assert os.path.samefile(best, saved) is (not model_ema)
+    assert hubclf.from_pretrained(result.best_model_dir).num_classes == NUM_CLASSES
+
+
 # ---- resume -----------------------------------------------------------------------------------------------------
 def interrupt_after_checkpoint(monkeypatch, number: int = 1) -> None:
-    """Deliver SIGINT right after the ``number``-th checkpoint, as a user pressing Ctrl-C would."""
-    original, calls = loop.save_checkpoint, []
+    """Deliver SIGINT right after the ``number``-th checkpoint, as a user pressing Ctrl-C would (an epoch's ends
+    with ``finish_checkpoint``, one inside an epoch is ``save_checkpoint``)."""
+    calls = []
 
-    def save_then_interrupt(*args, **kwargs):
-        path = original(*args, **kwargs)
-        calls.append(path)
-        if len(calls) == number:
-            signal.raise_signal(signal.SIGINT)
-        return path
+    def then_interrupt(original):
+        def save_then_interrupt(*args, **kwargs):
+            path = original(*args, **kwargs)
+            calls.append(path)
+            if len(calls) == number:
+                signal.raise_signal(signal.SIGINT)
+            return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+        return save_then_interrupt
+
+    for name in ("save_checkpoint", "finish_checkpoint"):
+        monkeypatch.setattr(loop, name, then_interrupt(getattr(loop, name)))
 
 
 @pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
@@ -307,21 +332,21 @@ SYNC_CHECK = """
 import importlib, sys
 import torch
 loop = importlib.import_module("hubclf.train.loop")
-prepare, save = loop.prepare_stage, loop.save_checkpoint
+prepare, start = loop.prepare_stage, loop.start_checkpoint
 seen = {}
 
 def prepare_and_remember(accelerator, model, *args, **kwargs):
     seen["model"] = model
     return prepare(accelerator, model, *args, **kwargs)
 
-def save_after_checking_sync(accelerator, output_dir, state, keep, **saved_with):
+def start_after_checking_sync(accelerator, output_dir, state, **saved_with):  # every epoch's checkpoint
     weights = torch.cat([p.detach().flatten() for p in seen["model"].parameters()])[None]
     everyone = accelerator.gather(weights)
     assert torch.equal(everyone[0], everyone[1]), f"processes diverged at step {state.global_step}"
     accelerator.print(f"in sync: stage {state.stage} step {state.global_step}")
-    return save(accelerator, output_dir, state, keep, **saved_with)
+    return start(accelerator, output_dir, state, **saved_with)
 
-loop.prepare_stage, loop.save_checkpoint = prepare_and_remember, save_after_checking_sync
+loop.prepare_stage, loop.start_checkpoint = prepare_and_remember, start_after_checking_sync
 from hubclf.cli import main
 sys.exit(main(sys.argv[1:]))
 """

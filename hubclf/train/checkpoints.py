@@ -253,11 +253,48 @@ def save_checkpoint(
     previous background write is waited for first, and its error raised on every process. ``first``: a write of the
     same moment that must be on disk before the checkpoint marks it done (the epoch's ``best/``), run in the same
     job; ``memo``: the ``cpu_copies`` memo ``first``'s copies were taken with, so that weights are copied once.
+    ``start_checkpoint`` + ``finish_checkpoint`` are its two halves, for a save that writes the live tensors.
 
         save_checkpoint(accelerator, "out", state, keep=2, ema=ema, record={"config": config.to_dict()})
     """
+    started = start_checkpoint(accelerator, output_dir, state, ema=ema, writes=writes, memo=memo)
+    return finish_checkpoint(accelerator, started, state, keep, record=record, writes=writes, first=first)
+
+
+@dataclass
+class StartedCheckpoint:
+    """A checkpoint whose tensor files are being written (``start_checkpoint``); ``finish_checkpoint`` completes it."""
+
+    final: Path
+    tmp: Path
+    checksums: dict[str, str]  # the tensor files' checksums, filled in as they are written (main process)
+
+    @property
+    def model_file(self) -> Path:
+        """The model's weights file, once written: what ``best/`` links when it holds the same weights."""
+        return self.tmp / MODEL_FILE
+
+
+def start_checkpoint(
+    accelerator: Any,
+    output_dir: str | Path,
+    state: TrainerState,
+    *,
+    ema: torch.nn.Module | None = None,
+    writes: BackgroundWrites | None = None,
+    live: bool = False,
+    memo: dict[int, Any] | None = None,
+) -> StartedCheckpoint:
+    """Every process: the first half of a save. The main process waits for the writes before it, prepares
+    ``checkpoints/.tmp-step_N`` and writes its tensor files there (weights, optimizers, scaler, EMA): in the
+    foreground without ``writes``; with ``writes``, in the background, from a copy of them, or with ``live`` from the
+    tensors themselves, which then must not change until ``writes.wait_for_live()`` returns (the epoch's evaluation,
+    which only reads them, runs meanwhile).
+
+        started = start_checkpoint(accelerator, "out", state, writes=writes, live=True)
+    """
     final = checkpoint_dir(output_dir, state.global_step)
-    tmp = final.with_name(TMP_PREFIX + final.name)
+    started = StartedCheckpoint(final=final, tmp=final.with_name(TMP_PREFIX + final.name), checksums={})
     error = None
     if accelerator.is_main_process:
         try:
@@ -265,49 +302,79 @@ def save_checkpoint(
                 writes.wait()  # the previous checkpoint is on disk before this one starts (and the sequence counts it)
             for stale in final.parent.glob(TMP_PREFIX + "*"):  # left by a killed save; one run per folder (lock)
                 shutil.rmtree(stale)
-            tmp.mkdir(parents=True)
-        except Exception as e:  # reported on every process below, not left for the others to wait on
-            error = e
-    raise_on_every_process(accelerator, error, "saving the previous checkpoint or preparing this one")
-    _save_rng_state(accelerator, tmp)
-    fault_point("checkpoint.after_rng")
-    accelerator.wait_for_everyone()
-    error, job = None, None
-    if accelerator.is_main_process:
-        try:
-            # In the foreground (no ``writes``) nothing changes the state while it is written: no copy is needed, and
-            # the foreground is where a copy would not fit in memory.
-            snapshot = snapshot_training_state(accelerator, ema=ema, memo=memo, copies=writes is not None)
-            complete = list_checkpoints(output_dir)
-            state.sequence = 1 + max((TrainerState.load(p).sequence for p in complete), default=0)
-            state.lineage = [name for name in state.lineage if name != final.name] + [final.name]
-            job = functools.partial(_write_checkpoint, snapshot, state.copy(), copy.deepcopy(record), tmp, keep, first)
+            started.tmp.mkdir(parents=True)
+            # In the foreground, or live, nothing changes the state while it is written: no copy is made (the
+            # foreground is where a copy would not fit in memory).
+            copies = writes is not None and not live
+            snapshot = snapshot_training_state(accelerator, ema=ema, memo=memo, copies=copies)
+            job = functools.partial(_write_tensor_files, snapshot, started)
             if writes is None:
                 job()
+            else:
+                writes.submit(job, f"the tensors of checkpoint {final.name}", live=live, copy=copies)
+        except Exception as e:  # reported on every process below, not left for the others to wait on
+            error = e
+    raise_on_every_process(accelerator, error, "saving the previous checkpoint or starting this one")
+    return started
+
+
+def finish_checkpoint(
+    accelerator: Any,
+    started: StartedCheckpoint,
+    state: TrainerState,
+    keep: int,
+    *,
+    record: dict[str, Any] | None = None,
+    writes: BackgroundWrites | None = None,
+    first: Callable[[], None] | None = None,
+    first_live: bool = False,
+) -> Path:
+    """Every process: the second half of a save. Each process writes its RNG state into the started checkpoint; the
+    main process then completes it (``first``: the epoch's ``best/``; the trainer state; the manifest), renames it
+    into place and prunes, behind the tensor files in ``writes``. ``first_live``: ``first`` reads live tensors
+    (``writes.wait_for_live()`` waits for it too). Updates ``state.sequence`` and ``state.lineage``.
+
+        path = finish_checkpoint(accelerator, started, state, keep=2, writes=writes, first=write_best)
+    """
+    _save_rng_state(accelerator, started.tmp)
+    fault_point("checkpoint.after_rng")
+    accelerator.wait_for_everyone()
+    error = None
+    if accelerator.is_main_process:
+        try:
+            final = started.final
+            complete = list_checkpoints(final.parent.parent)
+            state.sequence = 1 + max((TrainerState.load(p).sequence for p in complete), default=0)
+            state.lineage = [name for name in state.lineage if name != final.name] + [final.name]
+            job = functools.partial(_complete_checkpoint, started, state.copy(), copy.deepcopy(record), keep, first)
+            if writes is None:
+                job()
+            else:
+                writes.submit(job, f"checkpoint {final.name}", live=first_live)
         except Exception as e:
             error = e
     raise_on_every_process(accelerator, error, "saving the checkpoint")
-    if writes is not None and job is not None:
-        writes.submit(job, f"checkpoint {final.name}")
-    return final
+    return started.final
 
 
-def _write_checkpoint(
-    snapshot: TrainingSnapshot,
+def _write_tensor_files(snapshot: TrainingSnapshot, started: StartedCheckpoint) -> None:
+    started.checksums.update(snapshot.write(started.tmp))
+    fault_point("checkpoint.after_save_state")
+
+
+def _complete_checkpoint(
+    started: StartedCheckpoint,
     state: TrainerState,
     record: dict[str, Any] | None,
-    tmp: Path,
     keep: int,
     first: Callable[[], None] | None,
 ) -> None:
-    """The main process's part of a checkpoint, from a copy of the state; in the background with ``writes``."""
-    final = tmp.with_name(tmp.name.removeprefix(TMP_PREFIX))
+    """The main process's part of a checkpoint once its tensor files are written; in the background with ``writes``."""
+    tmp, final = started.tmp, started.final
     if first is not None:
         first()
-    digests = snapshot.write(tmp)
-    fault_point("checkpoint.after_save_state")
     state.save(tmp)  # the "complete" marker, inside the folder before it gets its real name
-    write_manifest(tmp, record, digests)
+    write_manifest(tmp, record, started.checksums)
     fault_point("checkpoint.after_state")
     replace_dir(tmp, final)
     fault_point("checkpoint.after_rename")
@@ -362,15 +429,15 @@ def snapshot_training_state(
     copies: bool = True,
 ) -> TrainingSnapshot:
     """Copy what ``save_training_state`` saves from the main process (the RNG states excepted: every process writes
-    its own at once) to CPU memory: ``snapshot_bytes`` of it. ``copies=False``: the live models instead, for a
-    write in the foreground, which must not allocate a second copy of them.
+    its own at once) to CPU memory: ``snapshot_bytes`` of it. ``copies=False``: the live models and optimizer states
+    instead, for a write in the foreground or one that ends before they change, which allocates no second copy.
 
         snapshot_training_state(accelerator, ema=ema).write(Path("out/checkpoints/.tmp-step_00000010"))
     """
     models = [accelerator.unwrap_model(model) for model in accelerator._models]
     *models, ema_copy = cpu_copies([*models, ema], memo) if copies else [*models, ema]
-    optimizers = [_packed(optimizer.state_dict()) for optimizer in accelerator._optimizers]
-    scaler = _packed(accelerator.scaler.state_dict()) if accelerator.scaler is not None else None
+    optimizers = [_packed(optimizer.state_dict(), copy=copies) for optimizer in accelerator._optimizers]
+    scaler = _packed(accelerator.scaler.state_dict(), copy=copies) if accelerator.scaler is not None else None
     return TrainingSnapshot(models=models, optimizers=optimizers, scaler=scaler, ema=ema_copy)
 
 
@@ -496,11 +563,12 @@ def _save_packed(path: Path, value: Any) -> None:
     _write_packed(path, *_packed(value))
 
 
-def _packed(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """``value`` as JSON with its tensors set aside, copied to the CPU: a snapshot that later changes to ``value``'s
-    tensors (an optimizer's next step) do not reach."""
+def _packed(value: Any, copy: bool = True) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``value`` as JSON with its tensors set aside. ``copy``: copied to the CPU, a snapshot that later changes to
+    ``value``'s tensors (an optimizer's next step) do not reach; else the tensors themselves, for a write that ends
+    before they change (only a tensor whose storage another one already uses is copied: a file holds each once)."""
     tensors: dict[str, torch.Tensor] = {}
-    return _pack(value, tensors), tensors
+    return _pack(value, tensors, copy), tensors
 
 
 def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> str:
@@ -509,10 +577,13 @@ def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> 
     return write_safetensors(path, tensors, metadata, checksum=True)
 
 
-def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _pack(value: Any, tensors: dict[str, torch.Tensor], copy: bool = True) -> Any:
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage in the file
+        tensor = value.detach()
+        shared = any(tensor.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors.values()
+                     if t.device == tensor.device and t.numel() and tensor.numel())  # fmt: skip
+        tensors[key] = tensor.to("cpu", copy=True).contiguous() if copy or shared else tensor
         return {"__tensor__": key}
     if isinstance(value, np.ndarray):
         key = f"t{len(tensors)}"
@@ -525,13 +596,13 @@ def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else {"__float__": repr(float(value))}
     if isinstance(value, tuple):
-        return {"__tuple__": [_pack(item, tensors) for item in value]}
+        return {"__tuple__": [_pack(item, tensors, copy) for item in value]}
     if isinstance(value, list):
-        return [_pack(item, tensors) for item in value]
+        return [_pack(item, tensors, copy) for item in value]
     if isinstance(value, dict):
         if all(isinstance(key, str) and not key.startswith("__") for key in value):
-            return {key: _pack(item, tensors) for key, item in value.items()}
-        return {"__items__": [[_pack(key, tensors), _pack(item, tensors)] for key, item in value.items()]}
+            return {key: _pack(item, tensors, copy) for key, item in value.items()}
+        return {"__items__": [[_pack(key, tensors, copy), _pack(item, tensors, copy)] for key, item in value.items()]}
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists, dicts)")
 
 

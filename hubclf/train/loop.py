@@ -36,17 +36,20 @@ from hubclf.data.splits import ImageClassificationData
 from hubclf.data.streaming import ImageStream
 from hubclf.hub import CONFIG_NAME, check_saveable, push_to_hub, update_card
 from hubclf.metrics import evaluate, format_metrics
+from hubclf.tensor_file import has_shared_tensors
 from hubclf.text import listing, printable
 from hubclf.train.background import BackgroundWrites, fits_in_memory
 from hubclf.train.checkpoints import (
+    StartedCheckpoint,
     TrainerState,
-    cpu_copies,
     find_checkpoint,
+    finish_checkpoint,
     list_checkpoints,
     load_training_state,
     read_manifest,
     save_checkpoint,
     snapshot_bytes,
+    start_checkpoint,
 )
 from hubclf.train.config import TrainConfig
 from hubclf.train.features import weights_fingerprint
@@ -199,9 +202,10 @@ class _Run:
         self.keep_process_group = keep_group
         self.given = given or config  # the settings as typed, compared by a later --resume
         self.checkpoint, self.record = checkpoint, record  # the one to resume; what every checkpoint records
-        # Checkpoints and best/ are written while the next epoch trains (hubclf.train.background), unless a copy of
-        # the state would not fit in memory (then in the foreground, said once).
+        # Checkpoints and best/ are written in the background (hubclf.train.background): an epoch's from the live
+        # tensors while it is evaluated, a mid-epoch one from a copy (in the foreground if the copy would not fit).
         self.writes: BackgroundWrites | None = BackgroundWrites()
+        self._said_foreground = False  # a mid-epoch checkpoint too big to copy: said once
 
     def train(self) -> TrainResult:
         # The same seed on every process: identical initial weights and identical shuffling decisions.
@@ -239,8 +243,10 @@ class _Run:
             state.backbone_fingerprint = parts.frozen_fingerprint if stage.name == HEAD else None
             started = time.perf_counter()
             totals, bad_rows, lr = self._train_epoch(parts, stage, scheduler, state, epoch)
+            checkpoint = self._start_epoch_checkpoint(parts, state)  # its tensors are written while evaluation runs
             record, evaluated = self._evaluate_epoch(parts, stage, state, epoch, totals, bad_rows, lr, started)
-            self._save_epoch(parts, state, record, evaluated)
+            self._save_epoch(parts, state, record, evaluated, checkpoint)
+            self._wait_for_live_writes()  # nothing changes the weights before their checkpoint has read them
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def _load_data(self) -> tuple[ImageClassificationData, Recipe]:
@@ -539,58 +545,89 @@ class _Run:
         return record, evaluated
 
     # ---- save -----------------------------------------------------------------------------------------------------
-    def _save_epoch(self, parts: _Parts, state: TrainerState, record: dict[str, Any], evaluated: nn.Module) -> None:
-        """metrics.jsonl now; the epoch's best/ (when it is the best) and its checkpoint in the background, best/
-        first: the checkpoint marks the epoch done, and a kill before it replays the epoch, which rewrites both."""
+    def _start_epoch_checkpoint(self, parts: _Parts, state: TrainerState) -> StartedCheckpoint:
+        """The epoch's checkpoint, first half: its tensor files, written from the live tensors in the background while
+        the epoch is evaluated (evaluation only reads them), so the save needs no copy of the state."""
+        return start_checkpoint(self.accelerator, self.output_dir, state, ema=parts.ema, writes=self.writes,
+                                live=self.writes is not None)  # fmt: skip
+
+    def _save_epoch(
+        self, parts: _Parts, state: TrainerState, record: dict[str, Any], evaluated: nn.Module,
+        checkpoint: StartedCheckpoint,
+    ) -> None:  # fmt: skip
+        """metrics.jsonl now; the epoch's best/ (when it is the best) and the rest of its checkpoint in the
+        background, best/ first: the checkpoint marks the epoch done, and a kill before it replays the epoch, which
+        rewrites both. best/ links the checkpoint's weights file when it holds the same weights."""
         accelerator, output_dir, config = self.accelerator, self.output_dir, self.config
         is_best = state.best_epoch == record["epoch"]
-        memo: dict[int, Any] = {}  # the copies best/ and the checkpoint share (the weights, copied once)
-        write_best = None
+        write_best, best_live = None, False
         with main_process_work(accelerator, "writing the metrics and the best model") as is_main:
             if is_main:
-                if self.writes is not None:
-                    self.writes.wait()  # the previous epoch's files first: metrics.jsonl never runs ahead of them
+                # The previous epoch's files are complete: start_checkpoint waited for them.
                 write_metrics(output_dir / METRICS_FILE, state.history)
                 fault_point("epoch.metrics_written")
                 if is_best:
-                    writes = self._writes_for(parts, also=(evaluated,))
-                    best = cpu_copies([evaluated], memo)[0] if writes is not None else evaluated
+                    weights = checkpoint.model_file if self._checkpoint_holds(evaluated) else None
                     write_best = functools.partial(
-                        _save_best, best, output_dir / BEST_DIR, config, parts.data, state.copy(),
-                        accelerator.num_processes, parts.recipe,
+                        _save_best, evaluated, output_dir / BEST_DIR, config, parts.data, state.copy(),
+                        accelerator.num_processes, parts.recipe, weights_from=weights,
                     )  # fmt: skip
+                    best_live = weights is None  # best/ then writes the live weights itself
         if config.log_with:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["epoch"])
         _record_stream_position(parts, state, state.epoch)
-        path = self._save_checkpoint(parts, state, first=write_best, memo=memo, also=(evaluated,))
+        path = finish_checkpoint(accelerator, checkpoint, state, config.keep_checkpoints, record=self.record,
+                                 writes=self.writes, first=write_best, first_live=best_live)  # fmt: skip
         fault_point("epoch.checkpointed")
         if self.stop.requested_on_any_process(accelerator):
             self._wait_for_writes()
             self._end_training()
             raise TrainingInterrupted(path)
 
-    def _save_checkpoint(
-        self, parts: _Parts, state: TrainerState, first: Any = None, memo: dict | None = None, also: tuple = ()
-    ) -> Path:
-        """``save_checkpoint`` in the background; ``first``, ``memo``: best/'s write and copies, ``also``: its model."""
-        writes = self._writes_for(parts, also=also)
+    def _checkpoint_holds(self, model: nn.Module) -> bool:
+        """Whether the checkpoint's weights file is exactly what ``save_pretrained`` would write for ``model``: the
+        same module (not the EMA's, not the head stage's classifier alone), written by the same writer, without tied
+        weights (those go through ``safetensors.torch.save_model``)."""
+        models = self.accelerator._models
+        return (
+            len(models) == 1
+            and self.accelerator.unwrap_model(models[0]) is model
+            and not has_shared_tensors(model.state_dict())
+        )
+
+    def _save_checkpoint(self, parts: _Parts, state: TrainerState) -> Path:
+        """A checkpoint inside an epoch (``--save-every-steps``, a signal): training goes on right after it, so it
+        is written from a copy in the background, or in the foreground where a copy would not fit in memory."""
         return save_checkpoint(
             self.accelerator, self.output_dir, state, self.config.keep_checkpoints, ema=parts.ema, record=self.record,
-            writes=writes, first=first, memo=memo,
+            writes=self._writes_for_a_copy(parts),
         )  # fmt: skip
 
-    def _writes_for(self, parts: _Parts, also: tuple = ()) -> BackgroundWrites | None:
-        """``self.writes``, or None (write in the foreground) from the first save whose copy would not fit in memory
-        (``fits_in_memory``): the copy's size is known before anything is copied."""
+    def _writes_for_a_copy(self, parts: _Parts) -> BackgroundWrites | None:
+        """``self.writes``, or None (this save in the foreground) when a copy of the training state would not fit in
+        memory (``fits_in_memory``): its size is known before anything is copied. Said once."""
         if self.writes is None or not self.accelerator.is_main_process:
             return self.writes
-        needed = snapshot_bytes(self.accelerator, ema=parts.ema, also=also)
-        if not fits_in_memory(needed):
-            self.writes.wait()
-            self.writes = None
-            logger.info(f"checkpoints are written in the foreground from here on: a copy of the training state "
+        needed = snapshot_bytes(self.accelerator, ema=parts.ema)
+        if fits_in_memory(needed):
+            return self.writes
+        self.writes.wait()  # the writes before it are on disk first (the sequence counts them)
+        if not self._said_foreground:
+            self._said_foreground = True
+            logger.info(f"checkpoints inside an epoch are written in the foreground: a copy of the training state "
                         f"({needed / 2**30:.1f} GiB) does not fit in half the memory available")  # fmt: skip
-        return self.writes
+        return None
+
+    def _wait_for_live_writes(self) -> None:
+        """Every process: return once no background write reads the live tensors any more (before the next step
+        changes them); a failed write fails every process."""
+        error = None
+        if self.writes is not None and self.accelerator.is_main_process:
+            try:
+                self.writes.wait_for_live()
+            except Exception as e:
+                error = e
+        raise_on_every_process(self.accelerator, error, "writing the checkpoint and best/ in the background")
 
     def _wait_for_writes(self) -> None:
         """Every process: return once the background writes are on disk; a failed one fails every process."""
@@ -710,9 +747,9 @@ def _print_above_bars(accelerator: Accelerator, line: str) -> None:
         tqdm.write(line)
 
 
-def _save_best(model: nn.Module, directory: Path, *args: Any) -> None:
+def _save_best(model: nn.Module, directory: Path, *args: Any, weights_from: Path | None = None) -> None:
     """An epoch's ``best/``, without pictures (drawn once when the run ends, ``refresh_best_card``)."""
-    save_model(model, directory, *args, pictures=False)
+    save_model(model, directory, *args, pictures=False, weights_from=weights_from)
     fault_point("epoch.best_saved")
 
 

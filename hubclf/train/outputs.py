@@ -98,8 +98,10 @@ def save_model(
     num_processes: int,
     recipe: Recipe | None = None,
     pictures: bool = True,
+    weights_from: Path | None = None,
 ) -> None:
-    """``save_pretrained`` with the run's card; ``pictures=False`` leaves the plots to ``refresh_best_card``.
+    """``save_pretrained`` with the run's card; ``pictures=False`` leaves the plots to ``refresh_best_card``;
+    ``weights_from``: a file that already holds ``model``'s weights as ``save_pretrained`` writes them (linked).
 
         save_model(model, Path("out/final"), config, data, state, accelerator.num_processes, recipe)
     """
@@ -129,6 +131,7 @@ def save_model(
         images=images,
         images_skipped=images_skipped,
         extra_config={"provenance": provenance(config, model, data, state, shown)},
+        weights_from=weights_from,
     )
 
 
