@@ -682,7 +682,7 @@ def write_manifest(
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's manifest (bounded, strict JSON); a ``CheckpointError`` naming it when missing or malformed.
 
-        read_manifest("out/checkpoints/step_00000010")["numerics"]["mixed_precision"]   # "no"
+        numerics = read_manifest("out/checkpoints/step_00000010")["numerics"]   # {"mixed_precision": "no", ...}
     """
     path = Path(directory) / MANIFEST_FILE
     try:
