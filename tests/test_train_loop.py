@@ -332,21 +332,24 @@ SYNC_CHECK = """
 import importlib, sys
 import torch
 loop = importlib.import_module("hubclf.train.loop")
-prepare, start = loop.prepare_stage, loop.start_checkpoint
+prepare = loop.prepare_stage
 seen = {}
 
 def prepare_and_remember(accelerator, model, *args, **kwargs):
     seen["model"] = model
     return prepare(accelerator, model, *args, **kwargs)
 
-def start_after_checking_sync(accelerator, output_dir, state, **saved_with):  # every epoch's checkpoint
-    weights = torch.cat([p.detach().flatten() for p in seen["model"].parameters()])[None]
-    everyone = accelerator.gather(weights)
-    assert torch.equal(everyone[0], everyone[1]), f"processes diverged at step {state.global_step}"
-    accelerator.print(f"in sync: stage {state.stage} step {state.global_step}")
-    return start(accelerator, output_dir, state, **saved_with)
+def checking_sync(save):  # every checkpoint: an epoch's (start_checkpoint), one inside an epoch (save_checkpoint)
+    def save_after_checking_sync(accelerator, output_dir, state, *args, **saved_with):
+        weights = torch.cat([p.detach().flatten() for p in seen["model"].parameters()])[None]
+        everyone = accelerator.gather(weights)
+        assert torch.equal(everyone[0], everyone[1]), f"processes diverged at step {state.global_step}"
+        accelerator.print(f"in sync: stage {state.stage} step {state.global_step}")
+        return save(accelerator, output_dir, state, *args, **saved_with)
+    return save_after_checking_sync
 
-loop.prepare_stage, loop.start_checkpoint = prepare_and_remember, start_after_checking_sync
+loop.prepare_stage = prepare_and_remember
+loop.start_checkpoint, loop.save_checkpoint = checking_sync(loop.start_checkpoint), checking_sync(loop.save_checkpoint)
 from hubclf.cli import main
 sys.exit(main(sys.argv[1:]))
 """
