@@ -342,7 +342,7 @@ class _Run:
     # ---- Accelerate wrapping for the resume point's stage, scheduler, restored state -----------------------------
     def _prepare(self, parts: _Parts, state: TrainerState, checkpoint: Path | None) -> tuple[_Stage, Any]:
         config, accelerator = self.config, self.accelerator
-        stage = self._enter_stage(parts, state.stage or parts.stages[min(state.epoch, config.epochs - 1)])
+        stage = self._enter_stage(parts, state.stage or parts.stages[min(state.epoch, config.epochs - 1)], first=True)
         updates_per_epoch = math.ceil(len(stage.train_loader) / config.grad_accum_steps)
         scheduler, _ = create_scheduler_v2(
             stage.optimizer.optimizer,
@@ -389,10 +389,11 @@ class _Run:
         state.best_top1 = state.best_epoch = None
         return None
 
-    def _enter_stage(self, parts: _Parts, name: str) -> _Stage:
+    def _enter_stage(self, parts: _Parts, name: str, first: bool = False) -> _Stage:
         wrapped = prepare_stage(
-            self.accelerator, parts.model, name, self.config, parts.optimizer, parts.train_loader, parts.eval_loader
-        )
+            self.accelerator, parts.model, name, self.config, parts.optimizer, parts.train_loader, parts.eval_loader,
+            first=first,
+        )  # fmt: skip
         return _Stage(name, *wrapped)
 
     # ---- one epoch of training -------------------------------------------------------------------------------------
