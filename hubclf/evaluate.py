@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from hubclf.data.dataset import ImageClassificationDataset
 from hubclf.data.images import BadImageError, decode_image, eval_preprocessing
-from hubclf.data.labels import find_columns, normalize_labels
+from hubclf.data.labels import find_columns, label_values, normalize_labels
 from hubclf.data.sources import open_dataset
 from hubclf.data.splits import find_eval_split
 from hubclf.metrics import evaluate
@@ -233,7 +233,7 @@ class _LabelsToModelOrder:
                 )
             return cls(index_of_name, None)
         if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
-            labels = torch.as_tensor(dataset.select_columns([column]).with_format("numpy")[column])
+            labels = torch.as_tensor(label_values(dataset, column))
             bad = labels[(labels < 0) | (labels >= len(model_names))]
             if bad.numel():
                 raise ValueError(

@@ -1317,6 +1317,7 @@ def _pct(fraction: float | None) -> float | None:
 SCALE_SIZES = (1_000, 10_000, 100_000)
 SCALE_VARIANTS = ("64x64", "448x224")
 SCALE_MODES = ("full", "frozen", "cached")
+SCALE_INPUTS = ("folder", "shards")
 TRAIN_FRACTION = 0.9  # of each size's images; the rest is the validation split
 SHARDS_PER_SPLIT = 16  # enough to split across 2 processes x 2 loader workers, and more
 # Images measured after the warm-up steps, per variant and mode; None: the whole epoch. 100k full fine-tune epochs do
@@ -1575,7 +1576,7 @@ def scale_main(args: argparse.Namespace) -> None:
                 windows = SMOKE_WINDOWS if args.smoke else SCALE_WINDOWS
                 window = args.window_images if args.window_images is not None else windows.get(variant, {}).get(
                     mode, 256)  # fmt: skip
-                for source in ("folder", "shards"):
+                for source in args.inputs:
                     data_mib = made[images]["shards_mib" if source == "shards" else "data_mib"]
                     row: dict[str, Any] = {"variant": variant, "input": source, "data_mib": data_mib}
                     if source == "shards" and not shard_support["supported"]:
@@ -2046,6 +2047,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--sizes", nargs="+", type=int, default=list(SCALE_SIZES), help="images per point (all splits)")
     scale.add_argument("--variants", nargs="+", type=_variant, default=list(SCALE_VARIANTS), metavar="HxW")
     scale.add_argument("--modes", nargs="+", default=list(SCALE_MODES), choices=SCALE_MODES)
+    scale.add_argument("--inputs", nargs="+", default=list(SCALE_INPUTS), choices=SCALE_INPUTS,
+                       help="read the images from the folder, from WebDataset shards of it, or both")
     scale.add_argument("--model", default="alexnet", choices=sorted(ARCHITECTURES))
     scale.add_argument("--batch-size", type=int, default=16)
     scale.add_argument("--num-workers", type=int, default=1)

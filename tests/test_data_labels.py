@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hubclf.data.labels import normalize_class_name, normalize_labels
+from hubclf.data.labels import label_values, normalize_class_name, normalize_labels
 from hubclf.data.sources import find_empty_class_folders
 from hubclf.data.splits import load_image_dataset
 from tests.image_folders import make_image_folder, one_image
@@ -76,3 +76,12 @@ def test_a_class_name_with_a_control_character_is_refused_before_training(tmp_pa
         load_image_dataset(str(tmp_path))
 
 
+
+
+def test_label_values_reads_a_column_in_row_order_through_split_indices():
+    """One Arrow read of the column (not a row-by-row walk), honouring select()/shuffle() indices."""
+    split = datasets.Dataset.from_dict({"label": [3, 1, 4, 1, 5, 9, 2, 6], "other": list("abcdefgh")})
+    assert label_values(split, "label").tolist() == [3, 1, 4, 1, 5, 9, 2, 6]
+    picked = split.shuffle(seed=0).select([5, 0, 2])
+    assert label_values(picked, "label").tolist() == [row["label"] for row in picked]
+    assert label_values(split.select([]), "label").size == 0

@@ -157,5 +157,10 @@ def check_label_range(labels: np.ndarray, where: str, num_classes: int) -> None:
         )
 
 def label_values(dataset: datasets.Dataset, column: str) -> np.ndarray:
-    # Reading one column through the numpy formatter honours select()/split indices and never decodes images.
-    return np.asarray(dataset.select_columns([column]).with_format("numpy")[column])
+    """One column as a numpy array, in row order, without decoding any image. Example::
+
+        label_values(splits["train"], "label")   # array([0, 0, 1, ...])
+    """
+    # One slice through the numpy formatter: it honours select()/split indices and reads the column as one Arrow
+    # array. (Indexing by the column name instead gives a lazy Column, read row by row: 9 s for 90k rows.)
+    return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])

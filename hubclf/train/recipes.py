@@ -31,6 +31,7 @@ from timm.utils import ModelEmaV3
 from hubclf.atomic import atomic_write_text
 from hubclf.data.dataset import EpochSampler, EpochShuffleSampler, iter_ints
 from hubclf.data.images import decode_image
+from hubclf.data.labels import label_values
 from hubclf.data.splits import ImageClassificationData
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 
@@ -89,7 +90,7 @@ def split_labels(split: datasets.Dataset, label_column: str) -> np.ndarray:
     image."""
     if hasattr(split, "shards"):  # hubclf.data.streaming.StreamSplit
         return split.labels
-    return np.asarray(split.select_columns([label_column]).with_format("numpy")[label_column]).astype(np.int64)
+    return label_values(split, label_column).astype(np.int64)
 
 
 def profile_data(data: ImageClassificationData, max_images: int = PROFILE_IMAGES) -> DataProfile:
