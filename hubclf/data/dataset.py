@@ -143,12 +143,11 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def _sample(self, value: dict[str, Any], index: int, normalized: bool = True) -> dict[str, Any]:
         cache = self.pixel_cache
         status = PixelCache.UNKNOWN if cache is None else int(cache.status[index])
-        zeros = torch.zeros(self.input_size, dtype=torch.float32 if normalized else torch.uint8)
         if status == PixelCache.CACHED:
             pixels, valid = cache.pixels[index], True  # a view: collate copies it into the batch
             pixels = self.transform.normalize(pixels) if normalized else pixels
         elif status == PixelCache.BAD:
-            pixels, valid = zeros, False  # reported on the first pass
+            pixels, valid = self._blank(normalized), False  # reported on the first pass
         else:
             try:
                 image = decode_image(value, transform=self.transform)  # refused from its header if over budget
@@ -157,10 +156,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                     raise
                 if cache is not None:
                     cache.status[index] = PixelCache.BAD
-                pixels, valid = zeros, False  # zeros = the mean image after normalisation
+                pixels, valid = self._blank(normalized), False
             else:
                 pixels, valid = self._transform(image, index, normalized), True
         return {"pixel_values": pixels, "labels": self.labels[index].item(), "index": index, "valid": valid}
+
+    def _blank(self, normalized: bool) -> torch.Tensor:
+        """A bad image's pixels: zeros, the mean image after normalisation (``PixelRows.finish_batch`` zeroes the
+        uint8 rows of invalid samples after normalising, to the same floats)."""
+        return torch.zeros(self.input_size, dtype=torch.float32 if normalized else torch.uint8)
 
     def _transform(self, image: Image.Image | torch.Tensor, index: int, normalized: bool = True) -> torch.Tensor:
         cache = self.pixel_cache

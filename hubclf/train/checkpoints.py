@@ -568,7 +568,7 @@ def _packed(value: Any, copy: bool = True) -> tuple[Any, dict[str, torch.Tensor]
     ``value``'s tensors (an optimizer's next step) do not reach; else the tensors themselves, for a write that ends
     before they change (only a tensor whose storage another one already uses is copied: a file holds each once)."""
     tensors: dict[str, torch.Tensor] = {}
-    return _pack(value, tensors, copy), tensors
+    return _pack(value, tensors, None if copy else set()), tensors
 
 
 def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> str:
@@ -577,13 +577,19 @@ def _write_packed(path: Path, packed: Any, tensors: dict[str, torch.Tensor]) -> 
     return write_safetensors(path, tensors, metadata, checksum=True)
 
 
-def _pack(value: Any, tensors: dict[str, torch.Tensor], copy: bool = True) -> Any:
+def _pack(value: Any, tensors: dict[str, torch.Tensor], live: set[tuple[torch.device, int]] | None = None) -> Any:
+    """``live``: None to copy every tensor to the CPU; else the storages of the tensors kept as they are, so that a
+    second tensor on one of them is copied (a file holds each storage once)."""
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
         tensor = value.detach()
-        shared = any(tensor.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors.values()
-                     if t.device == tensor.device and t.numel() and tensor.numel())  # fmt: skip
-        tensors[key] = tensor.to("cpu", copy=True).contiguous() if copy or shared else tensor
+        storage = (tensor.device, tensor.untyped_storage().data_ptr()) if tensor.numel() else None
+        if live is None or storage in live:
+            tensors[key] = tensor.to("cpu", copy=True).contiguous()
+        else:
+            tensors[key] = tensor
+            if storage is not None:
+                live.add(storage)
         return {"__tensor__": key}
     if isinstance(value, np.ndarray):
         key = f"t{len(tensors)}"
@@ -596,13 +602,13 @@ def _pack(value: Any, tensors: dict[str, torch.Tensor], copy: bool = True) -> An
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else {"__float__": repr(float(value))}
     if isinstance(value, tuple):
-        return {"__tuple__": [_pack(item, tensors, copy) for item in value]}
+        return {"__tuple__": [_pack(item, tensors, live) for item in value]}
     if isinstance(value, list):
-        return [_pack(item, tensors, copy) for item in value]
+        return [_pack(item, tensors, live) for item in value]
     if isinstance(value, dict):
         if all(isinstance(key, str) and not key.startswith("__") for key in value):
-            return {key: _pack(item, tensors, copy) for key, item in value.items()}
-        return {"__items__": [[_pack(key, tensors, copy), _pack(item, tensors, copy)] for key, item in value.items()]}
+            return {key: _pack(item, tensors, live) for key, item in value.items()}
+        return {"__items__": [[_pack(key, tensors, live), _pack(item, tensors, live)] for key, item in value.items()]}
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists, dicts)")
 
 
