@@ -83,13 +83,6 @@ CARD_NAME = "README.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Weight formats that unpickle on load, i.e. can run arbitrary code: never written, never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A second name for ``source`` (a hard link), or a copy on a file system without hard links; never loaded."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
 
 # Keys of config.json that hubclf or timm own; `extra_config` may not overwrite them.
 RESERVED_CONFIG_KEYS = {
@@ -333,6 +326,14 @@ def check_saveable(label_names: list[str], *, epochs: int = 1) -> None:
             "from_pretrained reads: the model would save but never load back. Shorten the class names or use fewer "
             "classes"
         )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A second name for ``source`` (a hard link), or a copy on a file system without hard links; never loaded."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 # ---- push -----------------------------------------------------------------------------------------------------

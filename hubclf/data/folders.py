@@ -38,7 +38,8 @@ from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 _SPLIT_OF_KEYWORD = {keyword: str(split) for split, keywords in SPLIT_KEYWORDS.items() for keyword in keywords}
 _SPLIT_ORDER = [str(split) for split in SPLIT_KEYWORDS]
 _SHARDED_NAME = re.compile(r"-\d{5}-of-\d{5}")
-_IMAGE_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)
+# The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 FINGERPRINT_FORMAT = "hubclf-class-folders/1"  # in each split's fingerprint: a new format never reuses an old cache
 
 
@@ -98,7 +99,7 @@ def _images_by_class(folder: str) -> list[tuple[str, str, os.stat_result]] | Non
         for entry in _visible(class_folder.path):
             if not entry.is_file(follow_symlinks=False) or _may_be_special(entry.name):
                 return None
-            if os.path.splitext(entry.name)[1].lower() not in _IMAGE_EXTENSIONS:
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 return None
             rows.append((entry.path, class_folder.name, entry.stat(follow_symlinks=False)))
     return rows

@@ -14,15 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import datasets
-from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 
 from hubclf.atomic import file_kind
-from hubclf.data.folders import scan_class_folders
+from hubclf.data.folders import IMAGE_SUFFIXES, scan_class_folders
 from hubclf.refs import SAVED_DATASET_MARKERS, DataSource
 from hubclf.text import listing
 
-# The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
-IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 
 def open_dataset(
     data: str | DataSource,

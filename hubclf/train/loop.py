@@ -246,7 +246,7 @@ class _Run:
             checkpoint = self._start_epoch_checkpoint(parts, state)  # its tensors are written while evaluation runs
             record, evaluated = self._evaluate_epoch(parts, stage, state, epoch, totals, bad_rows, lr, started)
             self._save_epoch(parts, state, record, evaluated, checkpoint)
-            self._wait_for_live_writes()  # nothing changes the weights before their checkpoint has read them
+            self._wait_for_writes(live_only=True)  # nothing changes the weights before their checkpoint has read them
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def _load_data(self) -> tuple[ImageClassificationData, Recipe]:
@@ -619,23 +619,13 @@ class _Run:
                         f"({needed / 2**30:.1f} GiB) does not fit in half the memory available")  # fmt: skip
         return None
 
-    def _wait_for_live_writes(self) -> None:
-        """Every process: return once no background write reads the live tensors any more (before the next step
-        changes them); a failed write fails every process."""
+    def _wait_for_writes(self, live_only: bool = False) -> None:
+        """Every process: return once the background writes are on disk, or with ``live_only`` once none reads the
+        live tensors any more (before the next step changes them); a failed write fails every process."""
         error = None
         if self.writes is not None and self.accelerator.is_main_process:
             try:
-                self.writes.wait_for_live()
-            except Exception as e:
-                error = e
-        raise_on_every_process(self.accelerator, error, "writing the checkpoint and best/ in the background")
-
-    def _wait_for_writes(self) -> None:
-        """Every process: return once the background writes are on disk; a failed one fails every process."""
-        error = None
-        if self.writes is not None and self.accelerator.is_main_process:
-            try:
-                self.writes.wait()
+                self.writes.wait_for_live() if live_only else self.writes.wait()
             except Exception as e:
                 error = e
         raise_on_every_process(self.accelerator, error, "writing the checkpoint and best/ in the background")
