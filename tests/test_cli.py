@@ -213,6 +213,29 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
         assert len(err.splitlines()) == 1, err
 
 
+
+@pytest.mark.parametrize("status", [0, 2])
+def test_the_command_exits_with_mains_status_with_every_object_frozen_first(tmp_path, status):
+    # run() hands every object to gc.freeze before it exits, so the last collection at exit (about 1 s after
+    # importing torch and timm) has nothing to walk; what the process prints and its status stay main's.
+    import subprocess
+    import sys
+
+    main = "c.main = lambda: 0" if status == 0 else "sys.argv = ['hubclf', 'convert', sys.argv[1], sys.argv[2]]"
+    probe = (
+        "import atexit, gc, sys; import hubclf.cli.commands as c; "
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0)); "
+        f"{main}; c.run()"
+    )
+    missing = tmp_path / "missing.pth"
+    result = subprocess.run([sys.executable, "-c", probe, str(missing), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == status, result.stderr
+    assert result.stdout.splitlines() == ["frozen at exit: True"]
+    if status == 2:
+        assert result.stderr.splitlines() == [f"hubclf convert: error: no checkpoint file at {missing}"]
+
+
 # ---- quiet, informative output ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("verbose", "world_size"), [(False, "1"), (True, "1"), (False, "2")])
 def test_one_process_logs_plain_lines_and_verbose_or_several_keep_time_and_rank(monkeypatch, verbose, world_size):
