@@ -1976,6 +1976,8 @@ def _sync(device: Any) -> None:
 STARTUP_COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "python -c 'import torch, timm'": [sys.executable, "-c", "import torch, timm"],
+    # what `hubclf` does before it exits (hubclf.cli.run): the exit skips its last collection over those modules
+    "  ... then gc.freeze()": [sys.executable, "-c", "import torch, timm, gc; gc.freeze()"],
     "python -c 'import hubclf'": [sys.executable, "-c", "import hubclf"],
     "hubclf --help": [sys.executable, "-m", "hubclf.cli", "--help"],
     "hubclf train --help": [sys.executable, "-m", "hubclf.cli", "train", "--help"],

@@ -216,24 +216,44 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
 
 @pytest.mark.parametrize("status", [0, 2])
 def test_the_command_exits_with_mains_status_with_every_object_frozen_first(tmp_path, status):
-    # run() hands every object to gc.freeze before it exits, so the last collection at exit (about 1 s after
-    # importing torch and timm) has nothing to walk; what the process prints and its status stay main's.
+    # run() keeps the cyclic garbage collector off while the command imports torch and timm, then freezes what they
+    # made and turns it back on (_imports_done); before it exits it freezes everything, so the last collection at
+    # exit (about 1 s after those imports) has nothing to walk. What it prints and its status stay main's.
     import subprocess
     import sys
 
     main = "c.main = lambda: 0" if status == 0 else "sys.argv = ['hubclf', 'convert', sys.argv[1], sys.argv[2]]"
     probe = (
         "import atexit, gc, sys; import hubclf.cli.commands as c; "
-        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0)); "
+        "atexit.register(lambda: print('at exit:', gc.isenabled(), gc.get_freeze_count() > 0)); "
         f"{main}; c.run()"
     )
     missing = tmp_path / "missing.pth"
     result = subprocess.run([sys.executable, "-c", probe, str(missing), str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == status, result.stderr
-    assert result.stdout.splitlines() == ["frozen at exit: True"]
-    if status == 2:
+    if status == 2:  # convert imported its modules, then failed on the missing file: one line, collector back on
         assert result.stderr.splitlines() == [f"hubclf convert: error: no checkpoint file at {missing}"]
+        assert result.stdout.splitlines() == ["at exit: True True"]
+    else:  # main did nothing, so nothing turned the collector back on; the objects are frozen all the same
+        assert result.stdout.splitlines() == ["at exit: False True"]
+
+
+def test_every_command_turns_the_garbage_collector_back_on_after_its_imports():
+    import argparse
+    import inspect
+
+    commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, parser in commands.items():
+        assert "_imports_done()" in inspect.getsource(parser.get_default("func")), name
+
+
+def test_imports_done_leaves_a_collector_it_did_not_turn_off_alone(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(gc, "freeze", lambda: pytest.fail("froze the objects of a process that only called main"))
+    cli._imports_done()  # as every command does; main() in a test or a user's program, not under run()
+    assert gc.isenabled()
 
 
 # ---- quiet, informative output ------------------------------------------------------------------------------------
