@@ -24,6 +24,7 @@ Every configuration runs ``--repeats`` times, interleaved with the others; figur
     python scripts/bench.py e2e                               # last-epoch img/s against the plain loop
     python scripts/bench.py modes --batch-size 8              # per-step cost of the three modes (hubclf only)
     python scripts/bench.py startup                           # hubclf --help and import hubclf, against torch + timm
+    python scripts/bench.py startup --train                   # ... and hubclf train's start-up, collector off or on
     bash scripts/gpu_check.sh                                 # every GPU figure the docs need (< 8 min)
     python scripts/bench.py floor --smoke                     # tiny sizes: checks that everything runs
 
@@ -2000,6 +2001,46 @@ def startup_main(args: argparse.Namespace) -> None:
     for name, runs in times.items():
         median = statistics.median(runs)
         print(f"{name:34} {median:8.3f}s {min(runs):8.3f}s  {median / floor:5.2f}x")
+    if args.train:
+        train_collector(args)
+
+
+# A program that calls hubclf.cli.main() leaves Python's garbage collector as it is; the hubclf command (run()) turns
+# it off for the imports and freezes what they made (hubclf.cli.commands.run). Same flags, same data, same process.
+COLLECTOR_SIDES = {
+    "hubclf train (the command)": ["-m", "hubclf.cli"],
+    "main() with the collector as is": ["-c", "import sys; from hubclf.cli import main; sys.exit(main(sys.argv[1:]))"],
+}
+
+
+def train_collector(args: argparse.Namespace) -> None:
+    """``startup --train``: one epoch of the floor's AlexNet row through both, interleaved; when the first step
+    starts and ends, and when the process has exited."""
+    workdir = Path(args.workdir)
+    row = FLOOR_ROWS[0]
+    data = str(make_jpeg_folder(workdir, row.per_class, (448, 224)))
+    train_args = argparse.Namespace(img_size=[448, 224], batch_size=16, lr=0.01, num_workers=1)
+    env = _watch_env(args.device, workdir / "hf-home")
+    found: dict[str, dict[str, list[float]]] = {side: collections.defaultdict(list) for side in COLLECTOR_SIDES}
+    for repeat in range(args.repeats):
+        sides = list(COLLECTOR_SIDES.items())
+        for side, launcher in sides if repeat % 2 == 0 else sides[::-1]:
+            out = Path(tempfile.mkdtemp(prefix="startup-", dir=workdir))
+            command = hubclf_floor_command(row, data, train_args, 1, str(out))
+            command[1:3] = launcher  # [python, -m, hubclf.cli, train, ...] -> [python, <launcher>, train, ...]
+            try:
+                seen = watch(command, env, marks=HUBCLF_MARKS).check(side)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            for mark in ("step starts", "first step"):
+                found[side][mark].append(seen.marks[mark]["t"])
+            found[side]["exited"].append(seen.wall_s)
+    print(f"\nhubclf train, {row.label}, 1 epoch of {8 * row.per_class}+{8 * row.per_class} JPEGs; medians of "
+          f"{args.repeats} interleaved runs")
+    print(f"{'':34} {'step starts':>12} {'first step':>11} {'exited':>8}")
+    for side, marks in found.items():
+        print(f"{side:34} " + " ".join(f"{statistics.median(marks[m]):{w}.2f}s"
+                                         for m, w in (("step starts", 11), ("first step", 10), ("exited", 7))))
 
 
 COMMANDS = ("floor", "e2e", "scale", "gpu", "modes", "startup", "_worker", "_job")
@@ -2088,6 +2129,9 @@ def build_parser() -> argparse.ArgumentParser:
     startup = sub.add_parser("startup", help="start-up time: hubclf --help, import hubclf, against import torch, timm")
     startup.add_argument("--repeats", type=int, default=10)
     startup.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    startup.add_argument("--train", action="store_true",
+                         help="also one epoch of hubclf train as the command and through main() (the collector)")
+    startup.add_argument("--workdir", default=str(REPO_ROOT / ".bench"), help="generated data and scratch space")
 
     worker = sub.add_parser("_worker")  # one e2e measurement, in its own process (internal)
     worker_flags = ("--side", "--task", "--model", "--mode", "--data", "--device", "--mixed-precision")

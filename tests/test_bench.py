@@ -372,3 +372,16 @@ def test_startup_rows_are_measured_against_the_import_of_torch_and_timm():
     assert set(rows) == {"python -c pass", "python -c 'import torch, timm'", "... then gc.freeze()",
                          "python -c 'import hubclf'", "hubclf --help", "hubclf train --help"}  # fmt: skip
     assert rows["python -c 'import torch, timm'"][-1] == "1.00x"  # the reference row
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_startup_train_times_the_command_beside_main_with_the_collector_as_is(tmp_path):
+    result = run([*BENCH, "startup", "--repeats", "1", "--train", "--workdir", str(tmp_path)], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout.split("hubclf train, AlexNet, full fine-tune, 1 epoch of 96+96 JPEGs")[1].splitlines()
+    assert table[1].split() == ["step", "starts", "first", "step", "exited"]
+    for side, line in zip(("hubclf train (the command)", "main() with the collector as is"), table[2:], strict=True):
+        assert line.startswith(side)
+        starts, first, exited = (float(cell.rstrip("s")) for cell in line[len(side):].split())
+        assert 0 < starts <= first < exited
