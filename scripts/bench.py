@@ -1267,7 +1267,7 @@ def format_floor(summary: dict[str, Any]) -> list[str]:
         )
     lines += ["", "start-up: command -> first training step, medians; python -c 'import torch, timm' has imported "
               f"them at {summary['import_torch_timm_s']:.2f} s (and exited at "
-              f"{summary.get('import_torch_timm_wall_s', math.nan):.2f} s)"]  # fmt: skip
+              f"{summary['import_torch_timm_wall_s']:.2f} s)"]  # fmt: skip
     lines.append(f"  {'row':<15} {'hubclf: step starts':>20} {'(vs import)':>12} {'first step done':>16} "
                  f"{'plain: first step done':>23} {'timm: first step done':>22}")  # fmt: skip
     for r in rows:
@@ -2018,8 +2018,8 @@ def train_collector(args: argparse.Namespace) -> None:
     starts and ends, and when the process has exited."""
     workdir = Path(args.workdir)
     row = FLOOR_ROWS[0]
-    data = str(make_jpeg_folder(workdir, row.per_class, (448, 224)))
-    train_args = argparse.Namespace(img_size=[448, 224], batch_size=16, lr=0.01, num_workers=1)
+    train_args = build_parser().parse_args(["floor"])  # the floor's defaults: input size, batch, lr, workers
+    data = str(make_jpeg_folder(workdir, row.per_class, tuple(train_args.img_size)))
     env = _watch_env(args.device, workdir / "hf-home")
     found: dict[str, dict[str, list[float]]] = {side: collections.defaultdict(list) for side in COLLECTOR_SIDES}
     for repeat in range(args.repeats):

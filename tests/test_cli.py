@@ -213,7 +213,6 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
         assert len(err.splitlines()) == 1, err
 
 
-
 @pytest.mark.parametrize("status", [0, 2])
 def test_the_command_exits_with_mains_status_with_every_object_frozen_first(tmp_path, status):
     # run() keeps the cyclic garbage collector off while the command imports torch and timm, then freezes what they

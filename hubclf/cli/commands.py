@@ -729,10 +729,11 @@ def run() -> NoReturn:
     """The ``hubclf`` command and ``python -m hubclf.cli``: ``main`` on ``sys.argv``, then exit with its status.
 
     Two things keep CPython's cyclic garbage collector from walking torch's, timm's and sympy's ~450k objects again
-    and again, each about as long as a training step on 2 CPU cores, with nothing to find:
+    and again with nothing to find:
 
-    - it is off while the command imports them: the import made 7 full collections, 0.7 s of start-up, and
-      found under 100 objects; ``_imports_done`` freezes what the imports made and turns it back on;
+    - it is off while the command imports them: the import made 7 full collections (up to 0.2 s each on 2 CPU
+      cores, 0.7 s of start-up in all) and found under 100 objects; ``_imports_done`` freezes what the imports
+      made and turns it back on;
     - the last collection at exit is skipped the same way (``gc.freeze``): ~1 s to free memory the operating
       system takes back anyway. atexit handlers, ``weakref.finalize`` callbacks, DataLoader workers and logging's
       flush still run, and every file hubclf writes is complete and fsynced before ``main`` returns.
