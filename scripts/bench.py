@@ -452,6 +452,9 @@ def _machine(args: argparse.Namespace) -> str:
 # ---- watching a command: wall time, progress bars, marked lines, memory -----------------------------------------
 # A tqdm line: "epoch 1/4:  17%|█▋        | 1/6 [00:04<00:20, ...]" (TQDM_MININTERVAL=0 prints every update).
 _BAR = re.compile(r"^(?P<desc>[^|]*?):\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\b")
+# tqdm redraws a bar with \r; a bar below another (position=1, as hubclf's epoch bar is) ends with a move back up
+# (ESC [A) and nothing else until the next redraw, so without that end it would be seen one redraw (a step) late.
+BAR_OR_LINE_END = re.compile(rb"\r|\n|\x1b\[A")
 RESULT_PREFIX = "BENCH-RESULT "  # the last line of a `_job`: its result as JSON
 
 
@@ -553,7 +556,7 @@ def watch(
         rest = b""
         while chunk := os.read(process.stdout.fileno(), 1 << 16):
             now = time.perf_counter() - started
-            *pieces, rest = re.split(rb"[\r\n]", rest + chunk)  # tqdm redraws with \r
+            *pieces, rest = BAR_OR_LINE_END.split(rest + chunk)
             for piece in pieces:
                 if text := piece.decode(errors="replace").strip():
                     see(text, now)
@@ -1313,6 +1316,11 @@ def format_floor(summary: dict[str, Any]) -> list[str]:
             verdict = "n/a" if value is None else ("met" if value >= goal else "not met")
             if "bf16" in text and not bf16:
                 verdict = "n/a (no bf16 instructions on this CPU)"
+            timm = alex["sides"].get("timm")
+            if "timm" in text and verdict == "not met" and timm and timm["steady_s"] < goal * alex["floor_s"]:
+                # hubclf cannot beat the floor, so timm's own distance from it caps the ratio on this machine
+                verdict += (f" (at most {timm['steady_s'] / alex['floor_s']:.2f}x here, at the floor: timm's "
+                            f"train.py runs at {alex['floor_s'] / timm['steady_s']:.2f} of it)")  # fmt: skip
             lines.append(f"  {text:<58} {_fmt(value, spec):>7}  {verdict}")
         verdict = "n/a" if extra is None else ("met" if extra <= 2.0 else "not met")
         lines.append(f"  {'start-up <= import of torch and timm + 2 s':<58} {_fmt(extra, '+.2f', 's'):>7}  {verdict}")

@@ -102,8 +102,9 @@ def test_floor_smoke_cached_features_row_trains_only_the_head(tmp_path):
     assert row["train_gflop_per_image"] < 1e-3  # one linear layer, not the backbone
 
 
-def fake_floor_summary(bench, bf16: bool = False) -> dict:
-    """summarise_floor's input for every row, made up: 2 repeats of each side, a timm column where it applies."""
+def fake_floor_summary(bench, bf16: bool = False, timm_s: float = 18.0) -> dict:
+    """summarise_floor's input for every row, made up: 2 repeats of each side, a timm column where it applies;
+    ``timm_s``: train.py's seconds per epoch (hubclf's are 12, AlexNet's floor 10.5)."""
     import argparse
 
     args = argparse.Namespace(repeats=2, batch_size=16, num_workers=1, img_size=[448, 224], device="cpu")
@@ -116,7 +117,7 @@ def fake_floor_summary(bench, bf16: bool = False) -> dict:
             "train_gflop_per_image": 8.1 if row.mode == "full" else 1e-4, "eval_gflop_per_image": 2.8,
             "hubclf_channels_last": True,
         } for r in range(2)]  # fmt: skip
-        for side, per_epoch in (("hubclf", 12.0), ("plain", 20.0), ("timm", 18.0)):
+        for side, per_epoch in (("hubclf", 12.0), ("plain", 20.0), ("timm", timm_s)):
             if side == "timm" and row.mode != "full":
                 continue
             for epochs in (1, row.epochs):
@@ -156,6 +157,28 @@ def test_floor_table_shows_every_row_column_and_goal(bench):
     assert "has imported them at 7.10 s (and exited at 8.30 s)" in text
     bf16_text = "\n".join(bench.format_floor(fake_floor_summary(bench, bf16=True)))
     assert "bf16 400 GFLOP/s" in bf16_text and "n/a (no bf16" not in bf16_text
+    assert "at most" not in text  # 1.5x timm is met: no bound to give
+
+
+def test_floor_goals_say_when_timm_is_too_close_to_the_floor_for_1_5x(bench):
+    # timm's train.py at 12.6 s per epoch, the floor at 10.5 s: even an epoch at the floor would be 1.2x timm
+    text = "\n".join(bench.format_floor(fake_floor_summary(bench, timm_s=12.6)))
+    assert "1.05  not met (at most 1.20x here, at the floor: timm's train.py runs at 0.83 of it)" in text
+
+
+def test_watch_sees_a_bar_below_another_when_it_is_drawn_not_at_the_next_redraw(bench):
+    # hubclf's epoch bar sits under the run's (tqdm position=1): drawn, then ESC [A and nothing more until the first
+    # step is done. The child then sleeps; the mark must be read at once and stop it, not wait for the next line.
+    child = (
+        "import time; from tqdm import tqdm\n"
+        "run = tqdm(total=6, desc='run: 1 epoch(s)', position=0)\n"
+        "bar = tqdm(range(6), desc='epoch 1/1', position=1)\n"
+        "time.sleep(120)\n"
+    )
+    seen = bench.watch([sys.executable, "-c", child], {"PATH": ""}, marks=bench.HUBCLF_MARKS,
+                       stop=lambda seen: "step starts" in seen.marks, timeout=60)  # fmt: skip
+    assert seen.stopped and not seen.timed_out
+    assert seen.reached("epoch 1/1", 0) is not None and "first step" not in seen.marks
 
 
 def test_timm_train_py_gets_hubclfs_settings(bench, tmp_path):
