@@ -223,16 +223,28 @@ def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     dataset = ImageClassificationDataset(
         data.train, data.image_column, data.label_column, train_transform, input_size=data_config["input_size"]
     )
+    if getattr(args, "raw_to", None):  # --decode-device cuda: the workers read bytes, `raw_to` decodes each batch
+        from hubclf.data.gpu_decode import DevicePreprocess, RawImages, collate_raw
+
+        device = torch.device(args.raw_to)
+        raw = RawImages(dataset, DevicePreprocess(train_transform, device))
+        loader = torch.utils.data.DataLoader(raw, batch_size=args.batch_size, num_workers=args.num_workers,
+                                             collate_fn=collate_raw)  # fmt: skip
+        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        timed = _time_loader(loader, len(raw), lambda batch: raw.finish_batch(batch)["pixel_values"], sync=sync)
+        return {"device": device.type, **timed}
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
     return _time_loader(loader, len(dataset), lambda batch: batch["pixel_values"])
 
 
-def _time_loader(loader: Any, count: int, pixels: Any) -> dict[str, Any]:
+def _time_loader(loader: Any, count: int, pixels: Any, sync: Any = lambda: None) -> dict[str, Any]:
     for batch in loader:  # warm-up pass: worker start-up and the OS file cache are not what is measured
         pixels(batch)
+    sync()
     started = time.perf_counter()
     for batch in loader:
         pixels(batch)
+    sync()  # a GPU's work is queued: done when the device says so
     seconds = time.perf_counter() - started
     return {"images_per_s": count / seconds, "seconds": seconds}
 
@@ -653,10 +665,14 @@ def _cpu_flags() -> list[str]:
 
 def _provenance() -> str:
     """Date and commit of this run, for the docs' tables."""
-    commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"  # fmt: skip
-    dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine (a bare GPU host with a copy of the tree)
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return f"{now}, commit {commit}{' (with uncommitted changes)' if dirty else ''}"
 
@@ -874,11 +890,10 @@ def gpu_models_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """The input pipeline's img/s: hubclf's CPU decoding through its DataLoader workers, and batched JPEG decoding on
-    the GPU with torchvision (what a GPU input path would build on), plus which GPU decoders are installed."""
+    """The input pipeline's img/s through hubclf's loaders: decoded by the CPU in its DataLoader workers, and
+    hubclf's GPU path, ``--decode-device cuda``: the workers read the bytes, nvJPEG decodes each batch and the resize,
+    crop and normalisation run on the GPU (``hubclf.data.gpu_decode``); plus which other decoders exist."""
     import importlib.util
-
-    import torch
 
     found: dict[str, Any] = {"workers": spec["num_workers"]}
     args = argparse.Namespace(data=spec["data"], model="alexnet", img_size=spec["img_size"],
@@ -886,34 +901,8 @@ def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
     found["cpu_decode"] = hubclf_pipeline(args)
     found["installed"] = {name: importlib.util.find_spec(name) is not None
                           for name in ("torchcodec", "nvidia.dali")}  # fmt: skip
-    if spec["device"] != "cuda":
-        found["gpu_decode"] = {"error": "no CUDA device (CPU dry run)"}
-        return found
-    try:
-        import torchvision
-        from torchvision.io import decode_jpeg
-
-        files = sorted(Path(spec["data"], "train").rglob("*.jpg"))
-        raw = [torchvision.io.read_file(str(f)) for f in files]
-        mean = torch.tensor(MEAN, device="cuda").view(1, 3, 1, 1) * 255
-        std = torch.tensor(STD, device="cuda").view(1, 3, 1, 1) * 255
-        height, width = spec["img_size"]
-
-        def one_pass() -> None:
-            for start in range(0, len(raw), spec["batch_size"]):
-                images = decode_jpeg(raw[start : start + spec["batch_size"]], device="cuda")
-                x = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(height, width),
-                                                                 mode="bilinear", antialias=True)[0]
-                                 for i in images])  # fmt: skip
-                ((x - mean) / std).sum()
-
-        one_pass()
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        one_pass()
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        found["gpu_decode"] = {"images_per_s": len(raw) / seconds, "seconds": seconds, "images": len(raw)}
+    try:  # the CPU dry run runs the same code with the CPU as the device
+        found["gpu_decode"] = hubclf_pipeline(argparse.Namespace(**vars(args), raw_to=spec["device"]))
     except Exception as error:
         found["gpu_decode"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     return found
@@ -1067,7 +1056,8 @@ def run_side(
             spec = {
                 "task": "plain", "model": row.peer, "mode": row.mode, "data": data, "img_size": list(args.img_size),
                 "batch_size": args.batch_size, "num_workers": args.num_workers, "epochs": epochs, "lr": args.lr,
-                "device": args.device, "num_classes": 8, "mixed_precision": None,
+                "device": args.device, "num_classes": 8,
+                "mixed_precision": getattr(args, "plain_mixed_precision", None),  # None: fp32, as a user writes it
             }  # fmt: skip
             seen = run_job(spec, env, marks=PLAIN_MARKS)
             record["epoch_seconds"] = [e["seconds"] for e in seen.result["epochs"]]
@@ -1787,9 +1777,10 @@ def gpu_main(args: argparse.Namespace) -> None:
 
 def gpu_vs_plain(data: dict[str, Any], size: tuple[int, int], batch: int, env: dict[str, str], workdir: Path,
                  dry: bool) -> dict[str, Any]:  # fmt: skip
-    """hubclf against the plain loop on one GPU, AlexNet full fine-tune in fp32 (both sides' default there): the
-    steady-state seconds per epoch of each (N-epoch run − 1-epoch run), interleaved; hubclf's workers: its
-    ``auto``, the plain loop's: the same number."""
+    """hubclf against the plain loop on one GPU, AlexNet full fine-tune: the steady-state seconds per epoch of each
+    (N-epoch run − 1-epoch run). hubclf runs with its defaults (``--mixed-precision auto``: bf16 on a GPU with bf16
+    tensor cores, ``--decode-device auto``), the plain loop as a user writes it (fp32) and, when hubclf chose bf16,
+    also under bf16 autocast: the same arithmetic. hubclf's workers: its ``auto``; the plain loop's: the same."""
     if "folder" not in data:
         raise RuntimeError("no data: the input section did not run")
     from hubclf.hardware import default_num_workers
@@ -1801,16 +1792,21 @@ def gpu_vs_plain(data: dict[str, Any], size: tuple[int, int], batch: int, env: d
     runs_dir.mkdir(parents=True, exist_ok=True)
     found: dict[str, Any] = {"images": GPU_DATA_IMAGES if not dry else 80, "batch": batch,
                              "workers": args.num_workers, "epochs": row.epochs}  # fmt: skip
-    for side in ("hubclf", "plain"):
-        one, many = [], []
-        for epochs in (1, row.epochs):
-            record = run_side(side, row, str(data["folder"]), args, epochs, env, runs_dir, None, {})
-            (one if epochs == 1 else many).append(record)
-        found[side] = {"steady_s": _steady(one, many, row.epochs)[0], "wall_s": [r["wall_s"] for r in one + many],
-                       "first_step_s": [r["marks"].get("first step", {}).get("t") for r in one + many]}  # fmt: skip
-        if side == "hubclf":
-            found["decode_line"] = next((r["decode_line"] for r in one + many if r.get("decode_line")), None)
+
+    def measure(side: str, side_args: argparse.Namespace) -> dict[str, Any]:
+        runs = [run_side(side, row, str(data["folder"]), side_args, epochs, env, runs_dir, None, {})
+                for epochs in (1, row.epochs)]  # fmt: skip
+        return {"steady_s": _steady(runs[:1], runs[1:], row.epochs)[0], "wall_s": [r["wall_s"] for r in runs],
+                "first_step_s": [r["marks"].get("first step", {}).get("t") for r in runs],
+                "precision": runs[0].get("precision") or "no", "decode_line": runs[0].get("decode_line")}  # fmt: skip
+
+    found["hubclf"] = measure("hubclf", args)
+    found["decode_line"] = found["hubclf"]["decode_line"]
+    found["plain"] = measure("plain", args)
     found["ratio"] = found["plain"]["steady_s"] / found["hubclf"]["steady_s"]
+    if found["hubclf"]["precision"] == "bf16":
+        found["plain_bf16"] = measure("plain", argparse.Namespace(**vars(args), plain_mixed_precision="bf16"))
+        found["ratio_bf16"] = found["plain_bf16"]["steady_s"] / found["hubclf"]["steady_s"]
     return found
 
 
@@ -1867,21 +1863,32 @@ def format_gpu(report: dict[str, Any], only: str | None = None) -> list[str]:
             gpu = found["gpu_decode"]
             gpu_text = (f"{gpu['images_per_s']:.0f} img/s" if "images_per_s" in gpu
                         else f"not measured ({gpu.get('error')})")  # fmt: skip
+            if gpu.get("device") == "cpu":
+                gpu_text += " (the CPU standing in for the GPU: a dry run)"
             installed = ", ".join(f"{k} {'installed' if v else 'not installed'}" for k, v in found["installed"].items())
             lines.append(f"input pipeline at {height}x{width} ({found['images']} JPEGs, quality 90): CPU decoding "
-                         f"(hubclf's loader, {found['workers']} workers) {cpu:.0f} img/s; torchvision decode_jpeg on "
-                         f"the GPU, batched, + resize and normalise there: {gpu_text}; {installed}")  # fmt: skip
+                         f"(hubclf's loader, {found['workers']} workers) {cpu:.0f} img/s; GPU decoding (hubclf's "
+                         f"--decode-device cuda: the workers read bytes, nvJPEG decodes each batch, resize and "
+                         f"normalise on the GPU) {gpu_text}; {installed}")  # fmt: skip
             alexnet = report.get("models", {}).get("alexnet/bf16", {})
             if "epoch_s" in alexnet:
                 rate = alexnet["train_images"] / alexnet["epoch_s"]
-                lines.append(f"  AlexNet bf16 trains at {rate:.0f} img/s: CPU decoding feeds {100 * cpu / rate:.0f}% "
-                             "of it")  # fmt: skip
+                fed = f"CPU decoding feeds {100 * cpu / rate:.0f}% of it"
+                if "images_per_s" in gpu:
+                    fed += f", GPU decoding {100 * gpu['images_per_s'] / rate:.0f}%"
+                lines.append(f"  AlexNet bf16 trains at {rate:.0f} img/s: {fed}")
         elif name == "vs_plain":
+            hubclf = found["hubclf"]
+            precision = _precision_label(hubclf.get("precision", "no"))
             decode = found.get("decode_line") or "not available: hubclf logged no GPU decoding decision"
-            lines.append(f"hubclf vs the plain loop, 1 GPU (AlexNet full fine-tune, fp32, {found['images']} images, "
-                         f"batch {found['batch']}, {found['workers']} workers): hubclf "
-                         f"{found['hubclf']['steady_s']:.2f} s/epoch, plain loop {found['plain']['steady_s']:.2f} "
-                         f"s/epoch: {found['ratio']:.2f}x (steady state: {found['epochs']}-epoch run - 1-epoch run)")
+            lines.append(f"hubclf vs the plain loop, 1 GPU (AlexNet full fine-tune, {found['images']} images, "
+                         f"batch {found['batch']}, {found['workers']} workers; steady state: {found['epochs']}-epoch "
+                         f"run - 1-epoch run): hubclf with its defaults ({precision}) {hubclf['steady_s']:.2f} "
+                         f"s/epoch; plain loop in fp32 {found['plain']['steady_s']:.2f} s/epoch: "
+                         f"{found['ratio']:.2f}x")  # fmt: skip
+            if "plain_bf16" in found:
+                lines.append(f"  plain loop under bf16 autocast (the same arithmetic as hubclf): "
+                             f"{found['plain_bf16']['steady_s']:.2f} s/epoch: {found['ratio_bf16']:.2f}x")  # fmt: skip
             lines.append(f"  GPU decoding in hubclf: {decode}")
         elif name == "floor":
             cells = ", ".join(f"{key} {value['epoch_s']:.3f} s" if "epoch_s" in value else f"{key} failed "

@@ -37,18 +37,24 @@ def photo(seed: int, size=(150, 97), fmt="JPEG", **save) -> bytes:
     return buffer.getvalue()
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_the_device_path_gives_the_cpu_paths_pixels_within_the_tolerance(interpolation):
+def test_the_device_path_gives_the_cpu_paths_pixels_within_the_tolerance(interpolation, device):
     config = {"input_size": (3, 96, 64), "interpolation": interpolation, "crop_pct": 0.875,
               "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # fmt: skip
     _, eval_tf = build_transforms(config, augment=False)
-    preprocess = DevicePreprocess(eval_tf, torch.device("cpu"))
+    preprocess = DevicePreprocess(eval_tf, torch.device(device))
     raw = [photo(seed, size) for seed, size in enumerate([(150, 97), (300, 200), (97, 150), (64, 64)])]
     pixels, valid = preprocess(raw)
+    assert pixels.device.type == device
+    pixels = pixels.cpu()
     expected = torch.stack([eval_tf(decode_image({"bytes": data, "path": None})) for data in raw])
     assert valid.all() and pixels.shape == expected.shape == (4, 3, 96, 64)
     levels = ((pixels - expected) * torch.tensor(config["std"]).view(1, 3, 1, 1) * 255).abs()
-    print(f"{interpolation}: max {levels.max():.2f} levels, mean {levels.mean():.3f}")
+    print(f"{device} {interpolation}: max {levels.max():.2f} levels, mean {levels.mean():.3f}")
     assert levels.max() <= TOLERANCE_LEVELS and levels.mean() < 1.0
 
 
@@ -73,8 +79,10 @@ def test_the_decision_without_a_gpu_and_the_probe():
     assert choose_decode_device("cpu", torch.device("cuda"), never, never) == ("cpu", "given")
     with pytest.raises(ValueError, match="--decode-device cuda needs a CUDA device"):
         choose_decode_device("cuda", torch.device("cpu"), never, never)
-    if torch.cuda.is_available():
-        pytest.skip("the probe's no-GPU answer needs a machine without CUDA")
+    if torch.cuda.is_available():  # where there is a GPU, the probe's other answer
+        found = probe()
+        assert found["gpu_decode"] is True and found["why"] == "" and found["device"] == torch.cuda.get_device_name(0)
+        return
     found = probe()
     assert found["gpu_decode"] is False and found["why"] == "no CUDA device"
     assert found["torchvision_decode_deprecated"] is True  # torchvision 0.29: superseded by TorchCodec
