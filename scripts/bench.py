@@ -62,12 +62,15 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # this checkout's hubclf, installed or not (a bare GPU host has a copy)
+    sys.path.insert(1, str(REPO_ROOT))
 ARCHITECTURES = {"alexnet": "hubclf_alexnet", "vgg11": "hubclf_vgg11"}
 # Forward + backward FLOPs per image at 448×224 (3 × the forward's multiply-adds × 2), for MFU on GPUs in `e2e`
 # (`floor` and `gpu` count them with FlopCounterMode instead).
 TRAIN_GFLOP_PER_IMAGE = {"alexnet": 8.13, "vgg11": 90.2}
 # Dense peak TFLOP/s by device name fragment and precision (vendor datasheets), for MFU beside the measured peak.
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0}}
+# The datasheet's dense rates (SXM); TF32: what cuDNN's convolutions use for fp32 tensors by default.
+PEAK_TFLOPS = {name: {"bf16": 989.0, "tf32": 494.7, "fp32": 67.0} for name in ("H100", "H200")}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIB = 2**20
 # Where timm's train.py comes from when --timm-train-py is not given: a local clone (or bare mirror) of
@@ -442,7 +445,7 @@ def _mfu(model: str, images_per_s: float, args: argparse.Namespace, precision: s
     peak = next((p for key, p in PEAK_TFLOPS.items() if key in name), None)
     if peak is None:
         return None
-    precision = "bf16" if precision == "bf16" else "fp32"
+    precision = "bf16" if precision == "bf16" else "tf32"  # fp32 convolutions run in TF32 on a GPU (cuDNN's default)
     return images_per_s * TRAIN_GFLOP_PER_IMAGE[model] / (peak[precision] * 1e3)
 
 
@@ -790,6 +793,8 @@ def measure_floor(spec: dict[str, Any]) -> dict[str, Any]:
         for layout in chosen:
             if layout != "-":
                 net.to(memory_format=getattr(torch, layout if layout == "channels_last" else "contiguous_format"))
+                # momentum buffers keep the layout they were made in; CUDA's fused and foreach SGD need the params'
+                optimizer.state.clear()
             tensors = {size: inputs(size, layout) for size in set(train_sizes + val_sizes)}
             try:
                 for _ in range(spec.get("warmup", 2)):  # every shape once (compiles, autotunes, allocates)
@@ -825,20 +830,21 @@ def measure_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def peak_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """This machine's matmul peak: the best of ``repeats`` large square ``torch.mm`` in fp32 (no TF32) and in
-    bf16 (on a CPU only where it has bf16 instructions: elsewhere bf16 is emulated, and its rate is no peak)."""
+    """This machine's matmul peak: the best of ``repeats`` large square ``torch.mm`` in fp32 (no TF32), in TF32 (a
+    GPU only) and in bf16 (on a CPU only where it has bf16 instructions: elsewhere bf16 is emulated, and its rate is
+    no peak)."""
     import torch
 
     from hubclf.hardware import cpu_has_bf16_instructions
 
     device = torch.device(spec["device"])
     n = spec["n"]
-    torch.backends.cuda.matmul.allow_tf32 = False
     found: dict[str, float | None] = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name == "bf16" and device.type == "cpu" and not cpu_has_bf16_instructions():
+    for name, dtype in (("fp32", torch.float32), ("tf32", torch.float32), ("bf16", torch.bfloat16)):
+        if device.type == "cpu" and (name == "tf32" or (name == "bf16" and not cpu_has_bf16_instructions())):
             found[name] = None
             continue
+        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         inner = 1 if device.type == "cpu" else 20  # GPU: several products between synchronisations
         torch.mm(a, b)
@@ -1856,8 +1862,8 @@ def format_gpu(report: dict[str, Any], only: str | None = None) -> list[str]:
                                  f"{result['train_gflop_per_image']:>9.2f} {tflops:>8.1f} "
                                  f"{_fmt(_pct(peak and tflops / peak), '.1f', '%'):>6} "
                                  f"{_fmt(_pct(sheet and tflops / sheet), '.1f', '%'):>13}")  # fmt: skip
-            lines.append("  fp32 rows: cuDNN's convolutions use TF32 by default, matmuls do not: MFU against the fp32 "
-                         "peak (TF32 off); bf16: autocast")  # fmt: skip
+            lines.append("  fp32 rows: fp32 tensors, but cuDNN's convolutions (nearly all the FLOPs) run in TF32 by "
+                         "default: MFU against the TF32 peak where measured; bf16: autocast")  # fmt: skip
         elif name == "input":
             cpu = found["cpu_decode"]["images_per_s"]
             gpu = found["gpu_decode"]
@@ -1905,15 +1911,17 @@ def _rate(gflops: float) -> str:
 
 
 def _peak_for(report: dict[str, Any], precision: str) -> float | None:
+    """TFLOP/s that ``precision`` is measured against: bf16's, or for fp32 on a GPU the TF32 peak (cuDNN runs fp32
+    convolutions in TF32 by default, and they are nearly all of these models' FLOPs), else fp32's."""
     gflops = report.get("peak", {}).get("gflops", {})
-    value = gflops.get("bf16" if precision in ("bf16", "fp16") else "fp32")
+    value = gflops.get("bf16") if precision in ("bf16", "fp16") else gflops.get("tf32") or gflops.get("fp32")
     return value / 1e3 if value else None
 
 
 def _datasheet_peak(report: dict[str, Any], precision: str) -> float | None:
     name = report.get("device", {}).get("name", "")
     peak = next((p for key, p in PEAK_TFLOPS.items() if key in name), None)
-    return peak and peak["bf16" if precision in ("bf16", "fp16") else "fp32"]
+    return peak and peak["bf16" if precision in ("bf16", "fp16") else "tf32"]
 
 
 # ---- `modes`: per-step cost of the three ways to train on a pretrained backbone --------------------------------

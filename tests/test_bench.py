@@ -307,7 +307,7 @@ def fake_gpu_report() -> dict:
         "img_size": [448, 224],
         "device": {"name": "NVIDIA H200", "capability": [9, 0], "memory_gib": 139.8, "torch": "2.14.1",
                    "cuda": "13.0", "cores": 16},
-        "peak": {"gflops": {"fp32": 51_000.0, "bf16": 700_000.0}, "n": 8192},
+        "peak": {"gflops": {"fp32": 51_000.0, "tf32": 400_000.0, "bf16": 700_000.0}, "n": 8192},
         "models": {"batch": {"alexnet": 256, "vgg11": 64}, "alexnet/no": floor, "alexnet/bf16": floor,
                    "vgg11/no": {**floor, "train_gflop_per_image": 90.2}, "vgg11/bf16": {"error": "OutOfMemory: x"}},
         "input": {"images": 3686, "workers": 8, "cpu_decode": {"images_per_s": 2500.0},
@@ -323,11 +323,11 @@ def test_gpu_report_lines(bench):
     lines = bench.format_gpu(fake_gpu_report())
     text = "\n".join(lines)
     assert lines[0].startswith("device: NVIDIA H200, compute 9.0, 140 GiB")
-    assert "fp32 51.0 TFLOP/s, bf16 700.0 TFLOP/s" in text
+    assert "fp32 51.0 TFLOP/s, tf32 400.0 TFLOP/s, bf16 700.0 TFLOP/s" in text
     rate = 5120 / 0.5
     assert f"  alexnet  fp32        256 {rate:>10.0f}      8.13" in text
-    mfu = rate * 8.13 / 1e3 / 51.0 * 100  # TFLOP/s over the measured peak
-    assert f"{mfu:.1f}%" in text and f"{rate * 8.13 / 1e3 / 67.0 * 100:.1f}%" in text  # and the datasheet's
+    mfu = rate * 8.13 / 1e3 / 400.0 * 100  # TFLOP/s over the measured TF32 peak (cuDNN's fp32 convolutions)
+    assert f"{mfu:.1f}%" in text and f"{rate * 8.13 / 1e3 / 494.7 * 100:.1f}%" in text  # and the datasheet's
     assert "vgg11    bf16         64 failed: OutOfMemory: x" in text
     assert "CPU decoding (hubclf's loader, 8 workers) 2500 img/s" in text and "9000 img/s" in text
     assert "CPU decoding feeds 24% of it, GPU decoding 88%" in text
