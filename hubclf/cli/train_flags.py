@@ -210,8 +210,8 @@ def add_train_arguments(
     add(
         "--decode-device",
         choices=DECODE_DEVICES,
-        help="where JPEGs are decoded and resized: auto = on the GPU when this machine's CPU decodes slower than the "
-        "model trains (measured at the start, printed and recorded), else the CPU",
+        help="where fixed-input JPEGs are decoded and resized: auto = on the GPU when the run trains on one whose "
+        "nvJPEG works (printed and recorded), else the CPU",
     )
     add("--train-split", help="split to train on")
     add("--eval-split", help="split to evaluate on (default: validation/valid/val/test if present)")

@@ -72,7 +72,7 @@ class TrainConfig:
     path_column: str | None = None  # the labels CSV's path column
     streaming: bool = False  # read a Hub dataset shard by shard (shards on disk always stream)
     shuffle_buffer: int = 512  # a stream's shuffled block, in samples (hubclf.data.streaming)
-    decode_device: str = "auto"  # "auto": the GPU when the CPU decodes slower than the model steps
+    decode_device: str = "auto"  # "auto": the GPU when training on one whose nvJPEG works (never from a timing)
     train_split: str = "train"
     eval_split: str | None = None
     val_split: float = 0.1

@@ -290,7 +290,7 @@ class _Run:
             model.compile()  # in place: the module, its state_dict keys and timm's methods stay as they are
         train_images, eval_images = image_datasets(config, data, model, recipe, accelerator.num_processes)
         # Where JPEGs are decoded: printed, and recorded in the run's settings (config.decode_device).
-        self.config, decode_choice = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+        self.config, decode_choice = decode_device_plan(config, train_images, eval_images, accelerator.device)
         config = self.config
         logger.info(decode_choice)
         stages = [stage_for_epoch(config, epoch) for epoch in range(config.epochs)]

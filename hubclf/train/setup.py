@@ -37,8 +37,6 @@ from hubclf.data.gpu_decode import (
     RawImages,
     choose_decode_device,
     collate_raw,
-    cpu_decode_rate,
-    model_step_rate,
 )
 from hubclf.data.images import TensorEvalTransform, build_transforms
 from hubclf.data.splits import ImageClassificationData, load_image_dataset
@@ -507,13 +505,13 @@ def build_loaders(
 
 
 def decode_device_plan(
-    config: TrainConfig, model: nn.Module, train_images: Any, eval_images: Any, device: torch.device
+    config: TrainConfig, train_images: Any, eval_images: Any, device: torch.device
 ) -> tuple[TrainConfig, str]:
     """``config`` with ``decode_device`` decided (``cpu`` or ``cuda``), and the log line that says why: on a CUDA
-    device, the splits with fixed inputs are decoded there when the CPU decodes slower than the model steps
-    (``hubclf.data.gpu_decode.choose_decode_device``; rates measured only then).
+    device whose nvJPEG works, the splits with fixed inputs are decoded there
+    (``hubclf.data.gpu_decode.choose_decode_device``: from the hardware, never from a timing).
 
-        config, why = decode_device_plan(config, model, train_images, eval_images, accelerator.device)
+        config, why = decode_device_plan(config, train_images, eval_images, accelerator.device)
     """
     fixed = [
         images for images in (train_images, eval_images)
@@ -522,21 +520,7 @@ def decode_device_plan(
     if not fixed or config.feature_cache_mode != "off":
         choice, why = "cpu", "features are cached" if fixed else "no split has fixed inputs, or the data streams"
     else:
-        input_size = tuple(fixed[0].input_size)
-        frozen = config.freeze == FREEZE_BACKBONE
-
-        def step(x: torch.Tensor) -> None:
-            with torch.set_grad_enabled(not frozen):
-                output = model(x)
-                if not frozen:
-                    output.float().sum().backward()
-            model.zero_grad(set_to_none=True)
-
-        choice, why = choose_decode_device(
-            config.decode_device, device,
-            cpu_rate=lambda: cpu_decode_rate(fixed[0], workers=max(1, int(config.num_workers))),
-            step_rate=lambda: model_step_rate(step, input_size, config.batch_size, device),
-        )  # fmt: skip
+        choice, why = choose_decode_device(config.decode_device, device)
     line = f"--decode-device {config.decode_device}: {choice} ({why})"
     return dataclasses.replace(config, decode_device=choice), line
 
