@@ -304,8 +304,8 @@ def add_train_arguments(
     add(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        help="channels-last (NHWC) memory format for the model (default: on for CPU training, where oneDNN's "
-        "convolutions are faster in it, off on GPUs)",
+        help="channels-last (NHWC) memory format for the model (default: on for CPU and CUDA training, where "
+        "oneDNN's and cuDNN's convolutions are faster in it; off on other devices)",
     )
     add("--compile", action="store_true", help="torch.compile the model (compiling takes a while; measure first)")
     add(

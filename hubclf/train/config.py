@@ -105,7 +105,7 @@ class TrainConfig:
     clip_grad: float | None = None
     seed: int = 42
     mixed_precision: str | None = "auto"  # "auto": hardware.choose_mixed_precision(); None: Accelerate's setting
-    channels_last: bool | None = None  # NHWC weights and activations; None: on a CPU, else off (a fixed rule)
+    channels_last: bool | None = None  # NHWC weights and activations; None: on a CPU or CUDA, else off (a fixed rule)
     compile: bool = False  # torch.compile the model's forward (opt-in: compile time is minutes on a small CPU)
     max_nonfinite_steps: int = 10
 

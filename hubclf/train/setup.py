@@ -63,6 +63,9 @@ WEIGHTS_DESCRIPTION = ("tag", "license", "origin_url", "notes")
 
 
 # ---- machine ----------------------------------------------------------------------------------------------------
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")  # where the model trains channels-last unless told otherwise
+
+
 def resolve_hardware_defaults(
     config: TrainConfig, recorded: dict[str, Any] | None = None
 ) -> tuple[TrainConfig, list[str]]:
@@ -106,7 +109,8 @@ def resolve_hardware_defaults(
         changes["channels_last"] = bool(recorded["channels_last"])
         choices.append(f"channels-last memory format {'on' if changes['channels_last'] else 'off'}, as recorded")
     elif config.channels_last is None:
-        changes["channels_last"] = state.device.type == "cpu"
+        # Faster on both (oneDNN; cuDNN's tensor cores): on an H200, train steps 20-30% shorter (docs/performance.md).
+        changes["channels_last"] = state.device.type in CHANNELS_LAST_DEVICES
         layout = "on" if changes["channels_last"] else "off"
         choices.append(f"channels-last memory format {layout} (device: {state.device.type})")
     threads = recorded.get("num_threads")
