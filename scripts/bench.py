@@ -58,6 +58,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -914,6 +915,67 @@ def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Where a batch of hubclf's GPU input path goes: each stage of ``DevicePreprocess`` timed alone (ms per batch of
+    ``batch_size`` JPEGs from the input part's folder), beside one CPU thread decoding the same files and one batched
+    resize of same-size images (what the per-image resize could become)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from hubclf.data.gpu_decode import DevicePreprocess, device_decodable
+    from hubclf.data.images import build_transforms
+
+    warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice, on every decode_jpeg call
+    device = torch.device(spec["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    size, height, width = spec["batch_size"], *spec["img_size"]
+    files = sorted(Path(spec["data"], "train").rglob("*.jpg"))[: size * 4]
+    batches = [[f.read_bytes() for f in files[i : i + size]] for i in range(0, len(files), size)]
+    _, eval_tf = build_transforms({"input_size": (3, height, width), "crop_pct": 1.0}, augment=False)
+    preprocess = DevicePreprocess(eval_tf, device)
+
+    def tensors(batch: list[bytes]) -> list[Any]:
+        return [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in batch]
+
+    def decode(batch: list[bytes]) -> list[Any]:
+        return decode_jpeg(tensors(batch), mode=ImageReadMode.RGB, device=device)
+
+    decoded = decode(batches[0])
+
+    def resize_each(_: Any) -> Any:
+        out = []
+        for image in decoded:
+            for step in eval_tf.geometry:
+                image = step(image)
+            out.append(image)
+        return torch.stack(out)
+
+    def resize_batch(_: Any) -> Any:
+        return torch.nn.functional.interpolate(torch.stack(decoded).float(), size=(height, width), mode="bilinear",
+                                               antialias=True)  # fmt: skip
+
+    stages = {
+        "header check (PIL), per image": lambda batch: [device_decodable(data) for data in batch],
+        "bytes to tensors": tensors,
+        "batched decode on the device": decode,
+        "resize + crop, per image": resize_each,
+        "one batched resize (same-size images)": resize_batch,
+        "DevicePreprocess, whole": preprocess,
+        "decode on one CPU thread, per image": lambda batch: [decode_jpeg(t, mode=ImageReadMode.RGB)
+                                                              for t in tensors(batch)],  # fmt: skip
+    }
+    found: dict[str, Any] = {"batch_size": size, "batches": len(batches), "ms_per_batch": {}}
+    for name, stage in stages.items():
+        stage(batches[0])  # warm-up: nvJPEG's handles, the allocator
+        sync()
+        started = time.perf_counter()
+        for batch in batches:
+            stage(batch)
+        sync()
+        found["ms_per_batch"][name] = (time.perf_counter() - started) / len(batches) * 1e3
+    return found
+
+
 JOBS = {
     "floor": measure_floor,
     "peak": peak_job,
@@ -921,6 +983,7 @@ JOBS = {
     "device": device_job,
     "gpu_models": gpu_models_job,
     "gpu_input": gpu_input_job,
+    "gpu_stages": gpu_stages_job,
 }
 
 
@@ -1767,6 +1830,8 @@ def gpu_main(args: argparse.Namespace) -> None:
         return {"images": _split_counts(images)["train"], **run_job(spec, env).result}
 
     section("input", 60, input_pipeline)
+    section("stages", 30, lambda: run_job({"task": "gpu_stages", "device": device, "data": str(data["folder"]),
+                                           "img_size": list(size), "batch_size": batch["alexnet"]}, env).result)
     section("vs_plain", 120, lambda: gpu_vs_plain(data, size, batch["alexnet"], env, workdir, dry))
     section("floor", 150, lambda: run_job({
         "task": "floor", "model": "hubclf_alexnet", "mode": "full", "device": device, "img_size": list(size),
@@ -1804,7 +1869,8 @@ def gpu_vs_plain(data: dict[str, Any], size: tuple[int, int], batch: int, env: d
                 for epochs in (1, row.epochs)]  # fmt: skip
         return {"steady_s": _steady(runs[:1], runs[1:], row.epochs)[0], "wall_s": [r["wall_s"] for r in runs],
                 "first_step_s": [r["marks"].get("first step", {}).get("t") for r in runs],
-                "precision": runs[0].get("precision") or "no", "decode_line": runs[0].get("decode_line")}  # fmt: skip
+                "precision": runs[0].get("precision") or getattr(side_args, "plain_mixed_precision", None) or "no",
+                "decode_line": runs[0].get("decode_line")}  # fmt: skip
 
     found["hubclf"] = measure("hubclf", args)
     found["decode_line"] = found["hubclf"]["decode_line"]
@@ -1819,14 +1885,15 @@ def gpu_vs_plain(data: dict[str, Any], size: tuple[int, int], batch: int, env: d
 def format_gpu(report: dict[str, Any], only: str | None = None) -> list[str]:
     """The lines of each part of the GPU report (``only``: one part, as it finishes)."""
     lines: list[str] = []
-    parts = [only] if only else ["device", "peak", "models", "input", "vs_plain", "floor"]
+    parts = [only] if only else ["device", "peak", "models", "input", "stages", "vs_plain", "floor"]
     height, width = report.get("img_size", (448, 224))
     for name in parts:
         found = report.get(name)
         if found is None:
             continue
         title = {"device": "device", "peak": "matmul peak", "models": "model training img/s",
-                 "input": "input pipeline", "vs_plain": "hubclf vs the plain loop, 1 GPU",
+                 "input": "input pipeline", "stages": "a batch of the GPU input path",
+                 "vs_plain": "hubclf vs the plain loop, 1 GPU",
                  "floor": "floor on the device (AlexNet, bf16)"}[name]  # fmt: skip
         if "skipped" in found or "error" in found:
             why = f"skipped: {found['skipped']}" if "skipped" in found else f"failed: {found['error']}"
@@ -1883,6 +1950,11 @@ def format_gpu(report: dict[str, Any], only: str | None = None) -> list[str]:
                 if "images_per_s" in gpu:
                     fed += f", GPU decoding {100 * gpu['images_per_s'] / rate:.0f}%"
                 lines.append(f"  AlexNet bf16 trains at {rate:.0f} img/s: {fed}")
+        elif name == "stages":
+            lines.append(f"a batch of the GPU input path ({found['batch_size']} JPEGs, each stage alone, ms per "
+                         f"batch, mean of {found['batches']}):")  # fmt: skip
+            for stage, ms in found["ms_per_batch"].items():
+                lines.append(f"  {stage:<40} {ms:8.1f} ms  {found['batch_size'] / ms * 1e3:>8.0f} img/s")
         elif name == "vs_plain":
             hubclf = found["hubclf"]
             precision = _precision_label(hubclf.get("precision", "no"))

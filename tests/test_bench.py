@@ -312,6 +312,7 @@ def fake_gpu_report() -> dict:
                    "vgg11/no": {**floor, "train_gflop_per_image": 90.2}, "vgg11/bf16": {"error": "OutOfMemory: x"}},
         "input": {"images": 3686, "workers": 8, "cpu_decode": {"images_per_s": 2500.0},
                   "gpu_decode": {"images_per_s": 9000.0}, "installed": {"torchcodec": False, "nvidia.dali": False}},
+        "stages": {"batch_size": 256, "batches": 4, "ms_per_batch": {"batched decode on the device": 14.9}},
         "vs_plain": {"images": 4096, "batch": 256, "workers": 8, "epochs": 3, "ratio": 1.8, "decode_line": None,
                      "hubclf": {"steady_s": 1.5, "precision": "bf16"}, "plain": {"steady_s": 2.7},
                      "plain_bf16": {"steady_s": 1.65}, "ratio_bf16": 1.1},
@@ -334,6 +335,7 @@ def test_gpu_report_lines(bench):
     assert "hubclf with its defaults (bf16) 1.50 s/epoch; plain loop in fp32 2.70 s/epoch: 1.80x" in text
     assert "plain loop under bf16 autocast (the same arithmetic as hubclf): 1.65 s/epoch: 1.10x" in text
     assert "GPU decoding in hubclf: not available" in text
+    assert "  batched decode on the device                 14.9 ms     17181 img/s" in text
     assert "floor on the device (AlexNet, bf16): skipped: 20 s of the 450 s budget left" in text
     assert len([line for line in lines if line.startswith("floor on the device")]) == 1
 
@@ -345,13 +347,14 @@ def test_gpu_check_parts_run_as_a_cpu_dry_run(tmp_path):
     result = run([*BENCH, "gpu", "--cpu-dry-run", "--workdir", str(tmp_path / "work"), "--json", str(report_file)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(report_file.read_text())
-    for part in ("device", "peak", "models", "input", "vs_plain", "floor"):
+    for part in ("device", "peak", "models", "input", "stages", "vs_plain", "floor"):
         assert "error" not in report[part] and "skipped" not in report[part], (part, report[part])
     assert report["models"]["alexnet/no"]["epoch_s"] > 0 and report["input"]["cpu_decode"]["images_per_s"] > 0
     assert report["input"]["gpu_decode"]["device"] == "cpu" and report["input"]["gpu_decode"]["images_per_s"] > 0
     assert finite(report["vs_plain"]["ratio"]) and report["floor"]["best"].startswith("eager/")
-    for title in ("device:", "matmul peak", "model training at", "input pipeline at", "hubclf vs the plain loop",
-                  "floor on the device"):  # fmt: skip
+    assert report["stages"]["ms_per_batch"]["DevicePreprocess, whole"] > 0
+    for title in ("device:", "matmul peak", "model training at", "input pipeline at", "a batch of the GPU input path",
+                  "hubclf vs the plain loop", "floor on the device"):  # fmt: skip
         assert title in result.stdout
 
 
