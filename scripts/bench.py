@@ -917,8 +917,8 @@ def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Where a batch of hubclf's GPU input path goes: each stage of ``DevicePreprocess`` timed alone (ms per batch of
-    ``batch_size`` JPEGs from the input part's folder), beside one CPU thread decoding the same files and one batched
-    resize of same-size images (what the per-image resize could become)."""
+    ``batch_size`` JPEGs from the input part's folder), beside one CPU thread decoding the same files and the resize
+    one image at a time (what it was before same-size images were resized together)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -950,16 +950,15 @@ def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
             out.append(image)
         return torch.stack(out)
 
-    def resize_batch(_: Any) -> Any:
-        return torch.nn.functional.interpolate(torch.stack(decoded).float(), size=(height, width), mode="bilinear",
-                                               antialias=True)  # fmt: skip
+    def resize_batch(_: Any) -> Any:  # what DevicePreprocess does with a group of same-size images
+        return preprocess._geometry(torch.stack(decoded))
 
     stages = {
         "header check (PIL), per image": lambda batch: [device_decodable(data) for data in batch],
         "bytes to tensors": tensors,
         "batched decode on the device": decode,
         "resize + crop, per image": resize_each,
-        "one batched resize (same-size images)": resize_batch,
+        "resize + crop, same-size images at once": resize_batch,
         "DevicePreprocess, whole": preprocess,
         "decode on one CPU thread, per image": lambda batch: [decode_jpeg(t, mode=ImageReadMode.RGB)
                                                               for t in tensors(batch)],  # fmt: skip

@@ -9,11 +9,13 @@ import io
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from hubclf.data.gpu_decode import (
     EXIF_ORIENTATION,
@@ -58,6 +60,42 @@ def test_the_device_path_gives_the_cpu_paths_pixels_within_the_tolerance(interpo
     levels = ((pixels - expected) * torch.tensor(config["std"]).view(1, 3, 1, 1) * 255).abs()
     print(f"{device} {interpolation}: max {levels.max():.2f} levels, mean {levels.mean():.3f}")
     assert levels.max() <= (TOLERANCE_LEVELS if device == "cpu" else NVJPEG_MAX_LEVELS) and levels.mean() < 1.0
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_same_size_images_are_resized_in_one_call_with_each_images_own_pixels(interpolation):
+    config = {"input_size": (3, 96, 64), "interpolation": interpolation, "crop_pct": 0.875}
+    _, eval_tf = build_transforms(config, augment=False)
+    preprocess = DevicePreprocess(eval_tf, torch.device("cpu"))
+    raw = [photo(seed, (150, 97)) for seed in range(4)] + [photo(9, (120, 80)), photo(5, (150, 97))]
+    pixels, valid = preprocess(raw)
+    assert valid.all()
+    for i, data in enumerate(raw):  # one image at a time, as the path did before: bit for bit the same
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        for step in eval_tf.geometry:
+            image = step(image)
+        assert torch.equal(pixels[i], image.float().mul_(eval_tf.scale).add_(eval_tf.shift)), i
+
+
+def test_the_loader_workers_check_the_headers_and_the_training_process_does_not(monkeypatch):
+    from hubclf.data.gpu_decode import RawImages, collate_raw
+
+    _, eval_tf = build_transforms({"input_size": (3, 32, 32)}, augment=False)
+    png = photo(2, fmt="PNG")
+
+    class Rows:  # 🤗 datasets' rows by indices
+        def __getitem__(self, indices):
+            return {"image": [{"bytes": [photo(1), png][i], "path": None} for i in indices]}
+
+    # the parts of an ImageClassificationDataset that RawImages reads
+    images = types.SimpleNamespace(transform=eval_tf, image_column="image", labels=torch.tensor([0, 1]), dataset=Rows())
+    raw_images = RawImages(images, DevicePreprocess(eval_tf, torch.device("cpu")))
+    batch = collate_raw(raw_images.__getitems__([0, 1]))
+    assert batch["decodable"] == [True, False] and isinstance(batch["decodable"], list)  # stays on the CPU
+    monkeypatch.setattr("hubclf.data.gpu_decode.device_decodable", lambda data: pytest.fail("checked twice"))
+    finished = raw_images.finish_batch(batch)
+    assert finished["pixel_values"].shape == (2, 3, 32, 32) and finished["valid"].tolist() == [True, True]
+    assert "decodable" not in finished and "raw" not in finished
 
 
 def test_png_rotated_and_broken_files_take_the_cpu_decoder():
@@ -121,7 +159,8 @@ def test_a_run_on_the_device_path_trains_and_evaluates_from_raw_bytes(tmp_path, 
     monkeypatch.setattr("hubclf.train.setup.choose_decode_device", lambda *a, **k: ("cuda", "forced by the test"))
     seen = []
     original = DevicePreprocess.__call__
-    monkeypatch.setattr(DevicePreprocess, "__call__", lambda self, raw: seen.append(len(raw)) or original(self, raw))
+    monkeypatch.setattr(DevicePreprocess, "__call__",
+                        lambda self, raw, *rest: seen.append(len(raw)) or original(self, raw, *rest))  # fmt: skip
     caplog.set_level("INFO", logger="hubclf.train")
     config = TrainConfig(model="hubclf_alexnet_slim", data=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
                          pretrained=False, img_size=(64, 64), epochs=1, batch_size=4, num_workers=0, augment="none",

