@@ -922,7 +922,7 @@ def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from hubclf.data.gpu_decode import DevicePreprocess, device_decodable
+    from hubclf.data.gpu_decode import DevicePreprocess, device_decodable, jpeg_tensors
     from hubclf.data.images import build_transforms
 
     warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice, on every decode_jpeg call
@@ -934,11 +934,8 @@ def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
     _, eval_tf = build_transforms({"input_size": (3, height, width), "crop_pct": 1.0}, augment=False)
     preprocess = DevicePreprocess(eval_tf, device)
 
-    def tensors(batch: list[bytes]) -> list[Any]:
-        return [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in batch]
-
     def decode(batch: list[bytes]) -> list[Any]:
-        return decode_jpeg(tensors(batch), mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(jpeg_tensors(batch), mode=ImageReadMode.RGB, device=device)
 
     decoded = decode(batches[0])
 
@@ -955,13 +952,13 @@ def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     stages = {
         "header check (PIL), per image": lambda batch: [device_decodable(data) for data in batch],
-        "bytes to tensors": tensors,
+        "bytes to tensors (read in place)": jpeg_tensors,
         "batched decode on the device": decode,
         "resize + crop, per image": resize_each,
         "resize + crop, same-size images at once": resize_batch,
         "DevicePreprocess, whole": preprocess,
         "decode on one CPU thread, per image": lambda batch: [decode_jpeg(t, mode=ImageReadMode.RGB)
-                                                              for t in tensors(batch)],  # fmt: skip
+                                                              for t in jpeg_tensors(batch)],  # fmt: skip
     }
     found: dict[str, Any] = {"batch_size": size, "batches": len(batches), "ms_per_batch": {}}
     for name, stage in stages.items():

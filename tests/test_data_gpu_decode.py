@@ -98,6 +98,21 @@ def test_the_loader_workers_check_the_headers_and_the_training_process_does_not(
     assert "decodable" not in finished and "raw" not in finished
 
 
+def test_the_files_bytes_are_read_in_place_without_a_warning():
+    import ctypes
+    import warnings
+
+    from hubclf.data.gpu_decode import jpeg_tensors
+
+    data = [photo(0), photo(1, (40, 30))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's not-writable notice stays inside
+        tensors = jpeg_tensors(data)
+    assert [t.dtype for t in tensors] == [torch.uint8] * 2 and [t.numpy().tobytes() for t in tensors] == data
+    address = ctypes.cast(ctypes.c_char_p(data[0]), ctypes.c_void_p).value  # the bytes object's own buffer
+    assert tensors[0].data_ptr() == address  # a view of it, not a copy
+
+
 def test_png_rotated_and_broken_files_take_the_cpu_decoder():
     _, eval_tf = build_transforms({"input_size": (3, 32, 32)}, augment=False)
     exif = Image.Exif()

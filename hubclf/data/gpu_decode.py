@@ -130,7 +130,7 @@ class DevicePreprocess:
     def _decode(self, jpegs: list[bytes]) -> list[torch.Tensor | None]:
         from torchvision.io import ImageReadMode
 
-        data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
+        data = jpeg_tensors(jpegs)
         try:
             return _quiet(_decode_jpeg(), data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
@@ -195,6 +195,17 @@ def collate_raw(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if decodable is not None:
         batch["decodable"] = decodable
     return batch
+
+
+def jpeg_tensors(jpegs: list[bytes]) -> list[torch.Tensor]:
+    """Each file's bytes as a 1-D uint8 tensor that reads them in place: ``decode_jpeg`` only reads its input, and a
+    copy of each file cost 4.6 ms of a 256-image batch on an H200 machine's CPU.
+
+        jpeg_tensors([open("a.jpg", "rb").read()])[0].dtype   # torch.uint8
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's notice that a view of bytes is not writable
+        return [torch.frombuffer(jpeg, dtype=torch.uint8) for jpeg in jpegs]
 
 
 def _same_shape(images: list[tuple[int, torch.Tensor]]) -> list[list[int]]:
