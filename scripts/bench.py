@@ -234,8 +234,8 @@ def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         raw = RawImages(dataset, DevicePreprocess(train_transform, device))
         loader = torch.utils.data.DataLoader(raw, batch_size=args.batch_size, num_workers=args.num_workers,
                                              collate_fn=collate_raw)  # fmt: skip
-        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-        timed = _time_loader(loader, len(raw), lambda batch: raw.finish_batch(batch)["pixel_values"], sync=sync)
+        timed = _time_loader(loader, len(raw), lambda batch: raw.finish_batch(batch)["pixel_values"],
+                             sync=functools.partial(_sync, device))  # fmt: skip
         return {"device": device.type, **timed}
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
     return _time_loader(loader, len(dataset), lambda batch: batch["pixel_values"])
@@ -927,7 +927,7 @@ def gpu_stages_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice, on every decode_jpeg call
     device = torch.device(spec["device"])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = functools.partial(_sync, device)
     size, height, width = spec["batch_size"], *spec["img_size"]
     files = sorted(Path(spec["data"], "train").rglob("*.jpg"))[: size * 4]
     batches = [[f.read_bytes() for f in files[i : i + size]] for i in range(0, len(files), size)]

@@ -59,8 +59,10 @@ def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
 
 
-def device_decodable(data: bytes) -> bool:
+def device_decodable(data: bytes | None) -> bool:
     """A JPEG the device decoder gives the same image for: RGB or greyscale, no EXIF rotation (from its header)."""
+    if not data:  # a missing or empty file: the CPU path reports it like any bad image
+        return False
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "JPEG" or image.mode not in ("RGB", "L"):
@@ -90,7 +92,7 @@ class DevicePreprocess:
         """``decodable``: ``device_decodable`` of each file when the loader workers have already checked them."""
         crops: list[torch.Tensor | None] = [None] * len(raw)  # uint8 (3, H, W) on the device
         if decodable is None:
-            decodable = [bool(data) and device_decodable(data) for data in raw]
+            decodable = [device_decodable(data) for data in raw]
         on_device = [i for i, ok in enumerate(decodable) if ok]
         if on_device:
             decoded = dict(zip(on_device, self._decode([raw[i] for i in on_device]), strict=True))
@@ -170,7 +172,7 @@ class RawImages(torch.utils.data.Dataset):
                     data = None
             # The header check runs here, in the loader workers, not in the training process (10.7 ms of a
             # 256-image batch on an H200 machine's CPU).
-            rows.append({"raw": data, "decodable": bool(data) and device_decodable(data),
+            rows.append({"raw": data, "decodable": device_decodable(data),
                          "labels": self.labels[index].item(), "index": int(index), "valid": True})  # fmt: skip
         return rows
 
@@ -220,7 +222,7 @@ def _same_shape(images: list[tuple[int, torch.Tensor]]) -> list[list[int]]:
 def choose_decode_device(requested: str, device: torch.device) -> tuple[str, str]:
     """``("cuda" | "cpu", why)``: ``requested`` (``--decode-device``) when it is ``cpu`` or ``cuda``; for ``auto``, the
     GPU whenever the run trains on one whose nvJPEG decodes. Decided from the hardware alone, never from a timing:
-    the two paths' pixels differ at colour edges of chroma-subsampled JPEGs (``TOLERANCE_LEVELS``), so the same
+    the two paths' pixels differ at colour edges of chroma-subsampled JPEGs (``NVJPEG_MAX_LEVELS``), so the same
     machine must always make the same choice. Measured on an H200 with 16 CPU cores: AlexNet trains at 21,300
     img/s in bf16 while the CPU path feeds 1,232 and the GPU path 4,113 (docs/performance.md).
 
