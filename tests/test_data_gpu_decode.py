@@ -98,6 +98,48 @@ def test_the_loader_workers_check_the_headers_and_the_training_process_does_not(
     assert "decodable" not in finished and "raw" not in finished
 
 
+class _Files(torch.utils.data.Dataset):
+    """Rows as RawImages makes them: a file's bytes (None: missing), whether its header is device-decodable."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        return {"raw": self.files[index], "decodable": device_decodable(self.files[index]), "labels": index,
+                "index": index, "valid": True}  # fmt: skip
+
+
+def test_a_worker_sends_a_batchs_files_in_shared_memory_and_accelerate_leaves_them_on_the_cpu():
+    from accelerate.utils import send_to_device
+
+    from hubclf.data.gpu_decode import PackedFiles, collate_raw
+
+    files = [photo(0), None, b"", photo(1, (40, 30)), b"not an image"]
+    loader = torch.utils.data.DataLoader(_Files(files), batch_size=5, num_workers=1, collate_fn=collate_raw)
+    (batch,) = list(loader)
+    raw = batch["raw"]
+    assert isinstance(raw, PackedFiles) and raw.data.is_shared()  # a file descriptor came, not the bytes
+    views = raw.views()
+    assert views[1] is None and [None if v is None else v.numpy().tobytes() for v in views] == files
+    assert batch["decodable"] == [True, False, False, True, False]
+    moved = send_to_device(batch, torch.device("meta"))  # what Accelerate does with a batch
+    assert moved["labels"].device.type == "meta" and moved["raw"].data.device.type == "cpu"
+    _, eval_tf = build_transforms({"input_size": (3, 32, 32)}, augment=False)
+    pixels, valid = DevicePreprocess(eval_tf, torch.device("cpu"))(views, batch["decodable"])
+    expected, _ = DevicePreprocess(eval_tf, torch.device("cpu"))(files)
+    assert valid.tolist() == [True, False, False, True, False] and torch.equal(pixels, expected)
+
+
+def test_packing_in_the_training_process_uses_plain_memory():
+    from hubclf.data.gpu_decode import PackedFiles
+
+    packed = PackedFiles.pack([photo(2), None])
+    assert not packed.data.is_shared() and len(packed) == 2 and packed.views()[0].numpy().tobytes() == photo(2)
+
+
 def test_the_files_bytes_are_read_in_place_without_a_warning():
     import ctypes
     import warnings
