@@ -209,7 +209,8 @@ def hubclf_epochs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    """hubclf's input pipeline alone, built as ``hubclf.train.setup`` builds it, through a DataLoader, no model."""
+    """hubclf's input pipeline alone, built as ``hubclf.train.setup`` builds it, through a DataLoader, no model.
+    ``raw_to``: the GPU path, decoded on that device; with ``decode=False`` as well, its loader alone."""
     import timm
     import torch
     from timm.data import resolve_model_data_config
@@ -234,6 +235,8 @@ def hubclf_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         raw = RawImages(dataset, DevicePreprocess(train_transform, device))
         loader = torch.utils.data.DataLoader(raw, batch_size=args.batch_size, num_workers=args.num_workers,
                                              collate_fn=collate_raw)  # fmt: skip
+        if not getattr(args, "decode", True):  # the loader's own ceiling: files read, checked and received, no decode
+            return {"device": device.type, **_time_loader(loader, len(raw), lambda batch: batch["raw"])}
         timed = _time_loader(loader, len(raw), lambda batch: raw.finish_batch(batch)["pixel_values"],
                              sync=functools.partial(_sync, device))  # fmt: skip
         return {"device": device.type, **timed}
@@ -899,7 +902,8 @@ def gpu_models_job(spec: dict[str, Any]) -> dict[str, Any]:
 def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
     """The input pipeline's img/s through hubclf's loaders: decoded by the CPU in its DataLoader workers, and
     hubclf's GPU path, ``--decode-device cuda``: the workers read the bytes, nvJPEG decodes each batch and the resize,
-    crop and normalisation run on the GPU (``hubclf.data.gpu_decode``); plus which other decoders exist."""
+    crop and normalisation run on the GPU (``hubclf.data.gpu_decode``); that path's loader alone, nothing decoded
+    (what the training process can receive); plus which other decoders exist."""
     import importlib.util
 
     found: dict[str, Any] = {"workers": spec["num_workers"]}
@@ -908,10 +912,11 @@ def gpu_input_job(spec: dict[str, Any]) -> dict[str, Any]:
     found["cpu_decode"] = hubclf_pipeline(args)
     found["installed"] = {name: importlib.util.find_spec(name) is not None
                           for name in ("torchcodec", "nvidia.dali")}  # fmt: skip
-    try:  # the CPU dry run runs the same code with the CPU as the device
-        found["gpu_decode"] = hubclf_pipeline(argparse.Namespace(**vars(args), raw_to=spec["device"]))
-    except Exception as error:
-        found["gpu_decode"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    for key, decode in (("gpu_decode", True), ("raw_loader", False)):
+        try:  # the CPU dry run runs the same code with the CPU as the device
+            found[key] = hubclf_pipeline(argparse.Namespace(**vars(args), raw_to=spec["device"], decode=decode))
+        except Exception as error:
+            found[key] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     return found
 
 
@@ -1939,6 +1944,10 @@ def format_gpu(report: dict[str, Any], only: str | None = None) -> list[str]:
                          f"(hubclf's loader, {found['workers']} workers) {cpu:.0f} img/s; GPU decoding (hubclf's "
                          f"--decode-device cuda: the workers read bytes, nvJPEG decodes each batch, resize and "
                          f"normalise on the GPU) {gpu_text}; {installed}")  # fmt: skip
+            loader_only = found.get("raw_loader", {})  # reports made before it was measured have none
+            if "images_per_s" in loader_only:
+                lines.append(f"  the GPU path's loader alone (files read, headers checked, batches received; nothing "
+                             f"decoded): {loader_only['images_per_s']:.0f} img/s")  # fmt: skip
             alexnet = report.get("models", {}).get("alexnet/bf16", {})
             if "epoch_s" in alexnet:
                 rate = alexnet["train_images"] / alexnet["epoch_s"]

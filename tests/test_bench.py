@@ -311,7 +311,8 @@ def fake_gpu_report() -> dict:
         "models": {"batch": {"alexnet": 256, "vgg11": 64}, "alexnet/no": floor, "alexnet/bf16": floor,
                    "vgg11/no": {**floor, "train_gflop_per_image": 90.2}, "vgg11/bf16": {"error": "OutOfMemory: x"}},
         "input": {"images": 3686, "workers": 8, "cpu_decode": {"images_per_s": 2500.0},
-                  "gpu_decode": {"images_per_s": 9000.0}, "installed": {"torchcodec": False, "nvidia.dali": False}},
+                  "gpu_decode": {"images_per_s": 9000.0}, "raw_loader": {"images_per_s": 15000.0},
+                  "installed": {"torchcodec": False, "nvidia.dali": False}},
         "stages": {"batch_size": 256, "batches": 4, "ms_per_batch": {"batched decode on the device": 14.9}},
         "vs_plain": {"images": 4096, "batch": 256, "workers": 8, "epochs": 3, "ratio": 1.8, "decode_line": None,
                      "hubclf": {"steady_s": 1.5, "precision": "bf16"}, "plain": {"steady_s": 2.7},
@@ -332,6 +333,7 @@ def test_gpu_report_lines(bench):
     assert "vgg11    bf16         64 failed: OutOfMemory: x" in text
     assert "CPU decoding (hubclf's loader, 8 workers) 2500 img/s" in text and "9000 img/s" in text
     assert "CPU decoding feeds 24% of it, GPU decoding 88%" in text
+    assert "the GPU path's loader alone (files read, headers checked, batches received; nothing decoded): 15000" in text
     assert "hubclf with its defaults (bf16) 1.50 s/epoch; plain loop in fp32 2.70 s/epoch: 1.80x" in text
     assert "plain loop under bf16 autocast (the same arithmetic as hubclf): 1.65 s/epoch: 1.10x" in text
     assert "GPU decoding in hubclf: not available" in text
@@ -351,6 +353,7 @@ def test_gpu_check_parts_run_as_a_cpu_dry_run(tmp_path):
         assert "error" not in report[part] and "skipped" not in report[part], (part, report[part])
     assert report["models"]["alexnet/no"]["epoch_s"] > 0 and report["input"]["cpu_decode"]["images_per_s"] > 0
     assert report["input"]["gpu_decode"]["device"] == "cpu" and report["input"]["gpu_decode"]["images_per_s"] > 0
+    assert report["input"]["raw_loader"]["images_per_s"] > 0
     assert finite(report["vs_plain"]["ratio"]) and report["floor"]["best"].startswith("eager/")
     assert report["stages"]["ms_per_batch"]["DevicePreprocess, whole"] > 0
     for title in ("device:", "matmul peak", "model training at", "input pipeline at", "a batch of the GPU input path",
