@@ -1359,8 +1359,9 @@ def format_floor(summary: dict[str, Any]) -> list[str]:
             versus = found["peak_rss_mib"] / plain_peak if plain_peak else None
             peak_cell = f"{found['peak_rss_mib']:8.0f} {_fmt(versus, '.2f', 'x'):>9}"
             lines.append(f"  {r['row']:<15} {side:<7} {cells} {peak_cell}")
-    lines.append("  imports: hubclf's first log line (torch, timm, accelerate, datasets imported; Accelerate set "
-                 "up); data: the splits read; model: model, datasets and loaders built (the first progress bar)")
+    lines.append("  imports: hubclf's first log line (torch, timm, accelerate imported, and 🤗 datasets unless the "
+                 "data is class folders; Accelerate set up); data: the splits read; model: model, datasets and "
+                 "loaders built (the first progress bar)")
     lines += ["", "goals (issue 24) for AlexNet full fine-tune:"]
     alex = next((r for r in rows if r["row"] == "alexnet-full"), None)
     if alex and alex["sides"]["hubclf"]:

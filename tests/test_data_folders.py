@@ -1,5 +1,5 @@
-"""hubclf.data.folders: the one-walk scan builds exactly what 🤗 datasets' imagefolder builds, or leaves the folder
-to datasets."""
+"""hubclf.data.folders: the one-walk scan reads exactly what 🤗 datasets' imagefolder reads (as FileSplits, and as
+the Dataset they convert to), or leaves the folder to datasets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
+from datasets.data_files import SPLIT_KEYWORDS
+from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 
-from hubclf.data.folders import scan_class_folders
+from hubclf.data import folders
+from hubclf.data.folders import IMAGE_SUFFIXES, FileSplit, scan_class_folders
 from hubclf.data.sources import open_dataset
 from tests.image_folders import one_image
 
@@ -27,8 +31,17 @@ def _paths(split: datasets.Dataset) -> list[str]:
     return [cell["path"] for cell in split.cast_column("image", datasets.Image(decode=False))["image"]]
 
 
-def _assert_same(fast: datasets.DatasetDict, reference: datasets.DatasetDict) -> None:
-    assert list(fast) == list(reference)
+def _assert_same(scanned: dict[str, FileSplit], reference: datasets.DatasetDict) -> None:
+    assert list(scanned) == list(reference)
+    for name, split in scanned.items():  # what the training pipeline reads of a split
+        raw = reference[name].cast_column("image", datasets.Image(decode=False))
+        assert split.label_names == reference[name].features["label"].names
+        assert split.labels.tolist() == reference[name]["label"]
+        assert len(split) == len(raw)
+        assert split[list(range(len(split)))] == raw[list(range(len(raw)))]
+        assert split[len(split) - 1] == raw[len(raw) - 1]
+        assert split["image"] == raw["image"]
+    fast = {name: split.to_dataset() for name, split in scanned.items()}  # and the Dataset hubclf eval reads
     for name in reference:
         assert fast[name].features == reference[name].features
         assert fast[name].split == reference[name].split
@@ -103,15 +116,15 @@ def test_empty_or_missing_folders_are_left_to_datasets(tmp_path: Path) -> None:
 def test_fingerprint_follows_the_files(tmp_path: Path) -> None:
     """Caches keyed on a split's fingerprint (the feature cache) must miss when a file changes, as with datasets."""
     root = _classes(tmp_path / "photos", {"cat": ["1.png"], "dog": ["1.png", "2.png"]})
-    first = scan_class_folders(root)["train"]._fingerprint
-    assert scan_class_folders(root)["train"]._fingerprint == first
+    first = scan_class_folders(root)["train"].fingerprint
+    assert scan_class_folders(root)["train"].fingerprint == first
     image = root / "dog" / "2.png"
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    touched = scan_class_folders(root)["train"]._fingerprint
+    touched = scan_class_folders(root)["train"].fingerprint
     assert touched != first
     image.unlink()
-    assert scan_class_folders(root)["train"]._fingerprint not in (first, touched)
+    assert scan_class_folders(root)["train"].fingerprint not in (first, touched)
 
 
 def test_open_dataset_reads_class_folders_without_the_builder(tmp_path: Path, monkeypatch) -> None:
@@ -124,3 +137,27 @@ def test_open_dataset_reads_class_folders_without_the_builder(tmp_path: Path, mo
     splits = open_dataset(str(root))
     assert splits["train"].features["label"].names == ["cat", "dog"]
     assert len(splits["train"]) == 2
+
+
+def test_split_keywords_and_image_suffixes_are_datasets_own() -> None:
+    """hubclf keeps its own copy so that a class folder's run does not import datasets; the copy must not drift."""
+    assert {str(split): tuple(keywords) for split, keywords in SPLIT_KEYWORDS.items()} == folders.SPLIT_KEYWORDS
+    assert IMAGE_SUFFIXES == set(IMAGE_EXTENSIONS)
+
+
+def test_a_selection_reads_its_rows_and_changes_the_fingerprint(tmp_path: Path) -> None:
+    root = _classes(tmp_path / "photos", {"cat": ["1.png", "2.png", "3.png"], "dog": ["1.png", "2.png"]})
+    split = scan_class_folders(root)["train"]
+    part = split.select([4, 0, 2])
+    assert [cell["path"] for cell in part["image"]] == [split.path(4), split.path(0), split.path(2)]
+    assert part.labels.tolist() == [1, 0, 0] and part[0] == split[4] and part[-1] == split[2]
+    again = part.select([1])  # a selection of a selection: rows of the original
+    assert again[0] == split[0] and again.fingerprint not in (part.fingerprint, split.fingerprint)
+    assert part.fingerprint == split.select(np.array([4, 0, 2])).fingerprint != split.select([0, 2, 4]).fingerprint
+    renamed = part.with_label_names(["Cat", "Dog"])
+    assert renamed[0] == part[0] and renamed.label_names == ["Cat", "Dog"] and renamed.fingerprint != part.fingerprint
+    assert part.to_dataset()["label"] == [1, 0, 0]
+    with pytest.raises(IndexError):
+        split.select([5])
+    with pytest.raises(IndexError):
+        part.path(3)

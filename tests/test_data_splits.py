@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hubclf.data.folders import FileSplit
 from hubclf.data.labels import find_columns
-from hubclf.data.splits import load_image_dataset
+from hubclf.data.splits import load_image_dataset, stratified_holdout
 from tests.image_folders import make_image_folder
 
 
@@ -148,3 +149,61 @@ def test_many_empty_class_folders_make_one_short_log_line(tmp_path, caplog):
     (line,) = [r.getMessage() for r in caplog.records if "hold no image" in r.getMessage()]
     assert line.startswith("300 class folder(s) hold no image and are not classes of this run: 'empty_00000', ")
     assert line.endswith("'empty_00009' and 290 more") and len(line) < 400
+
+
+# ---- class folders without 🤗 datasets ----------------------------------------------------------------------------
+@pytest.mark.parametrize("counts", [[10, 10, 10, 10], [2, 3, 50, 7], [5, 2, 2, 2, 9, 31], [100, 3], [4, 4, 4, 4, 4]])
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_stratified_holdout_holds_out_the_rows_datasets_holds_out(counts, fraction, seed):
+    """A class folder's validation images must not change with the reader: hubclf's own draw is datasets'."""
+    labels = np.random.default_rng(len(counts)).permutation(np.repeat(np.arange(len(counts)), counts))
+    table = datasets.Dataset.from_dict(
+        {"label": labels.tolist()}, features=datasets.Features({"label": datasets.ClassLabel(num_classes=len(counts))})
+    ).add_column("row", list(range(len(labels))))
+    try:
+        expected = table.train_test_split(test_size=fraction, stratify_by_column="label", seed=seed)
+    except ValueError:
+        with pytest.raises(ValueError):
+            stratified_holdout(labels, fraction, seed)
+        return
+    train_rows, eval_rows = stratified_holdout(labels, fraction, seed)
+    assert train_rows.tolist() == expected["train"]["row"]
+    assert eval_rows.tolist() == expected["test"]["row"]
+
+
+def test_stratified_holdout_refuses_what_datasets_refuses():
+    with pytest.raises(ValueError, match="only 1 member"):
+        stratified_holdout(np.array([0, 0, 1]), 0.5, 0)
+    with pytest.raises(ValueError, match="at least one image of each of the 3 classes"):
+        stratified_holdout(np.array([0, 0, 1, 1, 2, 2]), 0.1, 0)
+
+
+def test_a_class_folder_loads_as_through_datasets_without_importing_it(tmp_path, monkeypatch):
+    """The same splits, rows and names as 🤗 datasets' imagefolder and train_test_split give, and `datasets` (92 MiB
+    with pandas and pyarrow) is never imported: checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    from hubclf.data import sources, splits
+
+    photos = make_image_folder(tmp_path / "photos", num_classes=3, per_class=7)
+    (photos / "class_1" / "caf\u00e9 .png").write_bytes((photos / "class_1" / "0.png").read_bytes())
+    data = load_image_dataset(str(photos), val_split=0.3, seed=5)
+    assert isinstance(data.train, FileSplit) and isinstance(data.eval, FileSplit)
+    for module in (sources, splits):  # every folder read by datasets' own builder
+        monkeypatch.setattr(module, "scan_class_folders", lambda root: None)
+    reference = load_image_dataset(str(photos), val_split=0.3, seed=5)
+    assert isinstance(reference.train, datasets.Dataset)
+    assert data.label_names == reference.label_names and data.eval_split_name == reference.eval_split_name
+    for ours, theirs in ((data.train, reference.train), (data.eval, reference.eval)):
+        assert ours["image"] == theirs.cast_column("image", datasets.Image(decode=False))["image"]
+        assert ours["label"] == theirs["label"]
+    code = (
+        "import sys; from hubclf.data.splits import load_image_dataset; "
+        f"data = load_image_dataset({str(photos)!r}); "
+        "assert len(data.train) + len(data.eval) == 22; "
+        "print(sorted(name for name in ('datasets', 'pandas', 'pyarrow') if name in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

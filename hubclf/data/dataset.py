@@ -12,13 +12,12 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 from PIL import Image
 
 from hubclf.data.images import BadImageError, TensorEvalTransform, decode_image
-from hubclf.data.labels import label_values
+from hubclf.data.labels import label_values, undecoded_images
 
 
 class PixelCache:
@@ -70,7 +69,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        dataset: datasets.Dataset,
+        dataset: Any,  # a 🤗 Dataset split or a FileSplit (hubclf.data.folders)
         image_column: str,
         label_column: str,
         transform: Callable[[Image.Image], torch.Tensor],
@@ -90,9 +89,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if cache_pixels and not isinstance(transform, TensorEvalTransform):
             raise ValueError(f"cache_pixels needs a fixed (eval) transform, got {transform!r}")
         # decode=False hands us the raw bytes/path, so that decoding failures are ours to handle.
-        self.dataset = dataset.select_columns([image_column, label_column]).cast_column(
-            image_column, datasets.Image(decode=False)
-        )
+        self.dataset = undecoded_images(dataset, image_column, label_column)
         self.image_column = image_column
         self.label_column = label_column
         self.transform = transform

@@ -1,16 +1,18 @@
-"""Class folders read in one walk: the layouts nearly every image folder has, without 🤗 datasets' pattern search.
+"""Class folders read in one walk, without 🤗 datasets: the layouts nearly every image folder has.
 
 datasets' imagefolder finds its files by trying about 46 glob patterns on the folder (split names in folder and
 file names, sharded files, logs), and each glob walks the whole tree and stats every file again. On 192 images
-that is 0.3–0.5 s of every run's start-up; it grows with the number of images times the number of patterns.
+that is 0.3–0.5 s of every run's start-up; it grows with the number of images times the number of patterns. And
+importing datasets (with pyarrow and pandas) costs a training run 92 MiB and 0.6–0.9 s before it reads a file.
 
-For the two layouts below, ``scan_class_folders`` lists the tree once and builds the same ``DatasetDict`` that
-``datasets.load_dataset("imagefolder", data_dir=...)`` builds (the same splits, rows in the same order, the same
-``image`` and ``label`` features; tests/test_data_folders.py compares the two on each layout):
+For the two layouts below, ``scan_class_folders`` lists the tree once and returns ``FileSplit`` splits: the same
+splits, rows in the same order and the same labels as ``datasets.load_dataset("imagefolder", data_dir=...)``
+(tests/test_data_folders.py compares the two on each layout), held as a path per row and an int64 label per row.
+``FileSplit.to_dataset()`` gives the 🤗 ``Dataset`` for code that wants one.
 
 - ``photos/<class>/<image>``: one ``train`` split;
 - ``photos/<split>/<class>/<image>``, where each top folder is exactly one of datasets' split keywords (``train``,
-  ``validation``, ``val``, ``test``, ...; ``datasets.data_files.SPLIT_KEYWORDS``), one per split.
+  ``validation``, ``val``, ``test``, ...; ``SPLIT_KEYWORDS``), one per split.
 
 Anything else returns ``None`` and is left to datasets, which knows the rest: a file that is not an image
 (metadata files, archives, a README whose YAML may configure the dataset), a symlink, an image beside the class
@@ -20,35 +22,160 @@ datasets skips them. One class folder gets its one label (imagefolder needs two 
 ``hubclf.data.sources`` reloads it with ``drop_labels=False``, which gives the same).
 
     splits = scan_class_folders(Path("photos"))   # None: read it with datasets' imagefolder
+    splits["train"].label_names, len(splits["train"]), splits["train"][0]["image"]["path"]
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import pyarrow as pa
+import numpy as np
 import xxhash
-from datasets.data_files import SPLIT_KEYWORDS
-from datasets.packaged_modules.imagefolder.imagefolder import IMAGE_EXTENSIONS
 
+if TYPE_CHECKING:
+    import datasets
+
+# datasets' split keywords (datasets.data_files.SPLIT_KEYWORDS) and the extensions its imagefolder reads
+# (IMAGE_EXTENSIONS), as of datasets 5.2; tests/test_data_folders.py checks them against the installed datasets,
+# so that a folder is read the same way with and without it.
+SPLIT_KEYWORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+IMAGE_SUFFIXES = frozenset(
+    ".apng .blp .bmp .bufr .bw .cur .dcx .dds .dib .emf .eps .fit .fits .flc .fli .ftc .ftu .gbr .gif .grib .icb "
+    ".icns .ico .iim .im .j2c .j2k .jfif .jp2 .jpc .jpe .jpeg .jpf .jpg .jpx .mpeg .mpg .msp .pbm .pcd .pcx .pgm "
+    ".png .pnm .ppm .ps .psd .pxr .ras .rgb .rgba .sgi .tga .tif .tiff .vda .vst .webp .wmf .xbm .xpm".split()
+)
 # Each keyword names its split (`val` -> validation); the splits come out in datasets' order (train, validation, test).
-_SPLIT_OF_KEYWORD = {keyword: str(split) for split, keywords in SPLIT_KEYWORDS.items() for keyword in keywords}
-_SPLIT_ORDER = [str(split) for split in SPLIT_KEYWORDS]
+_SPLIT_OF_KEYWORD = {keyword: split for split, keywords in SPLIT_KEYWORDS.items() for keyword in keywords}
+_SPLIT_ORDER = list(SPLIT_KEYWORDS)
 _SHARDED_NAME = re.compile(r"-\d{5}-of-\d{5}")
-# The extensions 🤗 datasets' imagefolder reads, so `predict photos/` and `eval --data photos/` see the same files.
-IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
-FINGERPRINT_FORMAT = "hubclf-class-folders/1"  # in each split's fingerprint: a new format never reuses an old cache
+FINGERPRINT_FORMAT = "hubclf-class-folders/2"  # in each split's fingerprint: a new format never reuses an old cache
+IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # imagefolder's column names
 
 
-def scan_class_folders(root: Path) -> datasets.DatasetDict | None:
-    """The ``DatasetDict`` that datasets' imagefolder makes of ``root``, or ``None`` where its layout is not one this
-    module reads the same way (then use datasets). Example::
+class FileSplit:
+    """One split of a class folder: a file path and a class index per row, in numpy arrays.
+
+    It answers the reads the training pipeline makes of a 🤗 ``Dataset`` split, with the same values: ``split[rows]``
+    (an int, a list of ints or a column name) gives ``{"image": {"bytes": None, "path": ...}, "label": int}`` rows
+    or columns, as an imagefolder split with ``Image(decode=False)`` does. The paths are one UTF-8 buffer and an
+    offset per row rather than a Python string each: 100k rows hold about 6 MB, and loader workers forked from
+    the training process read them without touching (and so copying) each other's pages.
+
+        split = scan_class_folders(Path("photos"))["train"]
+        split.label_names, split.labels[:3], split[[0, 1]]["image"]
+    """
+
+    column_names = [IMAGE_COLUMN, LABEL_COLUMN]
+
+    def __init__(
+        self, name: str, paths: bytes | np.ndarray, ends: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
+        fingerprint: str,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self._paths = np.frombuffer(paths, dtype=np.uint8) if isinstance(paths, bytes) else paths
+        self._ends = np.asarray(ends, dtype=np.int64)  # row i's path is _paths[_ends[i - 1]:_ends[i]]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.label_names = list(label_names)
+        self.fingerprint = fingerprint
+        self._rows: np.ndarray | None = None  # select(): the rows of the parent split this one keeps
+
+    @classmethod
+    def from_rows(cls, name: str, paths: Sequence[str], labels: Sequence[int], label_names: Sequence[str],
+                  fingerprint: str) -> FileSplit:  # fmt: skip
+        """A split from its paths and class indices. Example::
+
+            FileSplit.from_rows("train", ["a/cat/1.jpg"], [0], ["cat", "dog"], "f0")
+        """
+        encoded = [path.encode() for path in paths]
+        return cls(name, b"".join(encoded), np.cumsum([len(path) for path in encoded], dtype=np.int64), np.asarray(
+            labels, dtype=np.int64), label_names, fingerprint)  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"FileSplit({self.name!r}, {len(self)} rows, {len(self.label_names)} classes)"
+
+    def path(self, row: int) -> str:
+        """The file of ``row``."""
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} of a split of {len(self)} rows")
+        row = int(self._rows[row]) if self._rows is not None else row % len(self)
+        start = int(self._ends[row - 1]) if row > 0 else 0
+        return self._paths[start : int(self._ends[row])].tobytes().decode()
+
+    def __getitem__(self, key: int | str | slice | Sequence[int] | np.ndarray) -> dict[str, Any] | list[Any]:
+        """A row (``split[3]``), rows (``split[[3, 5]]``, ``split[:4]``) as columns, or a column (``split["label"]``),
+        as a 🤗 ``Dataset`` with ``Image(decode=False)`` gives them."""
+        if isinstance(key, str):
+            if key not in self.column_names:
+                raise KeyError(f"column {key!r} not in {self.column_names}")
+            rows = range(len(self))
+            return [self._image(row) for row in rows] if key == IMAGE_COLUMN else self.labels.tolist()
+        if isinstance(key, (int, np.integer)):
+            return {IMAGE_COLUMN: self._image(int(key)), LABEL_COLUMN: int(self.labels[key])}
+        rows = range(len(self))[key] if isinstance(key, slice) else [int(row) for row in key]
+        return {IMAGE_COLUMN: [self._image(row) for row in rows], LABEL_COLUMN: self.labels[list(rows)].tolist()}
+
+    def _image(self, row: int) -> dict[str, Any]:
+        return {"bytes": None, "path": self.path(row)}
+
+    def select(self, rows: Sequence[int] | np.ndarray, name: str | None = None) -> FileSplit:
+        """The split of ``rows`` (in that order), with a fingerprint derived from this one's and the rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        hasher = xxhash.xxh3_128(f"{self.fingerprint}\0select\0".encode())
+        hasher.update(rows.tobytes())
+        chosen = FileSplit(name or self.name, self._paths, self._ends, self.labels[rows], self.label_names,
+                           hasher.hexdigest())  # fmt: skip
+        chosen._rows = rows if self._rows is None else self._rows[rows]
+        return chosen
+
+    def with_label_names(self, label_names: Sequence[str]) -> FileSplit:
+        """The same rows and class indices under other names (hubclf's normalised class names)."""
+        if len(label_names) != len(self.label_names):
+            raise ValueError(f"{len(label_names)} names for {len(self.label_names)} classes")
+        renamed = FileSplit(self.name, self._paths, self._ends, self.labels, label_names, self.fingerprint)
+        renamed._rows = self._rows
+        if renamed.label_names != self.label_names:  # the names are part of what a cache keyed on it holds
+            names = "\0".join(label_names)
+            renamed.fingerprint = xxhash.xxh3_128(f"{self.fingerprint}\0{names}".encode()).hexdigest()
+        return renamed
+
+    def to_dataset(self) -> datasets.Dataset:
+        """This split as the 🤗 ``Dataset`` datasets' imagefolder would build (``image`` and ``label`` features)."""
+        import datasets
+        import pyarrow as pa
+
+        features = datasets.Features({
+            IMAGE_COLUMN: datasets.Image(), LABEL_COLUMN: datasets.ClassLabel(names=self.label_names),
+        })  # fmt: skip
+        table = pa.Table.from_pydict(
+            {IMAGE_COLUMN: self[IMAGE_COLUMN], LABEL_COLUMN: self.labels.tolist()}, schema=features.arrow_schema
+        )
+        return datasets.Dataset(
+            datasets.table.InMemoryTable(table),
+            info=datasets.DatasetInfo(features=features),
+            split=datasets.NamedSplit(self.name),
+            fingerprint=self.fingerprint,
+        )
+
+
+def scan_class_folders(root: Path) -> dict[str, FileSplit] | None:
+    """The splits of ``root`` as datasets' imagefolder reads them (as ``FileSplit``), or ``None`` where its layout
+    is not one this module reads the same way (then use datasets). Example::
 
         splits = scan_class_folders(Path("photos"))   # photos/cat/1.jpg, photos/dog/2.jpg
-        splits["train"].features["label"].names       # ['cat', 'dog']
+        splits["train"].label_names                   # ['cat', 'dog']
     """
     try:
         split_folders = _split_folders(root)
@@ -66,11 +193,8 @@ def scan_class_folders(root: Path) -> datasets.DatasetDict | None:
     if not rows:
         return None
     names = sorted({label for split_rows in rows.values() for _, label, _ in split_rows})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     index = {name: i for i, name in enumerate(names)}
-    return datasets.DatasetDict({
-        split: _split_dataset(split, split_rows, features, index) for split, split_rows in rows.items()
-    })  # fmt: skip
+    return {split: _file_split(split, split_rows, names, index) for split, split_rows in rows.items()}
 
 
 def _split_folders(root: Path) -> dict[str, str] | None:
@@ -123,24 +247,14 @@ def _may_be_special(name: str) -> bool:
     )
 
 
-def _split_dataset(
-    split: str, rows: list[tuple[str, str, os.stat_result]], features: datasets.Features, index: dict[str, int]
-) -> datasets.Dataset:
+def _file_split(
+    split: str, rows: list[tuple[str, str, os.stat_result]], names: list[str], index: dict[str, int]
+) -> FileSplit:
     # The fingerprint changes when a file is added, removed, moved, rewritten or touched, as datasets' does (from each
     # file's modification time), so caches keyed on it (hubclf's feature cache) never serve stale data.
     hasher = xxhash.xxh3_128(f"{FINGERPRINT_FORMAT}\0{split}\0{' '.join(index)}".encode())
     for path, _, status in rows:
         hasher.update(f"\0{path}\0{status.st_size}\0{status.st_mtime_ns}".encode())
-    table = pa.Table.from_pydict(
-        {
-            "image": [{"bytes": None, "path": path} for path, _, _ in rows],
-            "label": [index[label] for _, label, _ in rows],
-        },
-        schema=features.arrow_schema,
-    )
-    return datasets.Dataset(
-        datasets.table.InMemoryTable(table),
-        info=datasets.DatasetInfo(features=features),
-        split=datasets.NamedSplit(split),
-        fingerprint=hasher.hexdigest(),
+    return FileSplit.from_rows(
+        split, [path for path, _, _ in rows], [index[label] for _, label, _ in rows], names, hasher.hexdigest()
     )

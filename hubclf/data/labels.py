@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 
+from hubclf.data.folders import FileSplit
 from hubclf.text import show_name
+
+if TYPE_CHECKING:  # imported where a 🤗 split is read: a class folder's run never loads datasets (92 MiB)
+    import datasets
 
 LABEL_COLUMN_NAMES = ("label", "labels")
 
@@ -25,6 +29,8 @@ def find_columns(
 
         find_columns(dataset.features)   # ("image", "label") for an imagefolder
     """
+    import datasets
+
     columns = list(features)
     if image_column is None:
         images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
@@ -88,6 +94,8 @@ def normalize_labels(dataset: datasets.Dataset, column: str) -> datasets.Dataset
 
         normalize_labels(splits["train"], "label").features["label"].names
     """
+    import datasets
+
     feature = dataset.features[column]
     if isinstance(feature, datasets.ClassLabel):
         names = normalized_class_names(list(feature.names))
@@ -111,6 +119,8 @@ def as_class_label(
     dataset: datasets.Dataset, column: str, num_classes: int | None, names: list[str] | None = None
 ) -> datasets.Dataset:
     """Make ``column`` a ``ClassLabel`` (needed for stratified splits and label names), keeping given ``names``."""
+    import datasets
+
     feature = dataset.features[column]
     if isinstance(feature, datasets.ClassLabel):
         if names is not None and list(feature.names) != names:
@@ -156,11 +166,30 @@ def check_label_range(labels: np.ndarray, where: str, num_classes: int) -> None:
             "(-1 marks unlabeled rows in many datasets)"
         )
 
-def label_values(dataset: datasets.Dataset, column: str) -> np.ndarray:
+def label_values(dataset: datasets.Dataset | FileSplit, column: str) -> np.ndarray:
     """One column as a numpy array, in row order, without decoding any image. Example::
 
         label_values(splits["train"], "label")   # array([0, 0, 1, ...])
     """
+    if isinstance(dataset, FileSplit):
+        return dataset.labels
     # One slice through the numpy formatter: it honours select()/split indices and reads the column as one Arrow
     # array. (Indexing by the column name instead gives a lazy Column, read row by row: 9 s for 90k rows.)
     return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])
+
+def undecoded_images(dataset: datasets.Dataset | FileSplit, image_column: str, *columns: str) -> Any:
+    """``dataset`` reduced to ``image_column`` and ``columns``, whose image cells come back undecoded
+    (``{"bytes": ..., "path": ...}``), so that reading a row never decodes an image and decoding errors are
+    hubclf's to handle. A ``FileSplit``'s cells are already so. Example::
+
+        undecoded_images(data.train, "image", "label")[[0, 1]]["image"]   # [{"bytes": None, "path": ...}, ...]
+    """
+    if isinstance(dataset, FileSplit):
+        return dataset
+    import datasets
+
+    return dataset.select_columns([image_column, *columns]).cast_column(image_column, datasets.Image(decode=False))
+
+def split_fingerprint(dataset: datasets.Dataset | FileSplit) -> str:
+    """What identifies a split's rows and their files: it changes when a file changes (keys the feature cache)."""
+    return dataset.fingerprint if isinstance(dataset, FileSplit) else dataset._fingerprint

@@ -17,9 +17,10 @@ import math
 import statistics
 from typing import Any
 
-import datasets
 import numpy as np
 from PIL import Image
+
+from hubclf.data.labels import undecoded_images
 
 __all__ = [
     "ASPECT_TOLERANCE", "MAX_ASPECT", "SAMPLE_IMAGES", "SIZE_STEP", "aspect_mismatch", "header_size",
@@ -71,7 +72,7 @@ def _orientation(image: Image.Image) -> int | None:
     return getattr(image, "tag_v2", {}).get(_ORIENTATION)  # TIFF keeps it among its tags
 
 
-def sample_sizes(split: datasets.Dataset, image_column: str, max_images: int = SAMPLE_IMAGES) -> list[tuple[int, int]]:
+def sample_sizes(split: Any, image_column: str, max_images: int = SAMPLE_IMAGES) -> list[tuple[int, int]]:
     """(height, width) of up to ``max_images`` images of ``split``, evenly spaced over its rows (deterministic, so
     every process reads the same ones), from their headers; unreadable ones are left out.
 
@@ -83,7 +84,7 @@ def sample_sizes(split: datasets.Dataset, image_column: str, max_images: int = S
         first = int(min(max_images, split.counts[0]))
         return [size for _, value in split.read([(0, 0, first)]) if (size := header_size(value)) is not None]
     rows = np.unique(np.linspace(0, len(split) - 1, min(len(split), max_images)).astype(int)).tolist()
-    raw = split.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    raw = undecoded_images(split, image_column)
     sizes = (header_size(value) for value in raw.select(rows)[image_column])  # one read, not one per row
     return [size for size in sizes if size is not None]
 

@@ -12,13 +12,15 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from hubclf.atomic import file_kind
 from hubclf.data.folders import IMAGE_SUFFIXES, scan_class_folders
 from hubclf.refs import SAVED_DATASET_MARKERS, DataSource
 from hubclf.text import listing
+
+if TYPE_CHECKING:  # imported when a dataset is opened: finding image files (predict) does without it
+    import datasets
 
 
 def open_dataset(
@@ -37,6 +39,8 @@ def open_dataset(
 
         open_dataset("user/flowers@main")["train"]
     """
+    import datasets
+
     from hubclf.data.csv_labels import read_labels_csv  # its own module; it builds on the label helpers
 
     source = data if isinstance(data, DataSource) else DataSource.parse(data, labels=labels)
@@ -77,9 +81,11 @@ def _load_image_folder(path: Path, data: str) -> datasets.DatasetDict:
     labels only from at least 2 class folders holding every image at the same depth, a single class folder (fine
     to evaluate on) is read again with its label, and images at mixed depths are an error. The usual layouts are
     read in one walk of the tree instead (``hubclf.data.folders``: the same splits, rows and features)."""
+    import datasets
+
     scanned = scan_class_folders(path)
     if scanned is not None:
-        return scanned
+        return datasets.DatasetDict({name: split.to_dataset() for name, split in scanned.items()})
     try:
         with _no_progress_bars():  # "Downloading data" for files that are already here says nothing
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
@@ -112,6 +118,7 @@ def check_remote_images(loaded: datasets.Dataset | datasets.DatasetDict, repo_id
 
         check_remote_images(datasets.load_dataset("user/flowers"), "user/flowers", "user/flowers")
     """
+    import datasets
     import pyarrow.compute as pc
     from huggingface_hub import constants
 
@@ -151,6 +158,8 @@ def _inside(path: str | None, roots: list[str]) -> bool:
 def _no_progress_bars() -> Iterator[None]:
     """🤗 datasets' progress bars off while it indexes a local folder ("Downloading data", "Generating train split"
     for files already on disk), as they were afterwards."""
+    import datasets
+
     were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -172,10 +181,6 @@ def find_empty_class_folders(data: str) -> list[str]:
     root = Path(data).expanduser()
     if not root.is_dir() or any((root / marker).is_file() for marker in SAVED_DATASET_MARKERS):
         return []
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
-    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
-
     def visible(path: Path) -> bool:  # datasets skips hidden files and folders, and __pycache__-like ones
         return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
@@ -185,7 +190,9 @@ def find_empty_class_folders(data: str) -> list[str]:
         folders[:] = [name for name in folders if not name.startswith((".", "__"))]  # hidden: not walked
         folder = Path(folder)
         if any(
-            Path(name).suffix.lower() in extensions and not name.startswith((".", "__")) and (folder / name).is_file()
+            Path(name).suffix.lower() in IMAGE_SUFFIXES
+            and not name.startswith((".", "__"))
+            and (folder / name).is_file()
             for name in files
         ):
             with_images.update([folder, *folder.parents])

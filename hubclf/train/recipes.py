@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 import torch.nn as nn
@@ -31,7 +30,7 @@ from timm.utils import ModelEmaV3
 from hubclf.atomic import atomic_write_text
 from hubclf.data.dataset import EpochSampler, EpochShuffleSampler, iter_ints
 from hubclf.data.images import decode_image
-from hubclf.data.labels import label_values
+from hubclf.data.labels import label_values, undecoded_images
 from hubclf.data.splits import ImageClassificationData
 from hubclf.train.config import FREEZE_BACKBONE, TrainConfig
 
@@ -85,7 +84,7 @@ class DataProfile:
         return max(counts) / min(counts) if counts else 1.0
 
 
-def split_labels(split: datasets.Dataset, label_column: str) -> np.ndarray:
+def split_labels(split: Any, label_column: str) -> np.ndarray:
     """The integer labels of a 🤗 split (or a stream's, from its label pass), in row order, without decoding any
     image."""
     if hasattr(split, "shards"):  # hubclf.data.streaming.StreamSplit
@@ -115,9 +114,7 @@ def profile_data(data: ImageClassificationData, max_images: int = PROFILE_IMAGES
         values = {row: value for row, value in data.train.read(_pieces_upto(data.train, last)) if row in wanted}
         images = {row: {data.image_column: value} for row, value in values.items()}
     else:
-        images = data.train.select_columns([data.image_column]).cast_column(
-            data.image_column, datasets.Image(decode=False)
-        )
+        images = undecoded_images(data.train, data.image_column)
     greyscale, class_images = True, []
     for rows in rows_by_class:
         pixels = []

@@ -39,6 +39,7 @@ from hubclf.data.gpu_decode import (
     collate_raw,
 )
 from hubclf.data.images import TensorEvalTransform, build_transforms
+from hubclf.data.labels import split_fingerprint
 from hubclf.data.splits import ImageClassificationData, load_image_dataset
 from hubclf.data.streaming import ImageStream, StreamLoader
 from hubclf.hardware import (
@@ -459,7 +460,7 @@ def feature_sets(
         key = feature_cache_key(
             weights=weights,
             transform=images.transform,
-            data_fingerprint=stream.fingerprint if stream is not None else images.dataset._fingerprint,
+            data_fingerprint=stream.fingerprint if stream is not None else split_fingerprint(images.dataset),
             rows=len(stream) if stream is not None else len(images),
             autocast=str(accelerator.mixed_precision),
             pooling=str(getattr(model, "global_pool", None)),
