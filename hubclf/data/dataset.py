@@ -20,6 +20,16 @@ from hubclf.data.images import BadImageError, TensorEvalTransform, decode_image
 from hubclf.data.labels import label_values, undecoded_images
 
 
+def shared_bytes(nbytes: int) -> torch.Tensor:
+    """A 1-D uint8 tensor of ``nbytes`` created in shared memory, its pages untouched: what another process reads
+    without a copy (a loader worker's batch, the pixel cache). ``torch.empty(n).share_memory_()`` would write the
+    whole buffer once, making every page resident in the creating process.
+
+        shared_bytes(1024).is_shared()   # True
+    """
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(1, nbytes)))[:nbytes]
+
+
 class PixelCache:
     """Every row's resized and cropped uint8 pixels, in shared memory: decoded once, then read by any process.
 
@@ -40,12 +50,7 @@ class PixelCache:
 
     def __init__(self, rows: int, input_size: tuple[int, int, int], capacity: int | None = None) -> None:
         self.capacity = rows if capacity is None else max(0, min(rows, capacity))
-        # Created in shared memory, untouched: `torch.empty(...).share_memory_()` would copy the whole buffer in,
-        # making every page resident in the creating process (the training process, which with loader workers
-        # never reads them).
-        storage = torch.UntypedStorage._new_shared(max(1, self.nbytes_for(self.capacity, input_size)))
-        self.pixels = torch.empty(0, dtype=torch.uint8).set_(storage)[: self.nbytes_for(self.capacity, input_size)]
-        self.pixels = self.pixels.view(self.capacity, *input_size)
+        self.pixels = shared_bytes(self.nbytes_for(self.capacity, input_size)).view(self.capacity, *input_size)
         self.status = torch.zeros(rows, dtype=torch.uint8).share_memory_()  # one byte per row: bad images too
 
     @staticmethod

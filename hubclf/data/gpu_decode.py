@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from hubclf.data.dataset import shared_bytes
 from hubclf.data.images import BadImageError, TensorEvalTransform, decode_image
 
 # Largest |difference| between this path's pixels and the PIL path's, in levels of 255 (normalised: levels / 255 /
@@ -210,14 +211,12 @@ class PackedFiles:
     def pack(cls, files: Sequence[bytes | None]) -> PackedFiles:
         sizes = [-1 if data is None else len(data) for data in files]
         total = sum(size for size in sizes if size > 0)
-        if torch.utils.data.get_worker_info() is not None:  # in shared memory already: sent without another copy
-            data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(1, total)))[:total]
-        else:
-            data = torch.empty(total, dtype=torch.uint8)
+        in_worker = torch.utils.data.get_worker_info() is not None  # in shared memory: sent without another copy
+        data = shared_bytes(total) if in_worker else torch.empty(total, dtype=torch.uint8)
         offset = 0
         for file in files:
             if file:
-                data[offset : offset + len(file)] = torch.frombuffer(file, dtype=torch.uint8)
+                data[offset : offset + len(file)] = jpeg_tensors([file])[0]
                 offset += len(file)
         return cls(data, sizes)
 
