@@ -189,7 +189,9 @@ def test_a_class_folder_loads_as_through_datasets_without_importing_it(tmp_path,
 
     photos = make_image_folder(tmp_path / "photos", num_classes=3, per_class=7)
     (photos / "class_1" / "caf\u00e9 .png").write_bytes((photos / "class_1" / "0.png").read_bytes())
+    (photos / "class_2").rename(photos / "cafe\u0301 ")  # NFD, a trailing space: normalised to "café" both ways
     data = load_image_dataset(str(photos), val_split=0.3, seed=5)
+    assert data.label_names == ["caf\u00e9", "class_0", "class_1"]
     assert isinstance(data.train, FileSplit) and isinstance(data.eval, FileSplit)
     for module in (sources, splits):  # every folder read by datasets' own builder
         monkeypatch.setattr(module, "scan_class_folders", lambda root: None)

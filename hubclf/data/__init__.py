@@ -2,6 +2,7 @@
 torch ``Dataset``. Training and inference (predict, eval, the app) both read images through this package.
 
 - ``sources``: image folder, labels CSV (``csv_labels``), ``save_to_disk`` folder, Hub dataset; image files
+- ``folders``: class folders read in one walk into ``FileSplit``s, without 🤗 datasets
 - ``labels``: image and label columns, class-name normalisation, ``ClassLabel``
 - ``splits``: ``load_image_dataset`` -> checked train/eval splits (``ImageClassificationData``)
 - ``images``: ``decode_image``, ``build_transforms``, ``eval_preprocessing``

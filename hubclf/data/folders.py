@@ -77,15 +77,15 @@ class FileSplit:
 
     def __init__(
         self, name: str, paths: bytes | np.ndarray, ends: np.ndarray, labels: np.ndarray, label_names: Sequence[str],
-        fingerprint: str,
+        fingerprint: str, rows: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         self.name = name
         self._paths = np.frombuffer(paths, dtype=np.uint8) if isinstance(paths, bytes) else paths
-        self._ends = np.asarray(ends, dtype=np.int64)  # row i's path is _paths[_ends[i - 1]:_ends[i]]
+        self._ends = np.asarray(ends, dtype=np.int64)  # path i is _paths[_ends[i - 1]:_ends[i]]
+        self._rows = rows  # select(): which of those paths this split's rows are, in order (None: all of them)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.label_names = list(label_names)
         self.fingerprint = fingerprint
-        self._rows: np.ndarray | None = None  # select(): the rows of the parent split this one keeps
 
     @classmethod
     def from_rows(cls, name: str, paths: Sequence[str], labels: Sequence[int], label_names: Sequence[str],
@@ -95,8 +95,8 @@ class FileSplit:
             FileSplit.from_rows("train", ["a/cat/1.jpg"], [0], ["cat", "dog"], "f0")
         """
         encoded = [path.encode() for path in paths]
-        return cls(name, b"".join(encoded), np.cumsum([len(path) for path in encoded], dtype=np.int64), np.asarray(
-            labels, dtype=np.int64), label_names, fingerprint)  # fmt: skip
+        ends = np.cumsum([len(path) for path in encoded], dtype=np.int64)
+        return cls(name, b"".join(encoded), ends, np.asarray(labels, dtype=np.int64), label_names, fingerprint)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -108,9 +108,10 @@ class FileSplit:
         """The file of ``row``."""
         if not -len(self) <= row < len(self):
             raise IndexError(f"row {row} of a split of {len(self)} rows")
-        row = int(self._rows[row]) if self._rows is not None else row % len(self)
-        start = int(self._ends[row - 1]) if row > 0 else 0
-        return self._paths[start : int(self._ends[row])].tobytes().decode()
+        row %= len(self)
+        stored = int(self._rows[row]) if self._rows is not None else row
+        start = int(self._ends[stored - 1]) if stored > 0 else 0
+        return self._paths[start : int(self._ends[stored])].tobytes().decode()
 
     def __getitem__(self, key: int | str | slice | Sequence[int] | np.ndarray) -> dict[str, Any] | list[Any]:
         """A row (``split[3]``), rows (``split[[3, 5]]``, ``split[:4]``) as columns, or a column (``split["label"]``),
@@ -128,28 +129,25 @@ class FileSplit:
     def _image(self, row: int) -> dict[str, Any]:
         return {"bytes": None, "path": self.path(row)}
 
-    def select(self, rows: Sequence[int] | np.ndarray, name: str | None = None) -> FileSplit:
+    def select(self, rows: Sequence[int] | np.ndarray) -> FileSplit:
         """The split of ``rows`` (in that order), with a fingerprint derived from this one's and the rows."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows outside 0..{len(self) - 1}")
         hasher = xxhash.xxh3_128(f"{self.fingerprint}\0select\0".encode())
         hasher.update(rows.tobytes())
-        chosen = FileSplit(name or self.name, self._paths, self._ends, self.labels[rows], self.label_names,
-                           hasher.hexdigest())  # fmt: skip
-        chosen._rows = rows if self._rows is None else self._rows[rows]
-        return chosen
+        stored = rows if self._rows is None else self._rows[rows]
+        return FileSplit(self.name, self._paths, self._ends, self.labels[rows], self.label_names, hasher.hexdigest(),
+                         stored)  # fmt: skip
 
     def with_label_names(self, label_names: Sequence[str]) -> FileSplit:
         """The same rows and class indices under other names (hubclf's normalised class names)."""
         if len(label_names) != len(self.label_names):
             raise ValueError(f"{len(label_names)} names for {len(self.label_names)} classes")
-        renamed = FileSplit(self.name, self._paths, self._ends, self.labels, label_names, self.fingerprint)
-        renamed._rows = self._rows
-        if renamed.label_names != self.label_names:  # the names are part of what a cache keyed on it holds
-            names = "\0".join(label_names)
-            renamed.fingerprint = xxhash.xxh3_128(f"{self.fingerprint}\0{names}".encode()).hexdigest()
-        return renamed
+        fingerprint = self.fingerprint
+        if list(label_names) != self.label_names:  # the names are part of what a cache keyed on it holds
+            fingerprint = xxhash.xxh3_128(f"{fingerprint}\0{chr(0).join(label_names)}".encode()).hexdigest()
+        return FileSplit(self.name, self._paths, self._ends, self.labels, label_names, fingerprint, self._rows)
 
     def to_dataset(self) -> datasets.Dataset:
         """This split as the 🤗 ``Dataset`` datasets' imagefolder would build (``image`` and ``label`` features)."""

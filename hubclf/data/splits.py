@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubclf.config_check import label_name_problems
-from hubclf.data.folders import FileSplit, scan_class_folders
+from hubclf.data.folders import IMAGE_COLUMN, LABEL_COLUMN, FileSplit, scan_class_folders
 from hubclf.data.labels import (
     as_class_label,
     check_classes,
@@ -102,7 +102,7 @@ def load_image_dataset(
         raise ValueError(f"{data} has no {train_split!r} split (splits: {list(splits)}); pass --train-split")
     train = splits[train_split]
     if isinstance(train, FileSplit):  # every split of a scan has the class names of all its folders
-        image_column, label_column = "image", "label"
+        image_column, label_column = IMAGE_COLUMN, LABEL_COLUMN
         label_names = normalized_class_names(train.label_names)
         splits = {name: split.with_label_names(label_names) for name, split in splits.items()}
         train = splits[train_split]
@@ -166,7 +166,7 @@ def _class_folders(
     ``open_dataset``, whose messages also cover column options a class folder does not have)."""
     if source.kind != "folder" or path_column is not None:
         return None
-    if image_column not in (None, "image") or label_column not in (None, "label"):
+    if image_column not in (None, IMAGE_COLUMN) or label_column not in (None, LABEL_COLUMN):
         return None
     return scan_class_folders(source.path)
 
